@@ -1,0 +1,77 @@
+//! Address newtypes: the TCP peer, the local address it reached, kept apart so a rule
+//! can never be checked against the wrong one. IPv4-mapped IPv6 is normalised on entry.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Turns `::ffff:192.0.2.1` into `192.0.2.1`, so IPv4 rules match dual-stack sockets.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The client as Portcullis judges it: the TCP peer of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(SocketAddr);
+
+/// The local address and port the client connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(SocketAddr);
+
+// === impl ClientAddr ===
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self(normalize(addr))
+    }
+    pub fn ip(&self) -> IpAddr {
+        self.0.ip()
+    }
+    pub fn socket(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// === impl LocalAddr ===
+
+impl LocalAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self(normalize(addr))
+    }
+    pub fn ip(&self) -> IpAddr {
+        self.0.ip()
+    }
+    pub fn socket(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_ipv6_becomes_ipv4() {
+        let a = ClientAddr::new("[::ffff:192.0.2.7]:25".parse().unwrap());
+        assert_eq!(a.socket(), "192.0.2.7:25".parse::<SocketAddr>().unwrap());
+        let b = ClientAddr::new("[2001:db8::1]:25".parse().unwrap());
+        assert_eq!(b.ip(), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+}

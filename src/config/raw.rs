@@ -1,0 +1,111 @@
+//! The TOML file as written: plain serde structs, unknown keys refused. Values that
+//! need checking stay strings here so validation can report every mistake at once.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub relay: RawRelay,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub bind: String,
+    #[serde(default = "accept")]
+    pub default: String,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+fn accept() -> String {
+    "accept".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub action: String,
+    pub from: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub local_domains: Vec<String>,
+    #[serde(default = "yes")]
+    pub authenticated: bool,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub local_addresses: Vec<String>,
+    #[serde(default)]
+    pub never: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            local_domains: Vec::new(),
+            authenticated: true,
+            networks: Vec::new(),
+            local_addresses: Vec::new(),
+            never: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: String,
+    #[serde(default = "xclient")]
+    pub identity: String,
+    pub connect_timeout: Option<String>,
+}
+
+fn xclient() -> String {
+    "xclient".into()
+}
+
+/// A size: a number of bytes or a string such as `"50MB"` / `"10MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_message_size: Option<RawSize>,
+    pub max_recipients: Option<u32>,
+    pub bare_lf: Option<String>,
+}

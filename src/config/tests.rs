@@ -1,0 +1,150 @@
+use super::*;
+
+const FULL: &str = r#"
+[server]
+hostname = "mx.example.com"
+
+[[listener]]
+name = "mx"
+bind = "0.0.0.0:25"
+default = "accept"
+rules = [
+  { name = "scanner", action = "accept", from = ["192.0.2.10/32"] },
+  { name = "everyone-else", action = "reject", from = ["0.0.0.0/0", "::/0"] },
+]
+
+[[listener]]
+name = "open"
+bind = "[::]:2526"
+
+[relay]
+enabled = true
+local_domains = ["example.com", ".example.com"]
+authenticated = true
+networks = ["10.0.0.0/8", "192.0.2.0/255.255.255.0"]
+local_addresses = ["10.0.0.25"]
+never = ["10.66.0.0/16"]
+
+[[backend]]
+address = "127.0.0.1:10025"
+identity = "xclient"
+
+[[backend]]
+address = "mta.internal:25"
+identity = "proxy-v2"
+connect_timeout = "3s"
+
+[limits]
+max_message_size = "50MB"
+max_recipients = 100
+bare_lf = "reject"
+"#;
+
+#[test]
+fn the_design_example_loads() {
+    let loaded = parse(FULL).unwrap();
+    let c = loaded.config;
+    assert!(loaded.warnings.is_empty());
+    assert_eq!(c.hostname, "mx.example.com");
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].rules.rules.len(), 2);
+    assert_eq!(c.listeners[1].rules.default, Action::Accept);
+    assert_eq!(c.relay.networks[1].to_string(), "192.0.2.0/24");
+    assert_eq!(c.backends[1].identity, Identity::ProxyV2);
+    assert_eq!(c.backends[1].connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.limits.max_message_size, 50_000_000);
+}
+
+#[test]
+fn the_shipped_example_config_loads() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.toml")).unwrap();
+    let loaded = parse(&text).unwrap();
+    assert_eq!(loaded.config.listeners[0].bind.to_string(), "127.0.0.1:2525");
+    assert_eq!(loaded.config.backends[0].identity, Identity::Xclient);
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let text = r#"
+[server]
+hostname = "bad host"
+[[listener]]
+name = "mx"
+bind = "0.0.0.0"
+default = "maybe"
+rules = [ { name = "r", action = "allow", from = ["10.0.0.0/33", "192.0.2.0/255.0.255.0"] } ]
+[relay]
+local_domains = ["example.com."]
+networks = ["nonsense"]
+local_addresses = ["10.0.0.0/8"]
+never = ["10.66.0.0/16"]
+[[backend]]
+address = "127.0.0.1"
+identity = "magic"
+connect_timeout = "soon"
+[limits]
+max_message_size = "lots"
+bare_lf = "sometimes"
+"#;
+    let err = parse(text).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "server.hostname",
+            "listener[0].bind",
+            "listener[0].default",
+            "listener[0].rules[0].action",
+            "listener[0].rules[0].from[0]",
+            "listener[0].rules[0].from[1]",
+            "relay.local_domains[0]",
+            "relay.local_addresses[0]",
+            "relay.networks[0]",
+            "backend[0].address",
+            "backend[0].identity",
+            "backend[0].connect_timeout",
+            "limits.max_message_size",
+            "limits.bare_lf",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let err = parse("[server]\nhostname = \"a.example\"\nhost = \"x\"\n").unwrap_err();
+    assert!(err.problems[0].contains("unknown field `host`"), "{err}");
+    let err = parse(&FULL.replace("identity = \"xclient\"", "identity = \"xclient\"\nweight = 3")).unwrap_err();
+    assert!(err.problems[0].contains("unknown field `weight`"), "{err}");
+}
+
+#[test]
+fn missing_listener_and_backend() {
+    let err = parse("").unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+}
+
+#[test]
+fn duplicate_listeners() {
+    let text = FULL.replace("name = \"open\"\nbind = \"[::]:2526\"", "name = \"mx\"\nbind = \"0.0.0.0:25\"");
+    let err = parse(&text).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+}
+
+#[test]
+fn rule_after_catch_all_is_a_warning() {
+    let text = FULL.replace(
+        "{ name = \"everyone-else\", action = \"reject\", from = [\"0.0.0.0/0\", \"::/0\"] },",
+        "{ name = \"everyone-else\", action = \"reject\", from = [\"0.0.0.0/0\", \"::/0\"] },\n  \
+         { name = \"partner\", action = \"accept\", from = [\"198.51.100.0/24\"] },",
+    );
+    let loaded = parse(&text).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].contains("(\"partner\") can never match"), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn transparent_identity_is_not_yet_accepted() {
+    let err = parse(&FULL.replace("identity = \"proxy-v2\"", "identity = \"transparent\"")).unwrap_err();
+    assert!(err.problems[0].starts_with("backend[1].identity"), "{err}");
+}

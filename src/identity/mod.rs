@@ -1,0 +1,112 @@
+//! How the backend learns who the client really is: XCLIENT, XFORWARD or a PROXY
+//! header. Everything here only builds bytes; the backend client sends them.
+
+pub mod proxy;
+pub mod xclient;
+pub mod xforward;
+
+use crate::addr::{ClientAddr, LocalAddr};
+use std::net::IpAddr;
+
+/// The identity method configured for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    Xclient,
+    Xforward,
+    ProxyV1,
+    ProxyV2,
+    None,
+}
+
+impl Identity {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Identity::Xclient => "xclient",
+            Identity::Xforward => "xforward",
+            Identity::ProxyV1 => "proxy-v1",
+            Identity::ProxyV2 => "proxy-v2",
+            Identity::None => "none",
+        }
+    }
+}
+
+/// What is passed on about the client.
+#[derive(Debug, Clone)]
+pub struct ClientFacts {
+    pub addr: ClientAddr,
+    pub local: LocalAddr,
+    /// The name the client gave in HELO/EHLO.
+    pub helo: String,
+    /// Whether the client said EHLO (ESMTP) rather than HELO.
+    pub esmtp: bool,
+}
+
+/// Longest XCLIENT / XFORWARD command line, CRLF included (Postfix's limit).
+pub const MAX_COMMAND: usize = 512;
+
+/// `ADDR` value form shared by XCLIENT and XFORWARD: IPv6 gets an `IPV6:` prefix.
+pub fn addr_value(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPV6:{v6}"),
+    }
+}
+
+/// Packs `NAME=value` attributes, in order, into as few `verb ...` lines as fit
+/// [`MAX_COMMAND`] bytes each. Values are already xtext-encoded. An attribute too long
+/// for a line of its own is sent as `[UNAVAILABLE]`.
+pub fn pack_commands(verb: &str, attrs: &[(&str, String)]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for (name, value) in attrs {
+        let mut attr = format!("{name}={value}");
+        if verb.len() + 1 + attr.len() + 2 > MAX_COMMAND {
+            attr = format!("{name}=[UNAVAILABLE]");
+        }
+        if !current.is_empty() && current.len() + 1 + attr.len() + 2 > MAX_COMMAND {
+            lines.push(std::mem::take(&mut current) + "\r\n");
+        }
+        if current.is_empty() {
+            current.push_str(verb);
+        }
+        current.push(' ');
+        current.push_str(&attr);
+    }
+    if !current.is_empty() {
+        lines.push(current + "\r\n");
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_within_512_bytes_keeping_order() {
+        let long = "h".repeat(300);
+        let attrs = vec![
+            ("HELO", long.clone()),
+            ("PROTO", "ESMTP".to_string()),
+            ("NAME", "x".repeat(200)),
+            ("ADDR", "192.0.2.1".to_string()),
+        ];
+        let lines = pack_commands("XCLIENT", &attrs);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() <= MAX_COMMAND && l.ends_with("\r\n")));
+        assert_eq!(lines[0], format!("XCLIENT HELO={long} PROTO=ESMTP\r\n"));
+        assert!(lines[1].starts_with("XCLIENT NAME=") && lines[1].ends_with(" ADDR=192.0.2.1\r\n"));
+    }
+
+    #[test]
+    fn oversized_value_becomes_unavailable() {
+        let lines = pack_commands("XCLIENT", &[("HELO", "h".repeat(600)), ("ADDR", "192.0.2.1".into())]);
+        assert_eq!(lines, vec!["XCLIENT HELO=[UNAVAILABLE] ADDR=192.0.2.1\r\n".to_string()]);
+    }
+
+    #[test]
+    fn ipv6_addr_form() {
+        assert_eq!(addr_value("2001:db8::1".parse().unwrap()), "IPV6:2001:db8::1");
+        assert_eq!(addr_value("192.0.2.1".parse().unwrap()), "192.0.2.1");
+    }
+}

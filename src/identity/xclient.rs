@@ -1,0 +1,60 @@
+//! XCLIENT (Postfix XCLIENT_README): the backend takes over the client's identity for
+//! the whole session, answers with a fresh 220, and wants EHLO again.
+
+use super::{ClientFacts, addr_value, pack_commands};
+use crate::smtp::{Capabilities, xtext};
+
+/// The XCLIENT lines to send, holding only attributes the backend advertised, with
+/// NAME and ADDR last. Empty if the backend offers none of them.
+pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+    let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
+    let candidates = [
+        ("PROTO", proto.to_string()),
+        ("HELO", xtext::encode(&facts.helo)),
+        ("PORT", facts.addr.socket().port().to_string()),
+        ("DESTADDR", addr_value(facts.local.ip())),
+        ("DESTPORT", facts.local.socket().port().to_string()),
+        // No reverse DNS here: the backend is told the name is unknown.
+        ("NAME", "[UNAVAILABLE]".to_string()),
+        ("ADDR", addr_value(facts.addr.ip())),
+    ];
+    let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xclient_offers(name)).collect();
+    pack_commands("XCLIENT", &attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{ClientAddr, LocalAddr};
+
+    fn facts(client: &str) -> ClientFacts {
+        ClientFacts {
+            addr: ClientAddr::new(client.parse().unwrap()),
+            local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            helo: "client name+x".into(),
+            esmtp: true,
+        }
+    }
+
+    fn caps(attrs: &[&str]) -> Capabilities {
+        Capabilities { xclient: Some(attrs.iter().map(|s| s.to_string()).collect()), ..Default::default() }
+    }
+
+    #[test]
+    fn only_advertised_attributes_name_and_addr_last() {
+        let all = caps(&["NAME", "ADDR", "PROTO", "HELO", "REVERSE_NAME", "PORT", "LOGIN", "DESTADDR", "DESTPORT"]);
+        assert_eq!(
+            commands(&facts("203.0.113.9:40000"), &all),
+            vec![
+                "XCLIENT PROTO=ESMTP HELO=client+20name+2Bx PORT=40000 DESTADDR=192.0.2.25 \
+                 DESTPORT=25 NAME=[UNAVAILABLE] ADDR=203.0.113.9\r\n"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            commands(&facts("[2001:db8::9]:1"), &caps(&["ADDR", "HELO"])),
+            vec!["XCLIENT HELO=client+20name+2Bx ADDR=IPV6:2001:db8::9\r\n".to_string()]
+        );
+        assert!(commands(&facts("203.0.113.9:1"), &caps(&[])).is_empty());
+    }
+}

@@ -1,0 +1,43 @@
+//! XFORWARD (Postfix XFORWARD_README): client attributes for logging, sent before
+//! each MAIL; the backend forgets them when the transaction ends.
+
+use super::{ClientFacts, addr_value, pack_commands};
+use crate::smtp::{Capabilities, xtext};
+
+pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+    let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
+    let candidates = [
+        ("NAME", "[UNAVAILABLE]".to_string()),
+        ("ADDR", addr_value(facts.addr.ip())),
+        ("PORT", facts.addr.socket().port().to_string()),
+        ("PROTO", proto.to_string()),
+        ("HELO", xtext::encode(&facts.helo)),
+        ("SOURCE", "REMOTE".to_string()),
+    ];
+    let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xforward_offers(name)).collect();
+    pack_commands("XFORWARD", &attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{ClientAddr, LocalAddr};
+
+    #[test]
+    fn postfix_attributes() {
+        let facts = ClientFacts {
+            addr: ClientAddr::new("203.0.113.9:4000".parse().unwrap()),
+            local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            helo: "c.example".into(),
+            esmtp: false,
+        };
+        let caps = Capabilities {
+            xforward: Some(["NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT"].map(String::from).to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(
+            commands(&facts, &caps),
+            vec!["XFORWARD NAME=[UNAVAILABLE] ADDR=203.0.113.9 PORT=4000 PROTO=SMTP HELO=c.example SOURCE=REMOTE\r\n"]
+        );
+    }
+}

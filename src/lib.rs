@@ -1,0 +1,18 @@
+//! Portcullis: a transparent SMTP filtering proxy. It decides who may connect and who
+//! may relay on the real client address, and forwards accepted mail to a backend MTA
+//! that still learns that address.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, validated into a runtime [`config::Config`].
+//! - [`policy`]: pure decisions: connection rules, relay rules, recipient forms.
+//! - [`smtp`]: protocol pieces without I/O: commands, replies, DATA scanner, xtext.
+//! - [`identity`]: telling the backend who the client is (XCLIENT, XFORWARD, PROXY).
+//! - [`server`]: listeners, the client session, the backend connection.
+//! - [`addr`]: address newtypes that keep the peer and the local address apart.
+
+pub mod addr;
+pub mod config;
+pub mod identity;
+pub mod policy;
+pub mod server;
+pub mod smtp;

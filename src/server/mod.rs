@@ -1,0 +1,9 @@
+//! The running proxy: listeners accept clients and apply connection rules
+//! ([`listener`]), each accepted client gets a [`session::Session`], which reaches the
+//! backend through an [`upstream::Upstream`].
+
+pub mod listener;
+pub mod session;
+pub mod upstream;
+
+pub use listener::{Server, ServerError};

@@ -1,0 +1,535 @@
+//! One client session: Portcullis speaks SMTP to the client, applies the relay policy
+//! at RCPT, and forwards each transaction to the backend, whose replies it relays.
+//!
+//! State lives in three fields: `helo` (greeted or not), `tx` (inside a mail
+//! transaction) and `upstream` (backend connection, opened by the first MAIL). A
+//! transaction without an upstream means the backend was lost mid-transaction.
+
+use super::upstream::{DATA_END_TIMEOUT, Upstream, UpstreamError};
+use crate::addr::{ClientAddr, LocalAddr};
+use crate::config::Config;
+use crate::identity::ClientFacts;
+use crate::policy::{RelayClient, RelayVerdict, address};
+use crate::smtp::command::{self, Command, Param};
+use crate::smtp::{DataScanner, Reply, Scan};
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+/// Longest command line accepted, CRLF included (Postfix's line_length_limit).
+pub const MAX_LINE: usize = 2048;
+/// Idle time allowed between commands (RFC 5321 4.5.3.2: 5 minutes).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Idle time allowed inside DATA (RFC 5321: 3 minutes per block).
+pub const DATA_TIMEOUT: Duration = Duration::from_secs(180);
+/// Read size while receiving a message body.
+const DATA_CHUNK: usize = 16 * 1024;
+/// Read size between commands; small, because idle sessions hold it.
+const COMMAND_CHUNK: usize = 512;
+
+/// How a session ended, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Quit,
+    ClientClosed,
+    ClientClosedInData,
+    Timeout,
+    BackendClosing,
+    WriteFailed,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Quit => "quit",
+            Outcome::ClientClosed => "client closed",
+            Outcome::ClientClosedInData => "client closed during DATA; backend transaction abandoned",
+            Outcome::Timeout => "timeout",
+            Outcome::BackendClosing => "backend closing (421)",
+            Outcome::WriteFailed => "write to client failed",
+        }
+    }
+}
+
+/// What the session knows of one open mail transaction.
+#[derive(Debug, Default)]
+struct Transaction {
+    recipients: u32,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    messages: u32,
+    rcpt_accepted: u32,
+    rcpt_refused: u32,
+    errors: u32,
+}
+
+struct Helo {
+    name: String,
+    esmtp: bool,
+}
+
+type Step = Result<(), Outcome>;
+
+pub struct Session<S> {
+    config: Arc<Config>,
+    listener: Arc<str>,
+    client: S,
+    peer: ClientAddr,
+    local: LocalAddr,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    /// Inside an over-long line: drop bytes until its end.
+    discarding: bool,
+    helo: Option<Helo>,
+    tx: Option<Transaction>,
+    upstream: Option<Upstream>,
+    stats: Stats,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub fn new(config: Arc<Config>, listener: Arc<str>, client: S, peer: ClientAddr, local: LocalAddr) -> Self {
+        Self {
+            config,
+            listener,
+            client,
+            peer,
+            local,
+            inbuf: BytesMut::new(),
+            out: Vec::new(),
+            discarding: false,
+            helo: None,
+            tx: None,
+            upstream: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let greeting = format!("220 {} ESMTP", self.config.hostname);
+        self.reply(&greeting);
+        let outcome = match self.serve().await {
+            Ok(()) => Outcome::Quit,
+            Err(outcome) => outcome,
+        };
+        let _ = self.flush().await;
+        if let Some(upstream) = self.upstream.take() {
+            if outcome == Outcome::Quit && self.tx.is_none() {
+                upstream.quit().await;
+            }
+            // Otherwise dropped: the backend sees the connection close, never a final dot.
+        }
+        tracing::info!(
+            peer = %self.peer,
+            local = %self.local,
+            listener = %self.listener,
+            helo = self.helo.as_ref().map(|h| h.name.as_str()).unwrap_or(""),
+            messages = self.stats.messages,
+            rcpt_accepted = self.stats.rcpt_accepted,
+            rcpt_refused = self.stats.rcpt_refused,
+            errors = self.stats.errors,
+            outcome = outcome.as_str(),
+            "session closed"
+        );
+    }
+
+    /// Runs commands until QUIT (`Ok`) or another end (`Err`).
+    async fn serve(&mut self) -> Step {
+        loop {
+            let Some(line) = self.next_line().await? else { continue };
+            // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
+            let text = &line[..line.len() - 2];
+            match command::parse(text) {
+                Err(e) => {
+                    self.stats.errors += 1;
+                    self.reply(e.reply());
+                }
+                Ok(Command::Helo(name)) => self.hello(name, false).await?,
+                Ok(Command::Ehlo(name)) => self.hello(name, true).await?,
+                Ok(Command::Mail { path, params }) => Box::pin(self.mail(&line, path, &params)).await?,
+                Ok(Command::Rcpt { path, params }) => self.rcpt(&line, path, &params).await?,
+                Ok(Command::Data) => Box::pin(self.data()).await?,
+                Ok(Command::Rset) => self.rset().await?,
+                Ok(Command::Noop) => self.reply("250 2.0.0 Ok"),
+                Ok(Command::Vrfy) => {
+                    self.reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+                }
+                Ok(Command::Help) => self.reply("214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"),
+                Ok(Command::Quit) => {
+                    self.reply("221 2.0.0 Bye");
+                    return Ok(());
+                }
+                Ok(Command::NotImplemented(verb)) => {
+                    self.stats.errors += 1;
+                    tracing::debug!(peer = %self.peer, verb, "command not implemented");
+                    self.reply("502 5.5.1 Error: command not implemented");
+                }
+                Ok(Command::Spoof(verb)) => {
+                    self.stats.errors += 1;
+                    tracing::warn!(
+                        peer = %self.peer, listener = %self.listener, verb,
+                        "client tried to set its own identity; refused, not forwarded"
+                    );
+                    self.reply("550 5.7.0 Error: insufficient authorization");
+                }
+            }
+        }
+    }
+
+    // === command handlers ===
+
+    async fn hello(&mut self, name: &str, esmtp: bool) -> Step {
+        self.reset_transaction().await?;
+        self.helo = Some(Helo { name: name.to_string(), esmtp });
+        if esmtp {
+            let ehlo = format!(
+                "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES",
+                self.config.hostname, self.config.limits.max_message_size
+            );
+            self.reply(&ehlo);
+        } else {
+            let helo = format!("250 {}", self.config.hostname);
+            self.reply(&helo);
+        }
+        Ok(())
+    }
+
+    async fn mail(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
+        let Some(helo) = &self.helo else {
+            return self.refuse("503 5.5.1 Error: send HELO/EHLO first");
+        };
+        if self.tx.is_some() {
+            return self.refuse("503 5.5.1 Error: nested MAIL command");
+        }
+        if !helo.esmtp && !params.is_empty() {
+            return self.refuse("555 5.5.4 Error: MAIL parameters need EHLO");
+        }
+        let mut has_size = false;
+        let mut has_body = false;
+        for p in params {
+            let value = p.value.unwrap_or("");
+            if p.keyword.eq_ignore_ascii_case("SIZE") {
+                let Ok(size) = value.parse::<u64>() else {
+                    return self.refuse("501 5.5.4 Error: bad SIZE parameter");
+                };
+                if size > self.config.limits.max_message_size {
+                    tracing::info!(peer = %self.peer, size, "message refused: declared SIZE over the limit");
+                    return self.refuse("552 5.3.4 Message size exceeds fixed limit");
+                }
+                has_size = true;
+            } else if p.keyword.eq_ignore_ascii_case("BODY")
+                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
+            {
+                has_body = true;
+            } else {
+                return self.refuse("555 5.5.4 Error: unsupported MAIL parameter");
+            }
+        }
+
+        if self.upstream.is_none() {
+            let facts = self.facts();
+            match Upstream::connect(&self.config.backends, &facts, &self.config.hostname).await {
+                Ok(up) => self.upstream = Some(up),
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, listener = %self.listener, error = %e, "no backend for this transaction");
+                    return self.refuse(e.client_reply());
+                }
+            }
+        }
+        let facts = self.facts();
+        let up = self.upstream.as_mut().expect("connected above");
+        if let Err(e) = up.before_mail(&facts).await {
+            return self.upstream_failed(e, "before MAIL");
+        }
+        // Drop what this backend did not advertise; otherwise forward the client's bytes.
+        let caps = up.capabilities();
+        let rewritten;
+        let forward = if (has_size && !caps.size) || (has_body && !caps.eight_bit_mime) {
+            let mut l = format!("MAIL FROM:<{path}>");
+            for p in params {
+                let keep = if p.keyword.eq_ignore_ascii_case("SIZE") { caps.size } else { caps.eight_bit_mime };
+                if keep {
+                    l.push(' ');
+                    l.push_str(p.keyword);
+                    l.push('=');
+                    l.push_str(p.value.unwrap_or(""));
+                }
+            }
+            l.push_str("\r\n");
+            rewritten = l;
+            rewritten.as_bytes()
+        } else {
+            line
+        };
+        let reply = match up.command(forward).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(e, "MAIL"),
+        };
+        if reply.is_positive() {
+            self.tx = Some(Transaction::default());
+        }
+        self.relay_reply(&reply)
+    }
+
+    async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
+        let Some(tx) = &self.tx else {
+            return self.refuse("503 5.5.1 Error: need MAIL command");
+        };
+        if self.upstream.is_none() {
+            return self.refuse("451 4.4.2 Connection to the mail server lost, try again later");
+        }
+        if !params.is_empty() {
+            return self.refuse("555 5.5.4 Error: unsupported RCPT parameter");
+        }
+        let destination = match address::classify(path) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, rcpt = path, error = %e, "recipient refused: bad syntax");
+                return self.refuse("501 5.1.3 Bad recipient address syntax");
+            }
+        };
+        if tx.recipients >= self.config.limits.max_recipients {
+            self.stats.rcpt_refused += 1;
+            return self.refuse("452 4.5.3 Error: too many recipients");
+        }
+        let client = RelayClient { ip: self.peer.ip(), local_ip: self.local.ip(), authenticated: false };
+        let verdict = self.config.relay.decide(&client, &destination);
+        if let RelayVerdict::Denied(rule) = verdict {
+            self.stats.rcpt_refused += 1;
+            let form = match destination {
+                address::Destination::Routed(form) => form,
+                _ => "plain",
+            };
+            tracing::info!(
+                peer = %self.peer, local = %self.local, listener = %self.listener,
+                rcpt = path, address_form = form, rule, "relay refused"
+            );
+            let reply = format!("550 5.7.1 <{path}>: Relay access denied");
+            return self.refuse(&reply);
+        }
+        let up = self.upstream.as_mut().expect("checked above");
+        let reply = match up.command(line).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(e, "RCPT"),
+        };
+        if reply.is_positive() {
+            self.stats.rcpt_accepted += 1;
+            if let Some(tx) = &mut self.tx {
+                tx.recipients += 1;
+            }
+        } else {
+            self.stats.rcpt_refused += 1;
+        }
+        self.relay_reply(&reply)
+    }
+
+    async fn data(&mut self) -> Step {
+        match &self.tx {
+            None => return self.refuse("503 5.5.1 Error: need MAIL command"),
+            Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
+            Some(_) => {}
+        }
+        let Some(up) = self.upstream.as_mut() else {
+            return self.refuse("451 4.4.2 Connection to the mail server lost, try again later");
+        };
+        let reply = match up.command(b"DATA\r\n").await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(e, "DATA"),
+        };
+        if !reply.is_intermediate() {
+            return self.relay_reply(&reply);
+        }
+        self.relay_reply(&reply)?;
+        self.body().await
+    }
+
+    /// Streams the body to the backend chunk by chunk, as received, up to CRLF.CRLF.
+    async fn body(&mut self) -> Step {
+        let limits = &self.config.limits;
+        let mut scanner = DataScanner::new(limits.max_message_size, limits.bare_lf);
+        let mut upstream_error: Option<UpstreamError> = None;
+        loop {
+            if self.inbuf.is_empty() {
+                self.flush().await?;
+                self.inbuf.reserve(DATA_CHUNK);
+                match timeout(DATA_TIMEOUT, self.client.read_buf(&mut self.inbuf)).await {
+                    Err(_) => return self.timed_out(),
+                    Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosedInData),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            let scan = scanner.feed(&self.inbuf);
+            let n = match scan {
+                Scan::End(n) => n,
+                Scan::More => self.inbuf.len(),
+            };
+            let chunk = self.inbuf.split_to(n);
+            // A chunk holding a violation is never forwarded; neither is anything after it.
+            if scanner.violation().is_none() && upstream_error.is_none() {
+                let up = self.upstream.as_mut().expect("DATA needs an upstream");
+                if let Err(e) = up.send(&chunk).await {
+                    upstream_error = Some(e);
+                }
+            }
+            if matches!(scan, Scan::End(_)) {
+                break;
+            }
+        }
+        self.tx = None;
+        if let Some(v) = scanner.violation() {
+            // Abandon the backend transaction: close without the final dot.
+            self.upstream = None;
+            self.stats.errors += 1;
+            tracing::info!(
+                peer = %self.peer, listener = %self.listener, reason = v.reason(), size = scanner.size(),
+                "message refused"
+            );
+            return self.refuse(v.reply());
+        }
+        if let Some(e) = upstream_error {
+            return self.upstream_failed(e, "message body");
+        }
+        let up = self.upstream.as_mut().expect("DATA needs an upstream");
+        match up.read_reply(DATA_END_TIMEOUT).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.stats.messages += 1;
+                }
+                self.relay_reply(&reply)
+            }
+            Err(e) => self.upstream_failed(e, "end of data"),
+        }
+    }
+
+    async fn rset(&mut self) -> Step {
+        self.reset_transaction().await?;
+        self.reply("250 2.0.0 Ok");
+        Ok(())
+    }
+
+    // === helpers ===
+
+    /// Ends any open transaction here and at the backend.
+    async fn reset_transaction(&mut self) -> Step {
+        if self.tx.take().is_some()
+            && let Some(up) = self.upstream.as_mut()
+        {
+            match up.command(b"RSET\r\n").await {
+                Ok(r) if r.is_positive() => {}
+                Ok(r) => {
+                    tracing::warn!(backend = %up.address, reply = %r.first_line(), "backend refused RSET; reconnecting later");
+                    self.upstream = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backend lost at RSET; reconnecting later");
+                    self.upstream = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn facts(&self) -> ClientFacts {
+        let helo = self.helo.as_ref().expect("MAIL requires HELO");
+        ClientFacts { addr: self.peer, local: self.local, helo: helo.name.clone(), esmtp: helo.esmtp }
+    }
+
+    /// Our own error reply for a refused command.
+    fn refuse(&mut self, reply: &str) -> Step {
+        self.reply(reply);
+        Ok(())
+    }
+
+    /// The backend failed: drop it and the transaction, tell the client to retry.
+    fn upstream_failed(&mut self, error: UpstreamError, step: &str) -> Step {
+        let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
+        self.tx = None;
+        tracing::warn!(peer = %self.peer, %backend, step, error = %error, "backend failed; client told to retry");
+        self.refuse(error.client_reply())
+    }
+
+    /// Passes the backend's reply on unchanged. A 421 means the backend is closing:
+    /// the session ends after relaying it.
+    fn relay_reply(&mut self, reply: &Reply) -> Step {
+        self.out.extend_from_slice(reply.as_bytes());
+        if reply.code == 421 {
+            self.upstream = None;
+            self.tx = None;
+            return Err(Outcome::BackendClosing);
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn timed_out(&mut self) -> Step {
+        let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
+        self.reply(&text);
+        Err(Outcome::Timeout)
+    }
+
+    async fn flush(&mut self) -> Step {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = timeout(COMMAND_TIMEOUT, self.client.write_all(&self.out)).await;
+        self.out.clear();
+        if self.out.capacity() > 4096 {
+            self.out = Vec::new();
+        }
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Outcome::WriteFailed),
+        }
+    }
+
+    /// The next complete command line, CRLF included. `None` when a malformed line was
+    /// answered and skipped. Replies are flushed only when no further command is
+    /// buffered, so pipelined commands get their replies in one write, in order.
+    async fn next_line(&mut self) -> Result<Option<BytesMut>, Outcome> {
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
+                let line = self.inbuf.split_to(nl + 1);
+                if std::mem::take(&mut self.discarding) {
+                    continue;
+                }
+                if nl == 0 || line[nl - 1] != b'\r' {
+                    self.stats.errors += 1;
+                    tracing::info!(peer = %self.peer, "command line ended by bare LF; refused");
+                    self.reply("500 5.5.2 Error: command line must end with CRLF");
+                    return Ok(None);
+                }
+                return Ok(Some(line));
+            }
+            if self.inbuf.len() >= MAX_LINE {
+                self.inbuf.clear();
+                if !self.discarding {
+                    self.discarding = true;
+                    self.stats.errors += 1;
+                    tracing::info!(peer = %self.peer, "command line too long; refused");
+                    self.reply("500 5.5.2 Error: line too long");
+                }
+            }
+            self.flush().await?;
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 4 * COMMAND_CHUNK {
+                // Let go of a large DATA buffer while idle.
+                self.inbuf = BytesMut::new();
+            }
+            self.inbuf.reserve(COMMAND_CHUNK);
+            match timeout(COMMAND_TIMEOUT, self.client.read_buf(&mut self.inbuf)).await {
+                Err(_) => return self.timed_out().map(|_| None),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosed),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

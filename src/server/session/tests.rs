@@ -1,0 +1,389 @@
+//! Session tests: an in-memory client (`tokio::io::duplex`) and a scripted backend on
+//! loopback that records every line it receives.
+
+use super::*;
+use crate::smtp::ReplyParser;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+use tokio::net::TcpListener;
+
+const POSTFIX_CAPS: &str = "250-PIPELINING\r\n250-SIZE 10240000\r\n\
+    250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n\
+    250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n";
+
+/// A backend that accepts everything and writes down what it got.
+struct FakeBackend {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeBackend {
+    async fn start(caps: &'static str) -> Self {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let shared = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = socket.accept().await.unwrap();
+                tokio::spawn(serve_fake(stream, caps, shared.clone()));
+            }
+        });
+        Self { addr, log }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the backend saw `line` (it records EOF as "EOF").
+    async fn wait_for(&self, line: &str) {
+        for _ in 0..200 {
+            if self.lines().iter().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("backend never saw {line:?}; it saw {:?}", self.lines());
+    }
+}
+
+async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<Mutex<Vec<String>>>) {
+    let mut stream = BufReader::new(stream);
+    stream.get_mut().write_all(b"220 fake ESMTP\r\n").await.unwrap();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if stream.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+            log.lock().unwrap().push("EOF".into());
+            return;
+        }
+        let text = String::from_utf8_lossy(&line).trim_end_matches("\r\n").to_string();
+        log.lock().unwrap().push(text.clone());
+        let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let reply: String = match verb.as_str() {
+            "EHLO" => format!("250-fake\r\n{caps}"),
+            "XCLIENT" => "220 fake ESMTP again\r\n".into(),
+            "QUIT" => "221 2.0.0 Bye\r\n".into(),
+            "DATA" => {
+                stream.get_mut().write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await.unwrap();
+                let mut body = b"\r\n".to_vec();
+                loop {
+                    let mut chunk = Vec::new();
+                    if stream.read_until(b'\n', &mut chunk).await.unwrap_or(0) == 0 {
+                        log.lock().unwrap().push(format!("ABORTED:{}", String::from_utf8_lossy(&body[2..])));
+                        log.lock().unwrap().push("EOF".into());
+                        return;
+                    }
+                    body.extend_from_slice(&chunk);
+                    if body.ends_with(b"\r\n.\r\n") {
+                        break;
+                    }
+                }
+                log.lock().unwrap().push(format!("BODY:{}", String::from_utf8_lossy(&body[2..])));
+                "250 2.0.0 Ok: queued as FAKE1\r\n".into()
+            }
+            _ => "250 2.0.0 Ok\r\n".into(),
+        };
+        if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+        if verb == "QUIT" {
+            log.lock().unwrap().push("EOF".into());
+            return;
+        }
+    }
+}
+
+fn config(backends: &[(SocketAddr, &str)], extra: &str) -> Arc<Config> {
+    let mut text = String::from(
+        "[server]\nhostname = \"proxy.test\"\n\
+         [[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n\
+         [relay]\nlocal_domains = [\"example.com\"]\nnetworks = [\"10.0.0.0/8\"]\n",
+    );
+    text.push_str(extra);
+    for (addr, identity) in backends {
+        text.push_str(&format!("[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"2s\"\n"));
+    }
+    Arc::new(crate::config::parse(&text).unwrap().config)
+}
+
+struct Client {
+    io: DuplexStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    fn start(config: Arc<Config>, peer: &str) -> Self {
+        let (io, server) = tokio::io::duplex(256 * 1024);
+        let session = Session::new(
+            config,
+            "mx".into(),
+            server,
+            ClientAddr::new(peer.parse().unwrap()),
+            LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+        );
+        tokio::spawn(session.run());
+        Self { io, buf: BytesMut::new() }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.io.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> String {
+        let read = async {
+            loop {
+                if let Some(r) = ReplyParser::parse(&mut self.buf).unwrap() {
+                    return String::from_utf8(r.as_bytes().to_vec()).unwrap();
+                }
+                if self.io.read_buf(&mut self.buf).await.unwrap() == 0 {
+                    return "<closed>".to_string();
+                }
+            }
+        };
+        timeout(Duration::from_secs(10), read).await.expect("reply in time")
+    }
+
+    /// Sends a command and checks that the reply starts with `expect`.
+    async fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send(&format!("{line}\r\n")).await;
+        let reply = self.reply().await;
+        assert!(reply.starts_with(expect), "{line:?}: expected {expect:?}, got {reply:?}");
+        reply
+    }
+
+    async fn greeted(config: Arc<Config>, peer: &str) -> Self {
+        let mut c = Self::start(config, peer);
+        assert_eq!(c.reply().await, "220 proxy.test ESMTP\r\n");
+        c.cmd("EHLO client.example", "250-proxy.test").await;
+        c
+    }
+}
+
+const OUTSIDER: &str = "203.0.113.9:40000";
+
+#[tokio::test]
+async fn ehlo_advertises_only_what_is_forwarded() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::start(config(&[(backend.addr, "xclient")], ""), OUTSIDER);
+    assert_eq!(c.reply().await, "220 proxy.test ESMTP\r\n");
+    let ehlo = c.cmd("EHLO client.example", "250").await;
+    assert_eq!(
+        ehlo,
+        "250-proxy.test\r\n250-PIPELINING\r\n250-SIZE 50000000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+    );
+    c.cmd("HELO client.example", "250 proxy.test").await;
+    c.cmd("QUIT", "221 2.0.0").await;
+    assert!(backend.lines().is_empty(), "no backend connection without a transaction");
+}
+
+#[tokio::test]
+async fn sequence_and_syntax_errors() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::start(config(&[(backend.addr, "xclient")], ""), OUTSIDER);
+    c.reply().await;
+    c.cmd("MAIL FROM:<a@example.org>", "503 5.5.1").await;
+    c.cmd("EHLO client.example", "250").await;
+    c.cmd("RCPT TO:<u@example.com>", "503 5.5.1").await;
+    c.cmd("DATA", "503 5.5.1").await;
+    c.cmd("FROB", "500 5.5.1").await;
+    c.cmd("MAIL FROM:a@example.org", "501 5.5.4").await;
+    c.cmd("MAIL FROM:<a@example.org> FOO=BAR", "555 5.5.4").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("MAIL FROM:<a@example.org>", "503 5.5.1").await;
+    c.cmd("DATA", "503 5.5.1").await;
+    c.cmd("RCPT TO:<u@exa_mple.com>", "501 5.1.3").await;
+    c.cmd("RCPT TO:<u@example.com> NOTIFY=NEVER", "555 5.5.4").await;
+    c.cmd("VRFY root", "252").await;
+    c.cmd("HELP", "214").await;
+    c.cmd("NOOP", "250 2.0.0").await;
+    c.cmd("STARTTLS", "502 5.5.1").await;
+    c.cmd("RSET", "250 2.0.0").await;
+    c.cmd("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn pipelined_transaction_with_xclient() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.send(
+        "MAIL FROM:<s@example.org> SIZE=30 BODY=8BITMIME\r\nRCPT TO:<a@example.com>\r\n\
+         RCPT TO:<b@remote.test>\r\nRCPT TO:<c@Example.COM>\r\nDATA\r\n",
+    )
+    .await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(c.reply().await, "550 5.7.1 <b@remote.test>: Relay access denied\r\n");
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert!(c.reply().await.starts_with("354"));
+    c.send("Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as FAKE1\r\n");
+    assert!(c.reply().await.starts_with("221"));
+    backend.wait_for("EOF").await;
+    assert_eq!(
+        backend.lines(),
+        vec![
+            "EHLO proxy.test",
+            "XCLIENT PROTO=ESMTP HELO=client.example PORT=40000 DESTADDR=192.0.2.25 DESTPORT=25 \
+             NAME=[UNAVAILABLE] ADDR=203.0.113.9",
+            "EHLO client.example",
+            "MAIL FROM:<s@example.org> SIZE=30 BODY=8BITMIME",
+            "RCPT TO:<a@example.com>",
+            "RCPT TO:<c@Example.COM>",
+            "DATA",
+            "BODY:Subject: hi\r\n\r\n..dot\r\n.\r\n",
+            "QUIT",
+            "EOF",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn xforward_is_sent_before_every_mail() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xforward")], ""), OUTSIDER).await;
+    for _ in 0..2 {
+        c.cmd("MAIL FROM:<s@example.org>", "250").await;
+        c.cmd("RSET", "250").await;
+    }
+    c.cmd("QUIT", "221").await;
+    backend.wait_for("EOF").await;
+    let xforward = "XFORWARD NAME=[UNAVAILABLE] ADDR=203.0.113.9 PORT=40000 PROTO=ESMTP HELO=client.example SOURCE=REMOTE";
+    assert_eq!(
+        backend.lines(),
+        vec!["EHLO proxy.test", xforward, "MAIL FROM:<s@example.org>", "RSET", xforward, "MAIL FROM:<s@example.org>", "RSET", "QUIT", "EOF"]
+    );
+}
+
+#[tokio::test]
+async fn parameters_the_backend_lacks_are_dropped() {
+    let backend = FakeBackend::start("250 PIPELINING\r\n").await;
+    let mut c = Client::greeted(config(&[(backend.addr, "none")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org> SIZE=30 BODY=8BITMIME", "250").await;
+    c.cmd("QUIT", "221").await;
+    backend.wait_for("EOF").await;
+    assert_eq!(backend.lines()[1], "MAIL FROM:<s@example.org>");
+}
+
+#[tokio::test]
+async fn relay_from_networks_and_recipient_limit() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xclient")], "[limits]\nmax_recipients = 2\n");
+    let mut c = Client::greeted(cfg, "10.1.2.3:1025").await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@remote.test>", "250").await;
+    c.cmd("RCPT TO:<u%b@example.com>", "250").await;
+    c.cmd("RCPT TO:<c@example.com>", "452 4.5.3").await;
+}
+
+#[tokio::test]
+async fn bare_lf_abandons_the_backend_transaction() {
+    for body in ["a\n.\nMAIL FROM:<x@evil>\r\n.\r\n", "a\r\n.\rRCPT TO:<y@evil>\r\n.\r\n"] {
+        let backend = FakeBackend::start(POSTFIX_CAPS).await;
+        let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+        c.cmd("MAIL FROM:<s@example.org>", "250").await;
+        c.cmd("RCPT TO:<a@example.com>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(body).await;
+        assert!(c.reply().await.starts_with("554 5.6.0"), "{body:?}");
+        backend.wait_for("EOF").await;
+        let lines = backend.lines();
+        assert!(lines.iter().any(|l| l.starts_with("ABORTED:")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("BODY:") || l.contains("evil")), "{lines:?}");
+        // The session goes on; a new transaction opens a new backend connection.
+        c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    }
+}
+
+#[tokio::test]
+async fn client_gone_mid_data_leaves_no_message() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: half\r\n\r\nhalf a message\r\n").await;
+    drop(c);
+    backend.wait_for("EOF").await;
+    assert!(backend.lines().iter().any(|l| l.starts_with("ABORTED:Subject: half")));
+    assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")));
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xclient")], "[limits]\nmax_message_size = 100\n");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org> SIZE=101", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<s@example.org> SIZE=100", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(&format!("{}\r\n.\r\n", "x".repeat(200))).await;
+    assert!(c.reply().await.starts_with("552 5.3.4"));
+    backend.wait_for("EOF").await;
+    assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")));
+}
+
+#[tokio::test]
+async fn no_backend_gives_4xx_and_failover_uses_the_next() {
+    // A port nobody listens on: bind, note, close.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut c = Client::greeted(config(&[(dead, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.4.1").await;
+
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(dead, "xclient"), (backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+}
+
+#[tokio::test]
+async fn backend_without_xclient_is_refused_with_4xx() {
+    let backend = FakeBackend::start("250 PIPELINING\r\n").await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.3.0").await;
+    assert!(!backend.lines().iter().any(|l| l.starts_with("MAIL")));
+}
+
+#[tokio::test]
+async fn client_identity_commands_are_refused_and_not_forwarded() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("XCLIENT ADDR=10.1.1.1", "550 5.7.0").await;
+    c.cmd("XFORWARD ADDR=10.1.1.1", "550 5.7.0").await;
+    c.cmd("RCPT TO:<a@remote.test>", "550 5.7.1").await;
+    c.cmd("QUIT", "221").await;
+    assert!(!backend.lines().iter().any(|l| l.contains("10.1.1.1")));
+}
+
+#[tokio::test]
+async fn malformed_lines() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.send("NOOP\n").await;
+    assert!(c.reply().await.starts_with("500 5.5.2"));
+    c.send(&"A".repeat(5000)).await;
+    assert!(c.reply().await.starts_with("500 5.5.2"));
+    c.send("still the long line\r\nNOOP\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+}
+
+#[tokio::test]
+async fn backend_421_is_relayed_and_ends_the_session() {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = socket.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        s.write_all(b"220 hi\r\n").await.unwrap();
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"250 hi\r\n").await.unwrap();
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"421 4.3.2 shutting down\r\n").await.unwrap();
+    });
+    let mut c = Client::greeted(config(&[(addr, "none")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "421 4.3.2 shutting down").await;
+    assert_eq!(c.reply().await, "<closed>");
+}

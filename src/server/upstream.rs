@@ -1,0 +1,200 @@
+//! The backend side of a session: connect with failover, hand over the client's
+//! identity, then send commands and read replies.
+
+use crate::config::Backend;
+use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
+use crate::smtp::{Capabilities, Reply, ReplyError, ReplyParser};
+use bytes::BytesMut;
+use std::io;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// How long to wait for a reply to a command (RFC 5321 4.5.3.2 allows 5 minutes).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long to wait for the reply to end of data (RFC 5321: 10 minutes).
+pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Trouble on the backend side. None of it is the client's fault, so every variant
+/// maps to a temporary (4xx) reply.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("no backend reachable ({0})")]
+    Unreachable(String),
+    #[error("backend {backend} refused the identity step: {detail}")]
+    IdentityRefused { backend: String, detail: String },
+    #[error("backend connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend did not answer in time")]
+    Timeout,
+    #[error("backend sent a bad reply: {0}")]
+    BadReply(#[from] ReplyError),
+}
+
+impl UpstreamError {
+    /// The reply the client gets; it names no internals.
+    pub fn client_reply(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "451 4.4.1 Service temporarily unavailable, try again later",
+            UpstreamError::IdentityRefused { .. } => "451 4.3.0 Service temporarily unavailable, try again later",
+            _ => "451 4.4.2 Connection to the mail server lost, try again later",
+        }
+    }
+}
+
+pub struct Upstream {
+    stream: TcpStream,
+    buf: BytesMut,
+    caps: Capabilities,
+    identity: Identity,
+    /// The backend's configured address, for logs.
+    pub address: String,
+}
+
+impl Upstream {
+    /// Tries each backend in order; the first that greets and accepts the identity step wins.
+    pub async fn connect(backends: &[Backend], facts: &ClientFacts, hostname: &str) -> Result<Self, UpstreamError> {
+        let mut failures = Vec::new();
+        let mut identity_refused = false;
+        for backend in backends {
+            match Self::connect_one(backend, facts, hostname).await {
+                Ok(upstream) => return Ok(upstream),
+                Err(UpstreamError::IdentityRefused { backend, detail }) => {
+                    tracing::warn!(%backend, %detail, "backend refused the identity step, trying the next");
+                    failures.push(format!("{backend}: {detail}"));
+                    identity_refused = true;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %backend.address, error = %e, "backend unusable, trying the next");
+                    failures.push(format!("{}: {e}", backend.address));
+                }
+            }
+        }
+        if identity_refused {
+            // A misconfiguration more than an outage: say so in the reply code too.
+            return Err(UpstreamError::IdentityRefused { backend: "every backend".into(), detail: failures.join("; ") });
+        }
+        Err(UpstreamError::Unreachable(failures.join("; ")))
+    }
+
+    async fn connect_one(backend: &Backend, facts: &ClientFacts, hostname: &str) -> Result<Self, UpstreamError> {
+        let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        stream.set_nodelay(true)?;
+        let mut up = Upstream {
+            stream,
+            buf: BytesMut::with_capacity(1024),
+            caps: Capabilities::default(),
+            identity: backend.identity,
+            address: backend.address.clone(),
+        };
+        match backend.identity {
+            Identity::ProxyV1 => up.stream.write_all(&proxy::v1_header(facts.addr, facts.local)).await?,
+            Identity::ProxyV2 => up.stream.write_all(&proxy::v2_header(facts.addr, facts.local)).await?,
+            _ => {}
+        }
+        let greeting = up.read_reply(REPLY_TIMEOUT).await?;
+        if greeting.code != 220 {
+            return Err(UpstreamError::Unreachable(format!("greeting {}", greeting.first_line())));
+        }
+        up.hello(hostname).await?;
+        if backend.identity == Identity::Xclient {
+            up.xclient(facts).await?;
+        }
+        if backend.identity == Identity::Xforward && up.caps.xforward.is_none() {
+            return Err(up.refused("XFORWARD is not offered in the EHLO reply"));
+        }
+        Ok(up)
+    }
+
+    /// EHLO, falling back to HELO for servers that do not speak ESMTP.
+    async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
+        let reply = self.command(format!("EHLO {name}\r\n").as_bytes()).await?;
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        let reply = self.command(format!("HELO {name}\r\n").as_bytes()).await?;
+        if !reply.is_positive() {
+            return Err(UpstreamError::Unreachable(format!("HELO refused: {}", reply.first_line())));
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn xclient(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
+        let lines = xclient::commands(facts, &self.caps);
+        if !self.caps.xclient_offers("ADDR") {
+            return Err(self.refused("XCLIENT ADDR is not offered in the EHLO reply"));
+        }
+        for line in lines {
+            let reply = self.command(line.as_bytes()).await?;
+            // Postfix answers a successful XCLIENT with a fresh greeting.
+            if !reply.is_positive() {
+                return Err(self.refused(&format!("XCLIENT answered {}", reply.first_line())));
+            }
+        }
+        // The session restarted as the client's: greet as the client did.
+        self.hello(&facts.helo).await
+    }
+
+    /// Sends XFORWARD before a transaction, when that is the identity method.
+    pub async fn before_mail(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
+        if self.identity != Identity::Xforward {
+            return Ok(());
+        }
+        for line in xforward::commands(facts, &self.caps) {
+            let reply = self.command(line.as_bytes()).await?;
+            if !reply.is_positive() {
+                return Err(self.refused(&format!("XFORWARD answered {}", reply.first_line())));
+            }
+        }
+        Ok(())
+    }
+
+    fn refused(&self, detail: &str) -> UpstreamError {
+        UpstreamError::IdentityRefused { backend: self.address.clone(), detail: detail.to_string() }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Writes one command line (CRLF included) and reads its reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, UpstreamError> {
+        self.send(line).await?;
+        self.read_reply(REPLY_TIMEOUT).await
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        timeout(REPLY_TIMEOUT, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
+        Ok(())
+    }
+
+    pub async fn read_reply(&mut self, limit: Duration) -> Result<Reply, UpstreamError> {
+        let read = async {
+            loop {
+                if let Some(reply) = ReplyParser::parse(&mut self.buf)? {
+                    return Ok(reply);
+                }
+                self.buf.reserve(512);
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(UpstreamError::Closed);
+                }
+            }
+        };
+        timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)?
+    }
+
+    /// Polite end: QUIT without waiting long for the answer.
+    pub async fn quit(mut self) {
+        if self.send(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5)).await;
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! SMTP protocol pieces, free of I/O: command parsing, replies, backend capabilities,
+//! the DATA scanner and xtext.
+
+pub mod capabilities;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod xtext;
+
+pub use capabilities::Capabilities;
+pub use command::{Command, CommandError, Param};
+pub use data::{BareLf, DataScanner, Scan, Violation};
+pub use reply::{Reply, ReplyError, ReplyParser};
