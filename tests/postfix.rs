@@ -1,0 +1,289 @@
+//! End to end against a real Postfix backend: the client's real address reaches
+//! Postfix with each identity method, relay and connection rules hold on the real peer,
+//! and backend failover works. Clients use distinct 127.0.0.0/8 addresses.
+
+mod support;
+
+use support::*;
+
+fn config(backends: &str, relay: &str, listeners: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "proxy.test"
+{listeners}
+[relay]
+local_domains = ["example.com"]
+{relay}
+{backends}
+"#
+    )
+}
+
+const ONE_LISTENER: &str = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n";
+
+fn backend(addr: std::net::SocketAddr, identity: &str) -> String {
+    format!("[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"3s\"\n")
+}
+
+/// swaks from 127.0.0.77 through the proxy; returns Postfix's `client=` log entry and
+/// the delivered message's `Received:` header.
+fn client_seen_by_postfix(identity: &str) -> (String, String) {
+    init_logs();
+    let pf = Postfix::shared();
+    let target = if identity.starts_with("proxy") { pf.proxied } else { pf.plain };
+    let proxy = Proxy::start(&config(&backend(target, identity), "", ONE_LISTENER));
+    let mark = marker(&format!("identity-{identity}"));
+    let (ok, transcript) = swaks(&[
+        "--server",
+        &proxy.addr("mx").to_string(),
+        "--local-interface",
+        "127.0.0.77",
+        "--from",
+        "sender@example.org",
+        "--to",
+        "user@example.com",
+        "--header",
+        &format!("X-Test: {mark}"),
+    ]);
+    assert!(ok, "swaks failed:\n{transcript}");
+    let msg = pf.delivered(&mark);
+    let received = msg.text.lines().skip_while(|l| !l.starts_with("Received:")).take(2).collect::<Vec<_>>().join(" ");
+    (pf.client_line(&msg.queue_id), received)
+}
+
+#[test]
+fn xclient_passes_the_real_client() {
+    if !have("postfix") || !have("swaks") {
+        return;
+    }
+    let (logged, received) = client_seen_by_postfix("xclient");
+    assert_eq!(logged, "unknown[127.0.0.77]");
+    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
+}
+
+#[test]
+fn xforward_passes_the_real_client() {
+    if !have("postfix") || !have("swaks") {
+        return;
+    }
+    // XFORWARD is for logging: Postfix records the real client as orig_client, while
+    // its access rules and Received: header still see the proxy.
+    let (logged, _received) = client_seen_by_postfix("xforward");
+    assert_eq!(logged, "localhost[127.0.0.1], orig_client=unknown[127.0.0.77]");
+}
+
+#[test]
+fn proxy_v1_passes_the_real_client() {
+    if !have("postfix") || !have("swaks") {
+        return;
+    }
+    let (logged, received) = client_seen_by_postfix("proxy-v1");
+    assert_eq!(logged, "unknown[127.0.0.77]");
+    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
+}
+
+#[test]
+fn proxy_v2_passes_the_real_client() {
+    if !have("postfix") || !have("swaks") {
+        return;
+    }
+    let (logged, received) = client_seen_by_postfix("proxy-v2");
+    assert_eq!(logged, "unknown[127.0.0.77]");
+    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
+}
+
+#[test]
+fn identity_none_shows_the_proxy() {
+    if !have("postfix") || !have("swaks") {
+        return;
+    }
+    let (logged, received) = client_seen_by_postfix("none");
+    assert_eq!(logged, "localhost[127.0.0.1]");
+    assert!(!received.contains("127.0.0.77"), "{received}");
+}
+
+#[test]
+fn relay_rules_on_the_real_peer() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    // One listener on all loopback addresses, so clients can reach different local addresses.
+    let listeners = "[[listener]]\nname = \"mx\"\nbind = \"0.0.0.0:0\"\n";
+    let relay = r#"networks = ["127.0.0.80/255.255.255.248", "127.0.0.90/32"]
+local_addresses = ["127.0.0.10"]
+never = ["127.0.0.90/32"]"#;
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), relay, listeners));
+    let port = proxy.addr("mx").port();
+    let at = |ip: &str| format!("{ip}:{port}").parse().unwrap();
+    let mark = marker("relay");
+
+    // An outsider: local domain accepted, remote refused before Postfix ever sees it.
+    let mut c = Smtp::hello("127.0.0.77", at("127.0.0.1"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<local-ok@example.com>", "250");
+    let refused = format!("outsider-{mark}@remote.test");
+    c.cmd(&format!("RCPT TO:<{refused}>"), "550 5.7.1");
+    for tricky in [
+        format!("x%{mark}@example.com"),
+        format!("remote.test!{mark}@example.com"),
+        format!("@example.com:{mark}@remote.test"),
+        format!("\"{mark}@remote.test\"@example.com"),
+        "x@[127.0.0.1]".to_string(),
+        "x@example.com.".to_string(),
+    ] {
+        c.cmd(&format!("RCPT TO:<{tricky}>"), "550 5.7.1");
+    }
+    let reply = {
+        c.cmd("DATA", "354");
+        c.send(&format!("Subject: {mark}\r\n\r\nlocal mail from an outsider\r\n.\r\n"));
+        c.reply()
+    };
+    assert!(reply.starts_with("250"), "{reply}");
+    c.cmd("QUIT", "221");
+    pf.delivered(&mark);
+    assert!(!pf.log().contains(&mark), "a refused recipient reached Postfix:\n{}", pf.log());
+
+    // relay.networks (address/mask form) may relay.
+    let mut c = Smtp::hello("127.0.0.81", at("127.0.0.1"));
+    let reply = c.message("s@example.org", &[&format!("networks-{mark}@remote.test")], &format!("Subject: n {mark}"));
+    assert!(reply.starts_with("250"), "{reply}");
+
+    // never beats networks.
+    let mut c = Smtp::hello("127.0.0.90", at("127.0.0.1"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd(&format!("RCPT TO:<never-{mark}@remote.test>"), "550 5.7.1");
+
+    // The same outsider may relay through the local address 127.0.0.10, not through .11.
+    let mut c = Smtp::hello("127.0.0.77", at("127.0.0.10"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd(&format!("RCPT TO:<local-address-{mark}@remote.test>"), "250");
+    let mut c = Smtp::hello("127.0.0.77", at("127.0.0.11"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd(&format!("RCPT TO:<other-address-{mark}@remote.test>"), "550 5.7.1");
+
+    pf.delivered(&format!("Subject: n {mark}"));
+    let log = pf.log();
+    assert!(log.contains(&format!("to=<networks-{mark}@remote.test>")), "{log}");
+    assert!(!log.contains(&format!("never-{mark}")));
+    assert!(!log.contains(&format!("other-address-{mark}")));
+}
+
+#[test]
+fn relay_disabled_refuses_all_relay() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let relay = "enabled = false\nnetworks = [\"127.0.0.0/8\"]";
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), relay, ONE_LISTENER));
+    let mut c = Smtp::hello("127.0.0.81", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<someone@remote.test>", "550 5.7.1");
+    c.cmd("RCPT TO:<someone@example.com>", "250");
+}
+
+#[test]
+fn connection_rules_per_listener() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    // Q316205: port "mx" only for the scanner host, "open" for everyone.
+    let listeners = r#"
+[[listener]]
+name = "mx"
+bind = "127.0.0.1:0"
+default = "accept"
+rules = [
+  { name = "scanner", action = "accept", from = ["127.0.0.10/32"] },
+  { name = "everyone-else", action = "reject", from = ["0.0.0.0/0", "::/0"] },
+]
+[[listener]]
+name = "open"
+bind = "127.0.0.1:0"
+"#;
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", listeners));
+    let mut c = Smtp::connect_from("127.0.0.10", proxy.addr("mx"));
+    assert!(c.reply().starts_with("220 proxy.test"));
+    let mut c = Smtp::connect_from("127.0.0.11", proxy.addr("mx"));
+    assert_eq!(c.reply(), "554 5.7.1 Access denied\r\n");
+    assert_eq!(c.reply(), "", "connection closed after the refusal");
+    let mut c = Smtp::connect_from("127.0.0.11", proxy.addr("open"));
+    assert!(c.reply().starts_with("220 proxy.test"));
+}
+
+#[test]
+fn first_backend_down_second_used_all_down_4xx() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let backends = backend(dead, "xclient") + &backend(pf.plain, "xclient");
+    let proxy = Proxy::start(&config(&backends, "", ONE_LISTENER));
+    let mark = marker("failover");
+    let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
+    let reply = c.message("s@example.org", &["u@example.com"], &format!("Subject: {mark}"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let msg = pf.delivered(&mark);
+    assert_eq!(pf.logged_client(&msg.queue_id), "unknown[127.0.0.77]");
+
+    let proxy = Proxy::start(&config(&backend(dead, "xclient"), "", ONE_LISTENER));
+    let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.4.1");
+}
+
+#[test]
+fn bare_lf_never_reaches_postfix() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
+    let mark = marker("smuggle");
+    let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<u@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.send(&format!(
+        "Subject: {mark}\r\n\r\nfirst\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<u@example.com>\r\n\
+         DATA\r\nSubject: smuggled {mark}\r\n\r\n.\r\n"
+    ));
+    assert!(c.reply().starts_with("554 5.6.0"));
+    // A clean message afterwards arrives, so delivery was working all along.
+    let reply = c.message("s@example.org", &["u@example.com"], &format!("Subject: clean {mark}"));
+    assert!(reply.starts_with("250"), "{reply}");
+    pf.delivered(&format!("clean {mark}"));
+    assert_eq!(pf.count(&mark), 1, "only the clean message may arrive");
+}
+
+#[test]
+fn client_disconnect_mid_data_delivers_nothing() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
+    let mark = marker("half");
+    let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<u@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.send(&format!("Subject: {mark}\r\n\r\nhalf a message\r\n"));
+    drop(c);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        || pf.log().contains("lost connection after DATA"),
+        "postfix to see the abandoned transaction",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(pf.count(&mark), 0);
+}

@@ -1,0 +1,320 @@
+//! Shared harness for black-box tests: the proxy started in-process on port 0, a
+//! private Postfix instance as the real backend, a blocking SMTP client that can bind
+//! any 127.0.0.0/8 address, and swaks.
+
+#![allow(dead_code)]
+
+use portcullis::server::Server;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// True if `program` is installed. Missing peers fail the test under CI and skip it
+/// (loudly) elsewhere.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} || test -x /usr/sbin/{program}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} is required under CI but is not installed");
+        }
+        eprintln!("SKIPPED: {program} is not installed (install it, or run under CI=1 to make this a failure)");
+    }
+    found
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// === Postfix ===
+
+pub struct Postfix {
+    pub dir: PathBuf,
+    /// smtpd that trusts XCLIENT and XFORWARD from 127.0.0.0/8.
+    pub plain: SocketAddr,
+    /// smtpd that expects a PROXY header (smtpd_upstream_proxy_protocol=haproxy).
+    pub proxied: SocketAddr,
+}
+
+/// A delivered message and what Postfix logged for it.
+pub struct Delivered {
+    pub text: String,
+    pub queue_id: String,
+}
+
+impl Postfix {
+    /// One private instance per test binary, stopped when the test process exits.
+    pub fn shared() -> &'static Postfix {
+        static PF: OnceLock<Postfix> = OnceLock::new();
+        PF.get_or_init(Postfix::start)
+    }
+
+    fn start() -> Postfix {
+        let dir = tempfile::Builder::new().prefix("portcullis-postfix-").tempdir().unwrap().keep();
+        let d = dir.display().to_string();
+        let (plain, proxied) = (free_port(), free_port());
+        let script = format!(
+            r#"set -e
+D={d}
+chmod 755 $D
+mkdir -p $D/etc $D/queue $D/data $D/mail
+chown postfix $D/data; chown 65534:65534 $D/mail
+: > $D/etc/main.cf
+cp /etc/postfix/master.cf $D/etc/master.cf
+dirs=$(postconf -h alternate_config_directories)
+postconf -e "alternate_config_directories = $dirs $D/etc"
+postconf -c $D/etc -e "queue_directory = $D/queue" "data_directory = $D/data" \
+  "maillog_file = $D/postfix.log" "maillog_file_prefixes = $D" \
+  'inet_interfaces = 127.0.0.1' 'inet_protocols = ipv4' 'mydestination =' \
+  'myhostname = backend.test' 'syslog_name = pf-test' \
+  'virtual_mailbox_domains = example.com remote.test' "virtual_mailbox_base = $D/mail" \
+  'virtual_mailbox_maps = static:inbox/' \
+  'virtual_uid_maps = static:65534' 'virtual_gid_maps = static:65534' \
+  'smtpd_authorized_xclient_hosts = 127.0.0.0/8' \
+  'smtpd_authorized_xforward_hosts = 127.0.0.0/8' \
+  'mynetworks = 127.0.0.1/32' \
+  'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination' \
+  'compatibility_level = 3.6'
+postconf -c $D/etc -M# 'smtp/inet'
+postconf -c $D/etc -M "{plain}/inet={plain} inet n - n - - smtpd" \
+  "{proxied}/inet={proxied} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+postfix -c $D/etc start
+# Stop this instance when the test process is gone, however it ends.
+(while kill -0 {pid} 2>/dev/null; do sleep 1; done; postfix -c $D/etc stop >/dev/null 2>&1
+ postconf -e "alternate_config_directories = $(postconf -h alternate_config_directories | sed "s# $D/etc##")") \
+  </dev/null >/dev/null 2>&1 &
+"#,
+            pid = std::process::id()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "postfix did not start: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("postfix.log")).unwrap_or_default()
+        );
+        let pf = Postfix {
+            dir,
+            plain: format!("127.0.0.1:{plain}").parse().unwrap(),
+            proxied: format!("127.0.0.1:{proxied}").parse().unwrap(),
+        };
+        for addr in [pf.plain, pf.proxied] {
+            wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok(), "postfix listening");
+        }
+        pf
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postfix.log")).unwrap_or_default()
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.dir.join("mail/inbox/new")
+    }
+
+    /// The delivered message whose text contains `marker`, waiting for delivery.
+    pub fn delivered(&self, marker: &str) -> Delivered {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                found = self.find(marker);
+                found.is_some()
+            },
+            &format!("a delivered message containing {marker:?}"),
+        );
+        found.unwrap()
+    }
+
+    /// Messages delivered so far that contain `marker`.
+    pub fn count(&self, marker: &str) -> usize {
+        self.messages().filter(|t| t.contains(marker)).count()
+    }
+
+    fn messages(&self) -> impl Iterator<Item = String> {
+        std::fs::read_dir(self.maildir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+    }
+
+    fn find(&self, marker: &str) -> Option<Delivered> {
+        let text = self.messages().find(|t| t.contains(marker))?;
+        // "... by backend.test (Postfix) with ESMTP id 4Xyz..."
+        let queue_id = text.split(" id ").nth(1)?.split(|c: char| c.is_whitespace() || c == ';').next()?.to_string();
+        Some(Delivered { text, queue_id })
+    }
+
+    /// The client Postfix logged for a queue id: "unknown[127.0.0.77]".
+    pub fn logged_client(&self, queue_id: &str) -> String {
+        self.client_line(queue_id).split(',').next().unwrap().to_string()
+    }
+
+    /// Postfix's whole `client=` log entry for a queue id (with `orig_client=` after XFORWARD).
+    pub fn client_line(&self, queue_id: &str) -> String {
+        let needle = format!("{queue_id}: client=");
+        let mut client = String::new();
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                client = self
+                    .log()
+                    .lines()
+                    .find_map(|l| l.split_once(&needle).map(|(_, rest)| rest.to_string()))
+                    .unwrap_or_default();
+                !client.is_empty()
+            },
+            &format!("a client= log line for {queue_id}"),
+        );
+        client
+    }
+}
+
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// === the proxy ===
+
+/// Portcullis running in-process on its own runtime; stopped on drop.
+pub struct Proxy {
+    pub addrs: Vec<(String, SocketAddr)>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(config_text: &str) -> Proxy {
+        let config = portcullis::config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}")).config;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = runtime.block_on(Server::bind(config)).unwrap();
+        let addrs = server.local_addrs();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(5), server.run(token)).await.ok();
+            });
+        });
+        Proxy { addrs, shutdown, thread: Some(thread) }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs.iter().find(|(n, _)| n == listener).unwrap().1
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("portcullis=debug").try_init();
+    });
+}
+
+// === a blocking SMTP client ===
+
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    /// Connects from `from` (any 127.0.0.0/8 address) to `to`.
+    pub fn connect_from(from: &str, to: SocketAddr) -> Smtp {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
+        socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Smtp { reader: BufReader::new(stream) }
+    }
+
+    pub fn send(&mut self, bytes: &str) {
+        self.reader.get_mut().write_all(bytes.as_bytes()).unwrap();
+    }
+
+    /// One complete reply, or "" when the server closed the connection.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        let reply = self.reply();
+        assert!(reply.starts_with(expect), "{line:?}: expected {expect:?}, got {reply:?}");
+        reply
+    }
+
+    /// Greeting and EHLO.
+    pub fn hello(from: &str, to: SocketAddr) -> Smtp {
+        let mut c = Smtp::connect_from(from, to);
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "greeting: {greeting:?}");
+        c.cmd("EHLO client.test", "250");
+        c
+    }
+
+    /// A whole message; returns the reply to end of data.
+    pub fn message(&mut self, from: &str, rcpts: &[&str], body: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for r in rcpts {
+            self.cmd(&format!("RCPT TO:<{r}>"), "250");
+        }
+        self.cmd("DATA", "354");
+        self.send(body);
+        self.send("\r\n.\r\n");
+        self.reply()
+    }
+}
+
+// === swaks ===
+
+/// Runs swaks with `args`; returns (success, transcript).
+pub fn swaks(args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks").args(args).arg("--timeout").arg("30").output().unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), transcript)
+}
+
+/// A marker unique to one test, to find its message and log lines.
+pub fn marker(test: &str) -> String {
+    format!("portcullis-test-{test}-{}", std::process::id())
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
