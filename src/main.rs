@@ -79,20 +79,29 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(loaded.config).await?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        server.run(shutdown).await;
-        tracing::info!("stopped");
-        Ok(())
-    })
+    let server = Server::bind(loaded.config)?;
+    let shutdown = CancellationToken::new();
+    // Signals are watched by a small runtime of their own; the workers have theirs.
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let token = shutdown.clone();
+    std::thread::Builder::new()
+        .name("portcullis-signals".into())
+        .spawn(move || signals.block_on(stop_on_signal(token)))
+        .context("starting the signal thread")?;
+    server.run(shutdown)?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -23,6 +23,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub hostname: String,
+    /// Worker threads, each with its own single-threaded runtime.
+    pub workers: usize,
     pub listeners: Vec<Listener>,
     pub relay: RelayPolicy,
     pub backends: Vec<Backend>,
@@ -109,6 +111,14 @@ impl Validator {
             }
             None => "localhost".to_string(),
         };
+        let workers = match raw.server.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if (1..=1024).contains(&n) => n,
+            Some(n) => {
+                self.error("server.workers", format!("{n}: expected 1 to 1024"));
+                1
+            }
+        };
 
         if raw.listener.is_empty() {
             self.error("listener", "at least one [[listener]] is needed");
@@ -135,7 +145,7 @@ impl Validator {
         let limits = self.limits(&raw.limits);
 
         if self.problems.is_empty() {
-            Ok(Loaded { config: Config { hostname, listeners, relay, backends, limits }, warnings: self.warnings })
+            Ok(Loaded { config: Config { hostname, workers, listeners, relay, backends, limits }, warnings: self.warnings })
         } else {
             Err(ConfigError { problems: self.problems })
         }

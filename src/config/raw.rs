@@ -22,6 +22,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub hostname: Option<String>,
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

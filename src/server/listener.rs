@@ -1,5 +1,7 @@
-//! Listeners: bind every configured address, accept, decide on the real peer with the
-//! listener's connection rules, and start a session for each accepted client.
+//! Listeners and workers: bind every configured address, then run one single-threaded
+//! runtime per worker thread, each accepting from every listener socket (like nginx's
+//! workers). Each accepted client is judged by the listener's connection rules on the
+//! real peer and, if accepted, gets a session on the worker that accepted it.
 
 use super::session::Session;
 use crate::addr::{ClientAddr, LocalAddr};
@@ -17,17 +19,21 @@ use tokio_util::task::TaskTracker;
 
 /// How long running sessions may go on after shutdown was asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pending connections the kernel queues per listener.
+const BACKLOG: i32 = 1024;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error("listener {name:?}: cannot listen on {addr}: {source}")]
     Bind { name: String, addr: SocketAddr, source: io::Error },
+    #[error("cannot start worker thread: {0}")]
+    Worker(io::Error),
 }
 
 struct Bound {
     listener: Listener,
     name: Arc<str>,
-    socket: TcpListener,
+    socket: std::net::TcpListener,
 }
 
 pub struct Server {
@@ -37,10 +43,10 @@ pub struct Server {
 
 impl Server {
     /// Binds every listener, or fails naming the one that could not be bound.
-    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+    pub fn bind(config: Config) -> Result<Self, ServerError> {
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.bind).await.map_err(|source| ServerError::Bind {
+            let socket = listen(listener.bind).map_err(|source| ServerError::Bind {
                 name: listener.name.clone(),
                 addr: listener.bind,
                 source,
@@ -58,16 +64,69 @@ impl Server {
             .collect()
     }
 
-    /// Serves until `shutdown` is cancelled, then lets sessions finish for up to
-    /// [`DRAIN_TIMEOUT`].
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves on `config.workers` threads until `shutdown` is cancelled, then lets
+    /// sessions finish for up to [`DRAIN_TIMEOUT`]. Blocks until every worker is done.
+    pub fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        for (name, addr) in self.local_addrs() {
+            tracing::info!(listener = %name, %addr, workers = self.config.workers, "listening");
+        }
+        let mut threads = Vec::new();
+        for i in 0..self.config.workers {
+            let sockets = self
+                .bound
+                .iter()
+                .map(|b| Ok((b.listener.clone(), b.name.clone(), b.socket.try_clone()?)))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(ServerError::Worker)?;
+            let config = self.config.clone();
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-worker-{i}"))
+                .spawn(move || worker(config, sockets, shutdown))
+                .map_err(ServerError::Worker)?;
+            threads.push(thread);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// One worker: a single-threaded runtime accepting on every listener.
+fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpListener)>, shutdown: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "worker runtime failed to start");
+            shutdown.cancel();
+            return;
+        }
+    };
+    runtime.block_on(async move {
         let sessions = TaskTracker::new();
         let accept_loops = TaskTracker::new();
-        for b in self.bound {
-            if let Ok(addr) = b.socket.local_addr() {
-                tracing::info!(listener = %b.name, %addr, "listening");
+        for (listener, name, socket) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(socket) => {
+                    let b = Accepting { listener, name, socket };
+                    accept_loops.spawn(accept_loop(b, config.clone(), sessions.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "cannot use listener socket; stopping");
+                    shutdown.cancel();
+                }
             }
-            accept_loops.spawn(accept_loop(b, self.config.clone(), sessions.clone(), shutdown.clone()));
         }
         accept_loops.close();
         accept_loops.wait().await;
@@ -75,10 +134,17 @@ impl Server {
         if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
             tracing::warn!(open = sessions.len(), "sessions still open after the drain deadline; stopping them");
         }
-    }
+    });
 }
 
-async fn accept_loop(b: Bound, config: Arc<Config>, sessions: TaskTracker, shutdown: CancellationToken) {
+/// A listener socket registered with one worker's runtime.
+struct Accepting {
+    listener: Listener,
+    name: Arc<str>,
+    socket: TcpListener,
+}
+
+async fn accept_loop(b: Accepting, config: Arc<Config>, sessions: TaskTracker, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,

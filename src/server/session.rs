@@ -241,9 +241,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let facts = self.facts();
         let up = self.upstream.as_mut().expect("connected above");
-        if let Err(e) = up.before_mail(&facts).await {
-            return self.upstream_failed(e, "before MAIL");
-        }
         // Drop what this backend did not advertise; otherwise forward the client's bytes.
         let caps = up.capabilities();
         let rewritten;
@@ -264,7 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             line
         };
-        let reply = match up.command(forward).await {
+        let reply = match up.mail(&facts, forward).await {
             Ok(r) => r,
             Err(e) => return self.upstream_failed(e, "MAIL"),
         };

@@ -143,18 +143,33 @@ impl Upstream {
         self.hello(&facts.helo).await
     }
 
-    /// Sends XFORWARD before a transaction, when that is the identity method.
-    pub async fn before_mail(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
+    /// Starts a transaction: XFORWARD first when that is the identity method (in the
+    /// same write as MAIL if the backend pipelines), then the MAIL line. Returns the
+    /// reply to MAIL. A refused XFORWARD is an error; the caller then drops this
+    /// connection, which also ends a MAIL the backend may have accepted.
+    pub async fn mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
         if self.identity != Identity::Xforward {
-            return Ok(());
+            return self.command(mail_line).await;
         }
-        for line in xforward::commands(facts, &self.caps) {
-            let reply = self.command(line.as_bytes()).await?;
+        let xforward = xforward::commands(facts, &self.caps);
+        if self.caps.pipelining {
+            let mut batch = xforward.concat().into_bytes();
+            batch.extend_from_slice(mail_line);
+            self.send(&batch).await?;
+        }
+        for line in &xforward {
+            if !self.caps.pipelining {
+                self.send(line.as_bytes()).await?;
+            }
+            let reply = self.read_reply(REPLY_TIMEOUT).await?;
             if !reply.is_positive() {
                 return Err(self.refused(&format!("XFORWARD answered {}", reply.first_line())));
             }
         }
-        Ok(())
+        if !self.caps.pipelining {
+            self.send(mail_line).await?;
+        }
+        self.read_reply(REPLY_TIMEOUT).await
     }
 
     fn refused(&self, detail: &str) -> UpstreamError {
@@ -191,10 +206,8 @@ impl Upstream {
         timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)?
     }
 
-    /// Polite end: QUIT without waiting long for the answer.
+    /// Polite end: QUIT, then close without waiting for the 221 (nothing depends on it).
     pub async fn quit(mut self) {
-        if self.send(b"QUIT\r\n").await.is_ok() {
-            let _ = self.read_reply(Duration::from_secs(5)).await;
-        }
+        let _ = self.send(b"QUIT\r\n").await;
     }
 }

@@ -195,23 +195,17 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: &str) {
 pub struct Proxy {
     pub addrs: Vec<(String, SocketAddr)>,
     shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proxy {
     pub fn start(config_text: &str) -> Proxy {
         let config = portcullis::config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}")).config;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server = runtime.block_on(Server::bind(config)).unwrap();
+        let server = Server::bind(config).unwrap();
         let addrs = server.local_addrs();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(5), server.run(token)).await.ok();
-            });
-        });
-        Proxy { addrs, shutdown, thread: Some(thread) }
+        std::thread::spawn(move || server.run(token).unwrap());
+        Proxy { addrs, shutdown }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -221,10 +215,8 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Stop accepting; sessions still open drain in the background.
         self.shutdown.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
