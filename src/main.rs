@@ -74,6 +74,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
     for w in &loaded.warnings {

@@ -60,33 +60,38 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Why a config file could not be used: every problem found, each naming its key.
+/// Why a config file could not be used: every problem found, each naming its key,
+/// and the warnings found on the way.
 #[derive(Debug, Error)]
 pub struct ConfigError {
     pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self { problems: vec![problem], warnings: Vec::new() }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: {p}")?;
-        }
-        Ok(())
+        let errors = self.problems.iter().map(|p| format!("error: {p}"));
+        let warnings = self.warnings.iter().map(|w| format!("warning: {w}"));
+        let lines: Vec<String> = errors.chain(warnings).collect();
+        f.write_str(&lines.join("\n"))
     }
 }
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { problems: vec![format!("{}: {e}", path.display())] })?;
+        .map_err(|e| ConfigError::one(format!("{}: {e}", path.display())))?;
     parse(&text)
 }
 
 pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_string()] })?;
+        toml::from_str(text).map_err(|e| ConfigError::one(e.to_string().trim_end().to_string()))?;
     Validator::default().run(raw)
 }
 
@@ -147,7 +152,7 @@ impl Validator {
         if self.problems.is_empty() {
             Ok(Loaded { config: Config { hostname, workers, listeners, relay, backends, limits }, warnings: self.warnings })
         } else {
-            Err(ConfigError { problems: self.problems })
+            Err(ConfigError { problems: self.problems, warnings: self.warnings })
         }
     }
 
