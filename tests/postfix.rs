@@ -52,14 +52,29 @@ fn client_seen_by_postfix(identity: &str) -> (String, String) {
     (pf.client_line(&msg.queue_id), received)
 }
 
-#[test]
-fn xclient_passes_the_real_client() {
+/// Postfix logs the client as 127.0.0.77 and puts it in `Received:`.
+fn real_client_reaches_postfix(identity: &str) {
     if !have("postfix") || !have("swaks") {
         return;
     }
-    let (logged, received) = client_seen_by_postfix("xclient");
+    let (logged, received) = client_seen_by_postfix(identity);
     assert_eq!(logged, "unknown[127.0.0.77]");
     assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
+}
+
+#[test]
+fn xclient_passes_the_real_client() {
+    real_client_reaches_postfix("xclient");
+}
+
+#[test]
+fn proxy_v1_passes_the_real_client() {
+    real_client_reaches_postfix("proxy-v1");
+}
+
+#[test]
+fn proxy_v2_passes_the_real_client() {
+    real_client_reaches_postfix("proxy-v2");
 }
 
 #[test]
@@ -71,26 +86,6 @@ fn xforward_passes_the_real_client() {
     // its access rules and Received: header still see the proxy.
     let (logged, _received) = client_seen_by_postfix("xforward");
     assert_eq!(logged, "localhost[127.0.0.1], orig_client=unknown[127.0.0.77]");
-}
-
-#[test]
-fn proxy_v1_passes_the_real_client() {
-    if !have("postfix") || !have("swaks") {
-        return;
-    }
-    let (logged, received) = client_seen_by_postfix("proxy-v1");
-    assert_eq!(logged, "unknown[127.0.0.77]");
-    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
-}
-
-#[test]
-fn proxy_v2_passes_the_real_client() {
-    if !have("postfix") || !have("swaks") {
-        return;
-    }
-    let (logged, received) = client_seen_by_postfix("proxy-v2");
-    assert_eq!(logged, "unknown[127.0.0.77]");
-    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
 }
 
 #[test]
