@@ -8,11 +8,15 @@
 //! - [`smtp`]: protocol pieces without I/O: commands, replies, DATA scanner, xtext.
 //! - [`identity`]: telling the backend who the client is (XCLIENT, XFORWARD, PROXY).
 //! - [`server`]: listeners, the client session, the backend connection.
+//! - [`tls`]: certificates, backend verification, the plain-then-TLS stream.
+//! - [`auth`]: SMTP AUTH mechanisms and the users file.
 //! - [`addr`]: address newtypes that keep the peer and the local address apart.
 
 pub mod addr;
+pub mod auth;
 pub mod config;
 pub mod identity;
 pub mod policy;
 pub mod server;
 pub mod smtp;
+pub mod tls;

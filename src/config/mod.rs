@@ -6,7 +6,11 @@ pub mod raw;
 
 pub use net::parse_network;
 
+use crate::auth::Users;
 use crate::identity::Identity;
+use crate::tls::{self as tlsconf, Verify};
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
 use crate::smtp::BareLf;
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
@@ -29,6 +33,23 @@ pub struct Config {
     pub relay: RelayPolicy,
     pub backends: Vec<Backend>,
     pub limits: Limits,
+    /// Certificate and key for client-side TLS, when a listener offers it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub auth: Option<Arc<Auth>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthPolicy {
+    Off,
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +57,36 @@ pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
     pub rules: ConnectionRules,
+    pub tls: ListenerTls,
+    /// MAIL is refused until the session is encrypted.
+    pub require_tls: bool,
+    pub auth: AuthPolicy,
+    /// Offer AUTH on unencrypted sessions too.
+    pub auth_plaintext: bool,
+}
+
+/// Where credentials are checked.
+#[derive(Debug)]
+pub enum AuthSource {
+    File(Users),
+    /// The AUTH exchange is passed to the backend, which decides.
+    Backend,
+}
+
+#[derive(Debug)]
+pub struct Auth {
+    pub source: AuthSource,
+    /// Failed attempts allowed in one session before it is closed with 421.
+    pub max_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTls {
+    None,
+    /// STARTTLS when the backend offers it.
+    StartTls,
+    /// STARTTLS or nothing: a backend that does not offer it is not used.
+    Required,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +95,9 @@ pub struct Backend {
     pub address: String,
     pub identity: Identity,
     pub connect_timeout: Duration,
+    pub tls: BackendTls,
+    /// Client TLS config and the name to verify, when `tls` is not `None`.
+    pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +203,37 @@ impl Validator {
 
         let limits = self.limits(&raw.limits);
 
+        let tls = match &raw.tls {
+            Some(t) => tlsconf::server_config(Path::new(&t.certificate), Path::new(&t.private_key))
+                .map_err(|e| self.error("tls", e))
+                .ok(),
+            None => None,
+        };
+        let auth = raw.auth.as_ref().and_then(|a| self.auth(a)).map(Arc::new);
+        for (i, l) in listeners.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            if l.tls != ListenerTls::None && raw.tls.is_none() {
+                self.error(format!("{key}.tls"), "needs a [tls] section with certificate and private_key");
+            }
+            if l.require_tls && l.tls == ListenerTls::None {
+                self.error(format!("{key}.require_tls"), "needs tls = \"starttls\" or \"implicit\"");
+            }
+            if l.auth != AuthPolicy::Off {
+                if raw.auth.is_none() {
+                    self.error(format!("{key}.auth"), "needs an [auth] section");
+                }
+                if l.tls == ListenerTls::None && !l.auth_plaintext {
+                    self.error(
+                        format!("{key}.auth"),
+                        "AUTH without TLS sends passwords in clear text; set tls, or auth_plaintext = true",
+                    );
+                }
+            }
+        }
+
         if self.problems.is_empty() {
-            Ok(Loaded { config: Config { hostname, workers, listeners, relay, backends, limits }, warnings: self.warnings })
+            let config = Config { hostname, workers, listeners, relay, backends, limits, tls, auth };
+            Ok(Loaded { config, warnings: self.warnings })
         } else {
             Err(ConfigError { problems: self.problems, warnings: self.warnings })
         }
@@ -177,6 +260,24 @@ impl Validator {
                 rules.push(Rule { name: r.name.clone(), action, from });
             }
         }
+        let tls = match raw.tls.as_str() {
+            "none" => Some(ListenerTls::None),
+            "starttls" => Some(ListenerTls::StartTls),
+            "implicit" => Some(ListenerTls::Implicit),
+            other => {
+                self.error(format!("{key}.tls"), format!("{other:?}: expected \"none\", \"starttls\" or \"implicit\""));
+                None
+            }
+        };
+        let auth = match raw.auth.as_str() {
+            "off" => Some(AuthPolicy::Off),
+            "optional" => Some(AuthPolicy::Optional),
+            "required" => Some(AuthPolicy::Required),
+            other => {
+                self.error(format!("{key}.auth"), format!("{other:?}: expected \"off\", \"optional\" or \"required\""));
+                None
+            }
+        };
         let rules = ConnectionRules { rules, default: default? };
         for s in rules.shadowed() {
             self.warnings.push(format!(
@@ -186,7 +287,45 @@ impl Validator {
                 s.covered_by.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
             ));
         }
-        Some(Listener { name: raw.name.clone(), bind: bind.ok()?, rules })
+        Some(Listener {
+            name: raw.name.clone(),
+            bind: bind.ok()?,
+            rules,
+            tls: tls?,
+            require_tls: raw.require_tls,
+            auth: auth?,
+            auth_plaintext: raw.auth_plaintext,
+        })
+    }
+
+    fn auth(&mut self, raw: &raw::RawAuth) -> Option<Auth> {
+        let max_failures = raw.max_failures.unwrap_or(3);
+        if max_failures == 0 {
+            self.error("auth.max_failures", "must be at least 1");
+        }
+        let source = match (raw.mode.as_str(), &raw.users_file) {
+            ("file", Some(path)) => match Users::load(Path::new(path)) {
+                Ok(users) => AuthSource::File(users),
+                Err(e) => {
+                    self.error("auth.users_file", e);
+                    return None;
+                }
+            },
+            ("file", None) => {
+                self.error("auth.users_file", "mode = \"file\" needs a users_file");
+                return None;
+            }
+            ("backend", None) => AuthSource::Backend,
+            ("backend", Some(_)) => {
+                self.error("auth.users_file", "not used with mode = \"backend\"; remove it");
+                return None;
+            }
+            (other, _) => {
+                self.error("auth.mode", format!("{other:?}: expected \"file\" or \"backend\""));
+                return None;
+            }
+        };
+        Some(Auth { source, max_failures })
     }
 
     fn action(&mut self, key: String, value: &str) -> Option<Action> {
@@ -271,8 +410,53 @@ impl Validator {
                 }
             },
         };
-        Some(Backend { address: raw.address.clone(), identity: identity?, connect_timeout: connect_timeout? })
-            .filter(|_| address_ok)
+        let tls = match raw.tls.as_str() {
+            "none" => Some(BackendTls::None),
+            "starttls" => Some(BackendTls::StartTls),
+            "starttls-required" => Some(BackendTls::Required),
+            other => {
+                self.error(format!("{key}.tls"), format!("{other:?}: expected \"none\", \"starttls\" or \"starttls-required\""));
+                None
+            }
+        };
+        let host = raw.address.rsplit_once(':').map_or("", |(h, _)| h);
+        let tls_client = match tls {
+            Some(BackendTls::None) | None => None,
+            Some(_) => self.backend_tls(&key, raw, host),
+        };
+        Some(Backend {
+            address: raw.address.clone(),
+            identity: identity?,
+            connect_timeout: connect_timeout?,
+            tls: tls?,
+            tls_client,
+        })
+        .filter(|_| address_ok)
+    }
+
+    fn backend_tls(
+        &mut self,
+        key: &str,
+        raw: &RawBackend,
+        host: &str,
+    ) -> Option<(Arc<rustls::ClientConfig>, ServerName<'static>)> {
+        let verify = match (&raw.ca_file, raw.tls_verify) {
+            (_, false) => {
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    self.error(format!("{key}.tls_verify"), "may be false only for a loopback backend");
+                    return None;
+                }
+                Verify::Nothing
+            }
+            (Some(ca), true) => Verify::CaFile(ca.into()),
+            (None, true) => Verify::SystemRoots,
+        };
+        let config = tlsconf::client_config(&verify).map_err(|e| self.error(format!("{key}.ca_file"), e)).ok()?;
+        let name = raw.tls_server_name.as_deref().unwrap_or(host);
+        let name = tlsconf::server_name(name).map_err(|e| self.error(format!("{key}.tls_server_name"), e)).ok()?;
+        Some((config, name))
     }
 
     fn limits(&mut self, raw: &raw::RawLimits) -> Limits {

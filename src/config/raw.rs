@@ -16,6 +16,24 @@ pub struct RawConfig {
     pub backend: Vec<RawBackend>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub tls: Option<RawTls>,
+    pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificate: String,
+    pub private_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// "file" (users_file) or "backend" (the backend checks the credentials).
+    pub mode: String,
+    pub users_file: Option<String>,
+    pub max_failures: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +52,22 @@ pub struct RawListener {
     pub default: String,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default = "none")]
+    pub tls: String,
+    #[serde(default)]
+    pub require_tls: bool,
+    #[serde(default = "off")]
+    pub auth: String,
+    #[serde(default)]
+    pub auth_plaintext: bool,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+fn off() -> String {
+    "off".into()
 }
 
 fn accept() -> String {
@@ -89,6 +123,12 @@ pub struct RawBackend {
     #[serde(default = "xclient")]
     pub identity: String,
     pub connect_timeout: Option<String>,
+    #[serde(default = "none")]
+    pub tls: String,
+    pub ca_file: Option<String>,
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    pub tls_server_name: Option<String>,
 }
 
 fn xclient() -> String {

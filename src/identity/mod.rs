@@ -39,6 +39,8 @@ pub struct ClientFacts {
     pub helo: String,
     /// Whether the client said EHLO (ESMTP) rather than HELO.
     pub esmtp: bool,
+    /// The user the client authenticated as, if it did.
+    pub login: Option<String>,
 }
 
 /// Longest XCLIENT / XFORWARD command line, CRLF included (Postfix's limit).

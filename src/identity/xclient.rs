@@ -14,11 +14,16 @@ pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
         ("PORT", facts.addr.socket().port().to_string()),
         ("DESTADDR", addr_value(facts.local.ip())),
         ("DESTPORT", facts.local.socket().port().to_string()),
+        // Tells the backend the session is authenticated (Postfix: smtpd_sasl_* sees it).
+        ("LOGIN", facts.login.as_deref().map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
         // No reverse DNS here: the backend is told the name is unknown.
         ("NAME", "[UNAVAILABLE]".to_string()),
         ("ADDR", addr_value(facts.addr.ip())),
     ];
-    let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xclient_offers(name)).collect();
+    let attrs: Vec<_> = candidates
+        .into_iter()
+        .filter(|(name, _)| caps.xclient_offers(name) && (*name != "LOGIN" || facts.login.is_some()))
+        .collect();
     pack_commands("XCLIENT", &attrs)
 }
 
@@ -33,6 +38,7 @@ mod tests {
             local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             helo: "client name+x".into(),
             esmtp: true,
+            login: None,
         }
     }
 
@@ -56,5 +62,11 @@ mod tests {
             vec!["XCLIENT HELO=client+20name+2Bx ADDR=IPV6:2001:db8::9\r\n".to_string()]
         );
         assert!(commands(&facts("203.0.113.9:1"), &caps(&[])).is_empty());
+        let mut logged_in = facts("203.0.113.9:1");
+        logged_in.login = Some("alice smith".into());
+        assert_eq!(
+            commands(&logged_in, &caps(&["ADDR", "LOGIN"])),
+            vec!["XCLIENT LOGIN=alice+20smith ADDR=203.0.113.9\r\n".to_string()]
+        );
     }
 }

@@ -30,6 +30,7 @@ mod tests {
             local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             helo: "c.example".into(),
             esmtp: false,
+            login: None,
         };
         let caps = Capabilities {
             xforward: Some(["NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT"].map(String::from).to_vec()),

@@ -119,7 +119,7 @@ fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
         for (listener, name, socket) in sockets {
             match TcpListener::from_std(socket) {
                 Ok(socket) => {
-                    let b = Accepting { listener, name, socket };
+                    let b = Accepting { listener: Arc::new(listener), name, socket };
                     accept_loops.spawn(accept_loop(b, config.clone(), sessions.clone(), shutdown.clone()));
                 }
                 Err(e) => {
@@ -139,7 +139,7 @@ fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
 
 /// A listener socket registered with one worker's runtime.
 struct Accepting {
-    listener: Listener,
+    listener: Arc<Listener>,
     name: Arc<str>,
     socket: TcpListener,
 }
@@ -172,7 +172,7 @@ async fn accept_loop(b: Accepting, config: Arc<Config>, sessions: TaskTracker, s
         }
         tracing::debug!(%peer, listener = %b.name, rule = verdict.rule, "connection accepted");
         let _ = stream.set_nodelay(true);
-        let session = Session::new(config.clone(), b.name.clone(), stream, peer, local);
+        let session = Session::new(config.clone(), b.listener.clone(), stream, peer, local);
         sessions.spawn(session.run());
     }
 }

@@ -1,13 +1,21 @@
 //! One client session: Portcullis speaks SMTP to the client, applies the relay policy
 //! at RCPT, and forwards each transaction to the backend, whose replies it relays.
 //!
-//! State lives in three fields: `helo` (greeted or not), `tx` (inside a mail
-//! transaction) and `upstream` (backend connection, opened by the first MAIL). A
+//! State lives in a few fields: `helo` (greeted or not), `tx` (inside a mail
+//! transaction), `authenticated`, the client stream (plain or TLS) and `upstream`
+//! (backend connection, opened by the first MAIL or by AUTH in backend mode). A
 //! transaction without an upstream means the backend was lost mid-transaction.
+//! STARTTLS and AUTH have their handlers in [`starttls`] and [`auth`].
+
+mod auth;
+mod starttls;
+
+pub use starttls::HANDSHAKE_TIMEOUT;
 
 use super::upstream::{DATA_END_TIMEOUT, Upstream, UpstreamError};
 use crate::addr::{ClientAddr, LocalAddr};
-use crate::config::Config;
+use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
+use crate::tls::MaybeTls;
 use crate::identity::ClientFacts;
 use crate::policy::{RelayClient, RelayVerdict, address};
 use crate::smtp::command::{self, Command, Param};
@@ -38,6 +46,8 @@ pub enum Outcome {
     Timeout,
     BackendClosing,
     WriteFailed,
+    TlsFailed,
+    AuthFailures,
 }
 
 impl Outcome {
@@ -49,6 +59,8 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::BackendClosing => "backend closing (421)",
             Outcome::WriteFailed => "write to client failed",
+            Outcome::TlsFailed => "TLS handshake failed",
+            Outcome::AuthFailures => "too many authentication failures",
         }
     }
 }
@@ -74,10 +86,13 @@ struct Helo {
 
 type Step = Result<(), Outcome>;
 
+/// A command line (CRLF included), or the reply for a line that is not one.
+type Line = Result<BytesMut, &'static str>;
+
 pub struct Session<S> {
     config: Arc<Config>,
-    listener: Arc<str>,
-    client: S,
+    listener: Arc<Listener>,
+    client: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
     peer: ClientAddr,
     local: LocalAddr,
     inbuf: BytesMut,
@@ -86,16 +101,19 @@ pub struct Session<S> {
     discarding: bool,
     helo: Option<Helo>,
     tx: Option<Transaction>,
+    /// The user name, once AUTH succeeded.
+    authenticated: Option<String>,
+    auth_failures: u32,
     upstream: Option<Upstream>,
     stats: Stats,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(config: Arc<Config>, listener: Arc<str>, client: S, peer: ClientAddr, local: LocalAddr) -> Self {
+    pub fn new(config: Arc<Config>, listener: Arc<Listener>, client: S, peer: ClientAddr, local: LocalAddr) -> Self {
         Self {
             config,
             listener,
-            client,
+            client: MaybeTls::Plain(client),
             peer,
             local,
             inbuf: BytesMut::new(),
@@ -103,15 +121,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discarding: false,
             helo: None,
             tx: None,
+            authenticated: None,
+            auth_failures: 0,
             upstream: None,
             stats: Stats::default(),
         }
     }
 
     pub async fn run(mut self) {
-        let greeting = format!("220 {} ESMTP", self.config.hostname);
-        self.reply(&greeting);
-        let outcome = match self.serve().await {
+        let served = async {
+            if self.listener.tls == ListenerTls::Implicit {
+                self.handshake().await?;
+            }
+            let greeting = format!("220 {} ESMTP", self.config.hostname);
+            self.reply(&greeting);
+            self.serve().await
+        };
+        let outcome = match served.await {
             Ok(()) => Outcome::Quit,
             Err(outcome) => outcome,
         };
@@ -125,7 +151,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::info!(
             peer = %self.peer,
             local = %self.local,
-            listener = %self.listener,
+            listener = %self.listener.name,
+            tls = self.client.is_tls(),
+            user = self.authenticated.as_deref().unwrap_or(""),
             helo = self.helo.as_ref().map(|h| h.name.as_str()).unwrap_or(""),
             messages = self.stats.messages,
             rcpt_accepted = self.stats.rcpt_accepted,
@@ -139,7 +167,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Runs commands until QUIT (`Ok`) or another end (`Err`).
     async fn serve(&mut self) -> Step {
         loop {
-            let Some(line) = self.next_line().await? else { continue };
+            let line = match self.next_line().await? {
+                Ok(line) => line,
+                Err(reply) => {
+                    self.stats.errors += 1;
+                    self.reply(reply);
+                    continue;
+                }
+            };
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             match command::parse(text) {
@@ -157,7 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Command::Vrfy) => {
                     self.reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
                 }
-                Ok(Command::Help) => self.reply("214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"),
+                Ok(Command::Help) => {
+                    self.reply("214 2.0.0 Commands: HELO EHLO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
+                }
+                Ok(Command::StartTls) => Box::pin(self.starttls()).await?,
+                Ok(Command::Auth(args)) => Box::pin(self.auth(&line, args)).await?,
                 Ok(Command::Quit) => {
                     self.reply("221 2.0.0 Bye");
                     return Ok(());
@@ -170,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Command::Spoof(verb)) => {
                     self.stats.errors += 1;
                     tracing::warn!(
-                        peer = %self.peer, listener = %self.listener, verb,
+                        peer = %self.peer, listener = %self.listener.name, verb,
                         "client tried to set its own identity; refused, not forwarded"
                     );
                     self.reply("550 5.7.0 Error: insufficient authorization");
@@ -185,10 +224,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reset_transaction().await?;
         self.helo = Some(Helo { name: name.to_string(), esmtp });
         if esmtp {
-            let ehlo = format!(
-                "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES",
+            let mut ehlo = format!(
+                "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n",
                 self.config.hostname, self.config.limits.max_message_size
             );
+            if self.listener.tls == ListenerTls::StartTls && !self.client.is_tls() {
+                ehlo.push_str("250-STARTTLS\r\n");
+            }
+            if self.auth_offered() {
+                ehlo.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
+            ehlo.push_str("250 ENHANCEDSTATUSCODES");
             self.reply(&ehlo);
         } else {
             let helo = format!("250 {}", self.config.hostname);
@@ -207,8 +253,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !helo.esmtp && !params.is_empty() {
             return self.refuse("555 5.5.4 Error: MAIL parameters need EHLO");
         }
+        if self.listener.require_tls && !self.client.is_tls() {
+            return self.refuse("530 5.7.0 Must issue a STARTTLS command first");
+        }
+        if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
+            return self.refuse("530 5.7.0 Authentication required");
+        }
         let mut has_size = false;
         let mut has_body = false;
+        let mut has_auth = false;
         for p in params {
             let value = p.value.unwrap_or("");
             if p.keyword.eq_ignore_ascii_case("SIZE") {
@@ -224,30 +277,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
             {
                 has_body = true;
+            } else if p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some() {
+                // RFC 4954 AUTH=: accepted, not passed on (the backend did not see our AUTH).
+                has_auth = true;
             } else {
                 return self.refuse("555 5.5.4 Error: unsupported MAIL parameter");
             }
         }
 
-        if self.upstream.is_none() {
-            let facts = self.facts();
-            match Upstream::connect(&self.config.backends, &facts, &self.config.hostname).await {
-                Ok(up) => self.upstream = Some(up),
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, listener = %self.listener, error = %e, "no backend for this transaction");
-                    return self.refuse(e.client_reply());
-                }
-            }
+        if let Err(e) = self.connect_upstream().await {
+            return self.refuse(e.client_reply());
         }
         let facts = self.facts();
         let up = self.upstream.as_mut().expect("connected above");
         // Drop what this backend did not advertise; otherwise forward the client's bytes.
         let caps = up.capabilities();
         let rewritten;
-        let forward = if (has_size && !caps.size) || (has_body && !caps.eight_bit_mime) {
+        let forward = if has_auth || (has_size && !caps.size) || (has_body && !caps.eight_bit_mime) {
             let mut l = format!("MAIL FROM:<{path}>");
             for p in params {
-                let keep = if p.keyword.eq_ignore_ascii_case("SIZE") { caps.size } else { caps.eight_bit_mime };
+                let keep = if p.keyword.eq_ignore_ascii_case("SIZE") {
+                    caps.size
+                } else if p.keyword.eq_ignore_ascii_case("BODY") {
+                    caps.eight_bit_mime
+                } else {
+                    false
+                };
                 if keep {
                     l.push(' ');
                     l.push_str(p.keyword);
@@ -292,7 +347,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.stats.rcpt_refused += 1;
             return self.refuse("452 4.5.3 Error: too many recipients");
         }
-        let client = RelayClient { ip: self.peer.ip(), local_ip: self.local.ip(), authenticated: false };
+        let client =
+            RelayClient { ip: self.peer.ip(), local_ip: self.local.ip(), authenticated: self.authenticated.is_some() };
         let verdict = self.config.relay.decide(&client, &destination);
         if let RelayVerdict::Denied(rule) = verdict {
             self.stats.rcpt_refused += 1;
@@ -301,7 +357,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 _ => "plain",
             };
             tracing::info!(
-                peer = %self.peer, local = %self.local, listener = %self.listener,
+                peer = %self.peer, local = %self.local, listener = %self.listener.name,
+                user = self.authenticated.as_deref().unwrap_or(""),
                 rcpt = path, address_form = form, rule, "relay refused"
             );
             let reply = format!("550 5.7.1 <{path}>: Relay access denied");
@@ -381,7 +438,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.upstream = None;
             self.stats.errors += 1;
             tracing::info!(
-                peer = %self.peer, listener = %self.listener, reason = v.reason(), size = scanner.size(),
+                peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size = scanner.size(),
                 "message refused"
             );
             return self.refuse(v.reply());
@@ -430,8 +487,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn facts(&self) -> ClientFacts {
-        let helo = self.helo.as_ref().expect("MAIL requires HELO");
-        ClientFacts { addr: self.peer, local: self.local, helo: helo.name.clone(), esmtp: helo.esmtp }
+        let helo = self.helo.as_ref().expect("MAIL and AUTH require HELO");
+        ClientFacts {
+            addr: self.peer,
+            local: self.local,
+            helo: helo.name.clone(),
+            esmtp: helo.esmtp,
+            login: self.authenticated.clone(),
+        }
+    }
+
+    /// Opens the backend connection if there is none; failures are logged here.
+    async fn connect_upstream(&mut self) -> Result<(), UpstreamError> {
+        if self.upstream.is_some() {
+            return Ok(());
+        }
+        let facts = self.facts();
+        match Upstream::connect(&self.config.backends, &facts, &self.config.hostname).await {
+            Ok(up) => {
+                self.upstream = Some(up);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, listener = %self.listener.name, error = %e, "no backend for this session");
+                Err(e)
+            }
+        }
     }
 
     /// Our own error reply for a refused command.
@@ -465,7 +546,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn timed_out(&mut self) -> Step {
+    fn timed_out<T>(&mut self) -> Result<T, Outcome> {
         let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
         self.reply(&text);
         Err(Outcome::Timeout)
@@ -486,10 +567,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// The next complete command line, CRLF included. `None` when a malformed line was
-    /// answered and skipped. Replies are flushed only when no further command is
-    /// buffered, so pipelined commands get their replies in one write, in order.
-    async fn next_line(&mut self) -> Result<Option<BytesMut>, Outcome> {
+    /// The next complete line, CRLF included, or the reply for a malformed one. Replies
+    /// are flushed only when no further line is buffered, so pipelined commands get
+    /// their replies in one write, in order.
+    async fn next_line(&mut self) -> Result<Line, Outcome> {
         loop {
             if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
                 let line = self.inbuf.split_to(nl + 1);
@@ -497,20 +578,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     continue;
                 }
                 if nl == 0 || line[nl - 1] != b'\r' {
-                    self.stats.errors += 1;
-                    tracing::info!(peer = %self.peer, "command line ended by bare LF; refused");
-                    self.reply("500 5.5.2 Error: command line must end with CRLF");
-                    return Ok(None);
+                    tracing::info!(peer = %self.peer, "line ended by bare LF; refused");
+                    return Ok(Err("500 5.5.2 Error: command line must end with CRLF"));
                 }
-                return Ok(Some(line));
+                return Ok(Ok(line));
             }
             if self.inbuf.len() >= MAX_LINE {
                 self.inbuf.clear();
                 if !self.discarding {
                     self.discarding = true;
-                    self.stats.errors += 1;
-                    tracing::info!(peer = %self.peer, "command line too long; refused");
-                    self.reply("500 5.5.2 Error: line too long");
+                    tracing::info!(peer = %self.peer, "line too long; refused");
+                    return Ok(Err("500 5.5.2 Error: line too long"));
                 }
             }
             self.flush().await?;
@@ -520,7 +598,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             self.inbuf.reserve(COMMAND_CHUNK);
             match timeout(COMMAND_TIMEOUT, self.client.read_buf(&mut self.inbuf)).await {
-                Err(_) => return self.timed_out().map(|_| None),
+                Err(_) => return self.timed_out(),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosed),
                 Ok(Ok(_)) => {}
             }

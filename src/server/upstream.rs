@@ -1,7 +1,8 @@
-//! The backend side of a session: connect with failover, hand over the client's
-//! identity, then send commands and read replies.
+//! The backend side of a session: connect with failover, STARTTLS when configured,
+//! hand over the client's identity, then send commands and read replies.
 
-use crate::config::Backend;
+use crate::config::{Backend, BackendTls};
+use crate::tls::MaybeTls;
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::smtp::{Capabilities, Reply, ReplyError, ReplyParser};
 use bytes::BytesMut;
@@ -33,21 +34,27 @@ pub enum UpstreamError {
     Timeout,
     #[error("backend sent a bad reply: {0}")]
     BadReply(#[from] ReplyError),
+    #[error("backend TLS failed: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
     /// The reply the client gets; it names no internals.
     pub fn client_reply(&self) -> &'static str {
         match self {
-            UpstreamError::Unreachable(_) => "451 4.4.1 Service temporarily unavailable, try again later",
+            UpstreamError::Unreachable(_) | UpstreamError::Tls(_) => {
+                "451 4.4.1 Service temporarily unavailable, try again later"
+            }
             UpstreamError::IdentityRefused { .. } => "451 4.3.0 Service temporarily unavailable, try again later",
             _ => "451 4.4.2 Connection to the mail server lost, try again later",
         }
     }
 }
 
+type Stream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 pub struct Upstream {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     caps: Capabilities,
     identity: Identity,
@@ -87,7 +94,7 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout)??;
         stream.set_nodelay(true)?;
         let mut up = Upstream {
-            stream,
+            stream: MaybeTls::Plain(stream),
             buf: BytesMut::with_capacity(1024),
             caps: Capabilities::default(),
             identity: backend.identity,
@@ -103,6 +110,9 @@ impl Upstream {
             return Err(UpstreamError::Unreachable(format!("greeting {}", greeting.first_line())));
         }
         up.hello(hostname).await?;
+        if backend.tls != BackendTls::None {
+            up.starttls(backend, hostname).await?;
+        }
         if backend.identity == Identity::Xclient {
             up.xclient(facts).await?;
         }
@@ -125,6 +135,43 @@ impl Upstream {
         }
         self.caps = Capabilities::default();
         Ok(())
+    }
+
+    /// STARTTLS toward the backend; without it, `starttls-required` makes this backend
+    /// unusable while plain `starttls` goes on unencrypted.
+    async fn starttls(&mut self, backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
+        let required = backend.tls == BackendTls::Required;
+        if !self.caps.starttls {
+            if required {
+                return Err(UpstreamError::Tls("STARTTLS is not offered".into()));
+            }
+            tracing::debug!(backend = %self.address, "backend does not offer STARTTLS; going on without TLS");
+            return Ok(());
+        }
+        let reply = self.command(b"STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            if required {
+                return Err(UpstreamError::Tls(format!("STARTTLS answered {}", reply.first_line())));
+            }
+            tracing::warn!(backend = %self.address, reply = %reply.first_line(), "backend refused STARTTLS; going on without TLS");
+            return Ok(());
+        }
+        // Whatever followed the 220 came in clear text before the handshake: an injection.
+        if !self.buf.is_empty() {
+            tracing::warn!(backend = %self.address, bytes = self.buf.len(), "discarded data sent by the backend after its 220 to STARTTLS");
+            self.buf.clear();
+        }
+        let (Some((config, name)), Some(tcp)) = (backend.tls_client.clone(), self.stream.take_plain()) else {
+            return Err(UpstreamError::Tls("no TLS client configuration".into()));
+        };
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        let tls = timeout(super::session::HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        self.stream = MaybeTls::Tls(Box::new(tls));
+        // RFC 3207: start over with EHLO inside TLS.
+        self.hello(hostname).await
     }
 
     async fn xclient(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {

@@ -10,6 +10,9 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     /// `SIZE` was advertised (with or without a limit).
     pub size: bool,
+    pub starttls: bool,
+    /// AUTH mechanisms, upper-case; `None` if AUTH is not offered.
+    pub auth: Option<Vec<String>>,
     /// XCLIENT attribute names, upper-case; `None` if XCLIENT is not offered.
     pub xclient: Option<Vec<String>>,
     /// XFORWARD attribute names, upper-case; `None` if XFORWARD is not offered.
@@ -29,6 +32,8 @@ impl Capabilities {
                 "PIPELINING" => caps.pipelining = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SIZE" => caps.size = true,
+                "STARTTLS" => caps.starttls = true,
+                "AUTH" => caps.auth = Some(attrs()),
                 "XCLIENT" => caps.xclient = Some(attrs()),
                 "XFORWARD" => caps.xforward = Some(attrs()),
                 _ => {}

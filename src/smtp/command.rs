@@ -16,6 +16,9 @@ pub enum Command<'a> {
     Quit,
     Vrfy,
     Help,
+    StartTls,
+    /// AUTH with its arguments (mechanism and optional initial response).
+    Auth(&'a str),
     /// A known verb of an extension Portcullis does not offer (the verb, upper-case).
     NotImplemented(&'static str),
     /// XCLIENT / XFORWARD from a client: an attempt to claim another identity.
@@ -111,7 +114,13 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
             return Ok(Command::Spoof(name));
         }
     }
-    for name in ["EXPN", "STARTTLS", "AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"] {
+    if is("STARTTLS") {
+        return if args.is_empty() { Ok(Command::StartTls) } else { Err(CommandError::Syntax("501 5.5.4 Syntax: STARTTLS")) };
+    }
+    if is("AUTH") {
+        return Ok(Command::Auth(args));
+    }
+    for name in ["EXPN", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"] {
         if is(name) {
             return Ok(Command::NotImplemented(name));
         }
@@ -195,7 +204,10 @@ mod tests {
         assert_eq!(ok("noop anything"), Command::Noop);
         assert_eq!(ok("HELP"), Command::Help);
         assert_eq!(ok("VRFY root"), Command::Vrfy);
-        assert_eq!(ok("STARTTLS"), Command::NotImplemented("STARTTLS"));
+        assert_eq!(ok("STARTTLS"), Command::StartTls);
+        assert_eq!(err("STARTTLS now"), "501 5.5.4 Syntax: STARTTLS");
+        assert_eq!(ok("AUTH PLAIN AGEAYg=="), Command::Auth("PLAIN AGEAYg=="));
+        assert_eq!(ok("EXPN staff"), Command::NotImplemented("EXPN"));
         assert_eq!(ok("xclient ADDR=1.2.3.4"), Command::Spoof("XCLIENT"));
         assert_eq!(ok("XFORWARD ADDR=1.2.3.4"), Command::Spoof("XFORWARD"));
     }

@@ -117,9 +117,10 @@ struct Client {
 impl Client {
     fn start(config: Arc<Config>, peer: &str) -> Self {
         let (io, server) = tokio::io::duplex(256 * 1024);
+        let listener = Arc::new(config.listeners[0].clone());
         let session = Session::new(
             config,
-            "mx".into(),
+            listener,
             server,
             ClientAddr::new(peer.parse().unwrap()),
             LocalAddr::new("192.0.2.25:25".parse().unwrap()),

@@ -1,0 +1,65 @@
+//! STARTTLS (RFC 3207) toward the client, and the handshake of implicit-TLS listeners.
+
+use super::{Outcome, Session, Step};
+use crate::config::ListenerTls;
+use crate::tls::MaybeTls;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::timeout;
+
+/// Longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn starttls(&mut self) -> Step {
+        if self.listener.tls == ListenerTls::None {
+            return self.refuse("502 5.5.1 Error: command not implemented");
+        }
+        if self.client.is_tls() {
+            return self.refuse("503 5.5.1 Error: TLS already active");
+        }
+        if self.tx.is_some() {
+            return self.refuse("503 5.5.1 Error: MAIL transaction in progress");
+        }
+        self.reply("220 2.0.0 Ready to start TLS");
+        self.flush().await?;
+        // Anything the client sent after STARTTLS, before the handshake, was sent in
+        // clear text and may be an injection (CVE-2011-0411): never execute it.
+        if !self.inbuf.is_empty() {
+            tracing::warn!(
+                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                "discarded data pipelined after STARTTLS"
+            );
+            self.inbuf.clear();
+        }
+        self.discarding = false;
+        self.handshake().await?;
+        // RFC 3207: forget everything learnt before TLS; the client must EHLO again.
+        self.helo = None;
+        self.authenticated = None;
+        self.upstream = None;
+        Ok(())
+    }
+
+    /// Turns the plain client stream into TLS.
+    pub(super) async fn handshake(&mut self) -> Step {
+        let (Some(tls), Some(plain)) = (self.config.tls.clone(), self.client.take_plain()) else {
+            tracing::error!(peer = %self.peer, "TLS requested without a server certificate or a plain stream");
+            return Err(Outcome::TlsFailed);
+        };
+        match timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(plain)).await {
+            Ok(Ok(stream)) => {
+                self.client = MaybeTls::Tls(Box::new(stream));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, error = %e, "TLS handshake failed");
+                Err(Outcome::TlsFailed)
+            }
+            Err(_) => {
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, "TLS handshake timed out");
+                Err(Outcome::TlsFailed)
+            }
+        }
+    }
+}
