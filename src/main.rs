@@ -27,12 +27,19 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read a password on standard input (one line) and print `USER:HASH` for the
+    /// users file ([auth] users_file).
+    HashPassword {
+        /// The user name to put before the hash.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Check { config } => check(&config),
+        Cmd::HashPassword { user } => hash_password(&user),
         Cmd::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -40,6 +47,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn hash_password(user: &str) -> ExitCode {
+    if user.is_empty() || user.contains([':', '\n']) {
+        eprintln!("portcullis: a user name may not be empty or hold ':'");
+        return ExitCode::FAILURE;
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password for {user} (input is shown): ");
+    }
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("portcullis: cannot read the password");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("portcullis: empty password");
+        return ExitCode::FAILURE;
+    }
+    match portcullis::auth::users::hash_password(password) {
+        Ok(hash) => {
+            println!("{user}:{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -148,3 +148,58 @@ fn transparent_identity_is_not_yet_accepted() {
     let err = parse(&FULL.replace("identity = \"proxy-v2\"", "identity = \"transparent\"")).unwrap_err();
     assert!(err.problems[0].starts_with("backend[1].identity"), "{err}");
 }
+
+const MINIMAL: &str = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{L}\n[[backend]]\naddress = \"127.0.0.1:25\"\n{B}\n{X}";
+
+fn minimal(listener: &str, backend: &str, extra: &str) -> String {
+    MINIMAL.replace("{L}", listener).replace("{B}", backend).replace("{X}", extra)
+}
+
+#[test]
+fn tls_files_must_exist_and_be_readable() {
+    let err = parse(&minimal(
+        "tls = \"starttls\"",
+        "",
+        "[tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n",
+    ))
+    .unwrap_err();
+    assert!(err.problems[0].starts_with("tls: /nonexistent/cert.pem"), "{err}");
+
+    let err = parse(&minimal("tls = \"implicit\"", "", "")).unwrap_err();
+    assert!(err.problems[0].starts_with("listener[0].tls: needs a [tls] section"), "{err}");
+}
+
+#[test]
+fn auth_without_tls_needs_explicit_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, format!("alice:{}\n", crate::auth::users::hash_password("x").unwrap())).unwrap();
+    let auth = format!("[auth]\nmode = \"file\"\nusers_file = \"{}\"\n", users.display());
+    let err = parse(&minimal("auth = \"optional\"", "", &auth)).unwrap_err();
+    assert!(err.problems[0].contains("clear text"), "{err}");
+    assert!(parse(&minimal("auth = \"optional\"\nauth_plaintext = true", "", &auth)).is_ok());
+
+    let err = parse(&minimal("auth = \"required\"\nauth_plaintext = true", "", "")).unwrap_err();
+    assert!(err.problems[0].contains("needs an [auth] section"), "{err}");
+    let err = parse(&minimal("", "", "[auth]\nmode = \"file\"\nusers_file = \"/nonexistent\"\n")).unwrap_err();
+    assert!(err.problems[0].starts_with("auth.users_file: /nonexistent"), "{err}");
+    let err = parse(&minimal("", "", "[auth]\nmode = \"ldap\"\n")).unwrap_err();
+    assert!(err.problems[0].starts_with("auth.mode"), "{err}");
+}
+
+#[test]
+fn backend_tls_options() {
+    let ok = parse(&minimal("", "tls = \"starttls-required\"\ntls_verify = false", "")).unwrap();
+    assert_eq!(ok.config.backends[0].tls, BackendTls::Required);
+    assert!(ok.config.backends[0].tls_client.is_some());
+
+    let err = parse(
+        &minimal("", "tls = \"starttls\"\ntls_verify = false", "").replace("127.0.0.1:25", "mx.example.net:25"),
+    )
+    .unwrap_err();
+    assert!(err.problems[0].starts_with("backend[0].tls_verify: may be false only for a loopback"), "{err}");
+    let err = parse(&minimal("", "tls = \"starttls\"\nca_file = \"/nonexistent.pem\"", "")).unwrap_err();
+    assert!(err.problems[0].starts_with("backend[0].ca_file"), "{err}");
+    let err = parse(&minimal("", "tls = \"always\"", "")).unwrap_err();
+    assert!(err.problems[0].starts_with("backend[0].tls"), "{err}");
+}

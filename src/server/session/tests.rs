@@ -388,3 +388,235 @@ async fn backend_421_is_relayed_and_ends_the_session() {
     c.cmd("MAIL FROM:<s@example.org>", "421 4.3.2 shutting down").await;
     assert_eq!(c.reply().await, "<closed>");
 }
+
+// === TLS and AUTH ===
+
+/// A self-signed certificate for "proxy.test" in a temp dir, and a users file holding
+/// alice / "wonderland".
+struct Secrets {
+    dir: tempfile::TempDir,
+    cert_pem: String,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["proxy.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let hash = crate::auth::users::hash_password("wonderland").unwrap();
+        std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
+        Self { cert_pem: ck.cert.pem(), dir }
+    }
+
+    /// Config text for [tls] and [auth] (file mode).
+    fn sections(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "[tls]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n\
+             [auth]\nmode = \"file\"\nusers_file = \"{d}/users\"\n"
+        )
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()).unwrap();
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A listener with TLS and AUTH settings: `listener_extra` goes into [[listener]].
+fn tls_config(backend: SocketAddr, secrets: &Secrets, listener_extra: &str, relay_extra: &str) -> Arc<Config> {
+    let text = format!(
+        "[server]\nhostname = \"proxy.test\"\n\
+         [[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{listener_extra}\n\
+         [relay]\nlocal_domains = [\"example.com\"]\n{relay_extra}\n\
+         [[backend]]\naddress = \"{backend}\"\nidentity = \"xclient\"\n{}",
+        secrets.sections()
+    );
+    Arc::new(crate::config::parse(&text).unwrap_or_else(|e| panic!("{e}")).config)
+}
+
+/// A client speaking TLS over the duplex stream, with the same helpers as [`Client`].
+struct TlsClient {
+    io: tokio_rustls::client::TlsStream<DuplexStream>,
+    buf: BytesMut,
+}
+
+impl TlsClient {
+    async fn upgrade(c: Client, secrets: &Secrets) -> Self {
+        assert!(c.buf.is_empty(), "nothing may follow the 220 to STARTTLS: {:?}", c.buf);
+        let name = rustls::pki_types::ServerName::try_from("proxy.test").unwrap();
+        let io = secrets.connector().connect(name, c.io).await.expect("handshake");
+        Self { io, buf: BytesMut::new() }
+    }
+
+    async fn reply(&mut self) -> String {
+        let read = async {
+            loop {
+                if let Some(r) = ReplyParser::parse(&mut self.buf).unwrap() {
+                    return String::from_utf8(r.as_bytes().to_vec()).unwrap();
+                }
+                if self.io.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                    return "<closed>".to_string();
+                }
+            }
+        };
+        timeout(Duration::from_secs(10), read).await.expect("reply in time")
+    }
+
+    async fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.io.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+        let reply = self.reply().await;
+        assert!(reply.starts_with(expect), "{line:?}: expected {expect:?}, got {reply:?}");
+        reply
+    }
+}
+
+fn plain_b64(user: &str, pass: &str) -> String {
+    crate::auth::mechanism::encode(&format!("\0{user}\0{pass}"))
+}
+
+#[tokio::test]
+async fn starttls_forgets_the_session_and_offers_auth_inside() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "tls = \"starttls\"\nauth = \"optional\"", "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    // Before TLS: STARTTLS offered, AUTH not (no plaintext AUTH).
+    let ehlo = c.cmd("EHLO client.example", "250").await;
+    assert!(ehlo.contains("250-STARTTLS\r\n") && !ehlo.contains("AUTH"), "{ehlo}");
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "538 5.7.11").await;
+    c.cmd("STARTTLS", "220 2.0.0").await;
+    let mut t = TlsClient::upgrade(c, &secrets).await;
+    t.cmd("MAIL FROM:<a@example.org>", "503 5.5.1").await; // EHLO again first
+    let ehlo = t.cmd("EHLO client.example", "250").await;
+    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("250-AUTH PLAIN LOGIN\r\n"), "{ehlo}");
+    t.cmd("STARTTLS", "503 5.5.1").await;
+    t.cmd("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn commands_pipelined_after_starttls_are_never_executed() {
+    for injected in ["RSET\r\n", "EHLO evil.example\r\n", "MAIL FROM:<x@evil.example>\r\n"] {
+        let secrets = Secrets::new();
+        let backend = FakeBackend::start(POSTFIX_CAPS).await;
+        let cfg = tls_config(backend.addr, &secrets, "tls = \"starttls\"", "");
+        let mut c = Client::greeted(cfg, OUTSIDER).await;
+        c.send(&format!("STARTTLS\r\n{injected}")).await;
+        assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS\r\n");
+        let mut t = TlsClient::upgrade(c, &secrets).await;
+        // The first reply inside TLS answers our NOOP, not the injected command.
+        t.cmd("NOOP", "250 2.0.0 Ok").await;
+        t.cmd("MAIL FROM:<a@example.org>", "503 5.5.1").await;
+        assert!(backend.lines().is_empty(), "{injected:?} reached the backend");
+    }
+}
+
+#[tokio::test]
+async fn starttls_refused_in_a_transaction_and_tls_can_be_required() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "tls = \"starttls\"", "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("STARTTLS", "503 5.5.1").await;
+
+    let cfg = tls_config(backend.addr, &secrets, "tls = \"starttls\"\nrequire_tls = true", "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "530 5.7.0").await;
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_against_the_users_file() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "auth = \"optional\"\nauth_plaintext = true", "");
+    // PLAIN with an initial response.
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235 2.7.0").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "503 5.5.1").await;
+    // PLAIN through a 334 continuation.
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("AUTH PLAIN", "334 ").await;
+    c.cmd(&plain_b64("alice", "wonderland"), "235 2.7.0").await;
+    // LOGIN, both steps.
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
+    c.cmd(&crate::auth::mechanism::encode("alice"), "334 UGFzc3dvcmQ6").await;
+    c.cmd(&crate::auth::mechanism::encode("wonderland"), "235 2.7.0").await;
+    // Cancel, garbage, unknown mechanism.
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("AUTH LOGIN", "334").await;
+    c.cmd("*", "501 5.7.0").await;
+    c.cmd("AUTH PLAIN !!!", "501 5.5.2").await;
+    c.cmd("AUTH CRAM-MD5", "504 5.5.4").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wrong")), "535 5.7.8").await;
+}
+
+#[tokio::test]
+async fn auth_failures_are_slowed_and_end_the_session() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "auth = \"optional\"\nauth_plaintext = true", "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    let started = std::time::Instant::now();
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "nope1")), "535 5.7.8").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("mallory", "nope2")), "535 5.7.8").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "nope3")), "535 5.7.8").await;
+    assert_eq!(c.reply().await, "421 4.7.0 proxy.test Error: too many authentication failures\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+    assert!(started.elapsed() >= Duration::from_secs(6), "1 + 2 + 3 seconds of delay");
+}
+
+#[tokio::test]
+async fn auth_decides_relay_and_never_still_wins() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let listener = "auth = \"optional\"\nauth_plaintext = true";
+    let cfg = tls_config(backend.addr, &secrets, listener, "never = [\"198.51.100.0/24\"]");
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<x@remote.test>", "550 5.7.1").await;
+    c.cmd("RSET", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235").await;
+    c.cmd("MAIL FROM:<a@example.org> AUTH=<>", "250").await;
+    c.cmd("RCPT TO:<x@remote.test>", "250").await;
+    c.cmd("QUIT", "221").await;
+    backend.wait_for("EOF").await;
+    let lines = backend.lines();
+    // The second backend connection tells the backend who logged in; AUTH= is not passed on.
+    assert!(lines.iter().any(|l| l.starts_with("XCLIENT") && l.contains("LOGIN=alice")), "{lines:?}");
+    assert!(lines.contains(&"MAIL FROM:<a@example.org>".to_string()), "{lines:?}");
+
+    let mut c = Client::greeted(cfg, "198.51.100.7:1234").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<x@remote.test>", "550 5.7.1").await;
+}
+
+#[tokio::test]
+async fn auth_required_before_mail() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "auth = \"required\"\nauth_plaintext = true", "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "530 5.7.0").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+}
+
+#[tokio::test]
+async fn implicit_tls_listener() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "tls = \"implicit\"\nauth = \"optional\"", "");
+    let c = Client::start(cfg, OUTSIDER);
+    let mut t = TlsClient::upgrade(c, &secrets).await;
+    assert_eq!(t.reply().await, "220 proxy.test ESMTP\r\n");
+    let ehlo = t.cmd("EHLO client.example", "250").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"), "{ehlo}");
+    t.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235").await;
+}
