@@ -43,6 +43,29 @@ pub struct Postfix {
     pub plain: SocketAddr,
     /// smtpd that expects a PROXY header (smtpd_upstream_proxy_protocol=haproxy).
     pub proxied: SocketAddr,
+    /// smtpd offering STARTTLS with a certificate for "localhost" (`cert`).
+    pub tls: SocketAddr,
+    /// smtpd offering AUTH, checked by Dovecot (see [`Postfix::start_dovecot`]).
+    pub sasl: SocketAddr,
+    /// The certificate of the `tls` service: a CA file for backend verification.
+    pub cert: PathBuf,
+}
+
+/// A self-signed certificate and its key, written as PEM files.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    pub fn write(dir: &Path, name: &str) -> TestCert {
+        std::fs::create_dir_all(dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        TestCert { cert, key }
+    }
 }
 
 /// A delivered message and what Postfix logged for it.
@@ -61,7 +84,8 @@ impl Postfix {
     fn start() -> Postfix {
         let dir = tempfile::Builder::new().prefix("portcullis-postfix-").tempdir().unwrap().keep();
         let d = dir.display().to_string();
-        let (plain, proxied) = (free_port(), free_port());
+        let (plain, proxied, tls, sasl) = (free_port(), free_port(), free_port(), free_port());
+        let cert = TestCert::write(&dir.join("tls"), "localhost");
         let script = format!(
             r#"set -e
 D={d}
@@ -86,7 +110,12 @@ postconf -c $D/etc -e "queue_directory = $D/queue" "data_directory = $D/data" \
   'compatibility_level = 3.6'
 postconf -c $D/etc -M# 'smtp/inet'
 postconf -c $D/etc -M "{plain}/inet={plain} inet n - n - - smtpd" \
-  "{proxied}/inet={proxied} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+  "{proxied}/inet={proxied} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy" \
+  "{tls}/inet={tls} inet n - n - - smtpd -o smtpd_tls_security_level=may -o smtpd_tls_loglevel=1 \
+     -o smtpd_tls_cert_file=$D/tls/localhost.crt -o smtpd_tls_key_file=$D/tls/localhost.key" \
+  "{sasl}/inet={sasl} inet n - n - - smtpd -o smtpd_sasl_auth_enable=yes -o smtpd_sasl_type=dovecot \
+     -o smtpd_sasl_path=$D/dovecot/auth"
+chmod 644 $D/tls/*
 postfix -c $D/etc start
 # Stop this instance when the test process is gone, however it ends.
 (while kill -0 {pid} 2>/dev/null; do sleep 1; done; postfix -c $D/etc stop >/dev/null 2>&1
@@ -103,15 +132,70 @@ postfix -c $D/etc start
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(dir.join("postfix.log")).unwrap_or_default()
         );
+        let at = |port: u16| format!("127.0.0.1:{port}").parse().unwrap();
         let pf = Postfix {
             dir,
-            plain: format!("127.0.0.1:{plain}").parse().unwrap(),
-            proxied: format!("127.0.0.1:{proxied}").parse().unwrap(),
+            plain: at(plain),
+            proxied: at(proxied),
+            tls: at(tls),
+            sasl: at(sasl),
+            cert: cert.cert,
         };
-        for addr in [pf.plain, pf.proxied] {
+        for addr in [pf.plain, pf.proxied, pf.tls, pf.sasl] {
             wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok(), "postfix listening");
         }
         pf
+    }
+
+    /// Starts (once) a private Dovecot that checks passwords for the `sasl` service:
+    /// user "bob", password "builder".
+    pub fn start_dovecot(&self) {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        STARTED.get_or_init(|| {
+            let d = self.dir.display().to_string();
+            let script = format!(
+                r#"set -e
+D={d}/dovecot
+mkdir -p $D/run $D/state
+echo 'bob:{{PLAIN}}builder' > $D/passwd
+cat > $D/dovecot.conf <<CONF
+base_dir = $D/run
+state_dir = $D/state
+log_path = $D/dovecot.log
+protocols =
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = username_format=%u $D/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home=/nonexistent
+}}
+service auth {{
+  unix_listener $D/auth {{
+    mode = 0666
+  }}
+}}
+CONF
+# Dovecot keeps inherited descriptors open: give it none of ours.
+dovecot -c $D/dovecot.conf </dev/null >$D/start.out 2>&1 || {{ cat $D/start.out; exit 1; }}
+(while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $(cat $D/run/master.pid)) </dev/null >/dev/null 2>&1 &
+"#,
+                pid = std::process::id()
+            );
+            let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "dovecot did not start: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let socket = self.dir.join("dovecot/auth");
+            wait_until(Duration::from_secs(20), || socket.exists(), "dovecot's auth socket");
+        });
     }
 
     pub fn log(&self) -> String {
