@@ -36,6 +36,8 @@ pub struct Config {
     /// Certificate and key for client-side TLS, when a listener offers it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth: Option<Arc<Auth>>,
+    /// Load balancers whose PROXY headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub struct Listener {
     pub auth: AuthPolicy,
     /// Offer AUTH on unencrypted sessions too.
     pub auth_plaintext: bool,
+    /// Every connection starts with a PROXY header from a trusted proxy.
+    pub proxy_protocol: bool,
 }
 
 /// Where credentials are checked.
@@ -210,6 +214,7 @@ impl Validator {
             None => None,
         };
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a)).map(Arc::new);
+        let trusted_proxies = self.networks("trust.proxies", &raw.trust.proxies);
         for (i, l) in listeners.iter().enumerate() {
             let key = format!("listener[{i}]");
             if l.tls != ListenerTls::None && raw.tls.is_none() {
@@ -217,6 +222,9 @@ impl Validator {
             }
             if l.require_tls && l.tls == ListenerTls::None {
                 self.error(format!("{key}.require_tls"), "needs tls = \"starttls\" or \"implicit\"");
+            }
+            if l.proxy_protocol && raw.trust.proxies.is_empty() {
+                self.error(format!("{key}.proxy_protocol"), "needs [trust] proxies: whose headers to believe");
             }
             if l.auth != AuthPolicy::Off {
                 if raw.auth.is_none() {
@@ -232,7 +240,7 @@ impl Validator {
         }
 
         if self.problems.is_empty() {
-            let config = Config { hostname, workers, listeners, relay, backends, limits, tls, auth };
+            let config = Config { hostname, workers, listeners, relay, backends, limits, tls, auth, trusted_proxies };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
             Err(ConfigError { problems: self.problems, warnings: self.warnings })
@@ -295,6 +303,7 @@ impl Validator {
             require_tls: raw.require_tls,
             auth: auth?,
             auth_plaintext: raw.auth_plaintext,
+            proxy_protocol: raw.proxy_protocol,
         })
     }
 

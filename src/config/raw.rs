@@ -18,6 +18,16 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub tls: Option<RawTls>,
     pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub trust: RawTrust,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrust {
+    /// Whose PROXY headers are believed.
+    #[serde(default)]
+    pub proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +70,8 @@ pub struct RawListener {
     pub auth: String,
     #[serde(default)]
     pub auth_plaintext: bool,
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn none() -> String {

@@ -1,8 +1,107 @@
-//! PROXY protocol headers (HAProxy's proxy-protocol.txt) sent to a backend right after
-//! connecting: source is the client, destination the address it reached.
+//! PROXY protocol headers (HAProxy's proxy-protocol.txt): encoding the header sent to
+//! a backend (source: the client, destination: the address it reached), and strict
+//! decoding of a header received from a trusted load balancer.
 
 use crate::addr::{ClientAddr, LocalAddr};
 use ppp::{v1, v2};
+use std::net::SocketAddr;
+use thiserror::Error;
+
+/// The v2 signature.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// Longest v1 header, CRLF included (the spec's 107 bytes).
+pub const V1_MAX: usize = 107;
+/// Longest v2 header accepted: 16 fixed bytes and up to 1 KiB of addresses and TLVs.
+pub const V2_MAX: usize = 16 + 1024;
+
+/// Who the load balancer says the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxied {
+    /// A proxied TCP connection: the real client and the address it connected to.
+    Tcp { source: SocketAddr, destination: SocketAddr },
+    /// v2 LOCAL (health checks): the connection is the proxy's own.
+    Local,
+    /// v1 UNKNOWN or a v2 family without addresses: nothing is known of the client.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProxyHeaderError {
+    #[error("no PROXY header: the connection did not start with one")]
+    Missing,
+    #[error("PROXY header longer than allowed")]
+    TooLong,
+    #[error("malformed PROXY header: {0}")]
+    Malformed(String),
+}
+
+/// Decodes a header at the start of `buf`: `Ok(None)` until it is complete, then the
+/// header and how many bytes it took.
+pub fn decode(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
+    let n = buf.len().min(V2_SIGNATURE.len());
+    if buf[..n] == V2_SIGNATURE[..n] {
+        return decode_v2(buf);
+    }
+    let n = buf.len().min(6);
+    if buf[..n] == b"PROXY "[..n] {
+        return decode_v1(buf);
+    }
+    Err(ProxyHeaderError::Missing)
+}
+
+fn decode_v1(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
+    let window = &buf[..buf.len().min(V1_MAX)];
+    let Some(lf) = memchr::memchr(b'\n', window) else {
+        return if buf.len() >= V1_MAX { Err(ProxyHeaderError::TooLong) } else { Ok(None) };
+    };
+    if lf == 0 || window[lf - 1] != b'\r' || window[..lf - 1].contains(&b'\r') {
+        return Err(ProxyHeaderError::Malformed("v1 header not ended by CRLF".into()));
+    }
+    let line = std::str::from_utf8(&window[..=lf]).map_err(|_| ProxyHeaderError::Malformed("not text".into()))?;
+    let header = v1::Header::try_from(line).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+    let proxied = match header.addresses {
+        v1::Addresses::Tcp4(a) => Proxied::Tcp {
+            source: SocketAddr::from((a.source_address, a.source_port)),
+            destination: SocketAddr::from((a.destination_address, a.destination_port)),
+        },
+        v1::Addresses::Tcp6(a) => Proxied::Tcp {
+            source: SocketAddr::from((a.source_address, a.source_port)),
+            destination: SocketAddr::from((a.destination_address, a.destination_port)),
+        },
+        v1::Addresses::Unknown => Proxied::Unknown,
+    };
+    Ok(Some((proxied, lf + 1)))
+}
+
+fn decode_v2(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
+    if buf.len() < 16 {
+        return Ok(None);
+    }
+    let total = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if total > V2_MAX {
+        return Err(ProxyHeaderError::TooLong);
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let header = v2::Header::try_from(&buf[..total]).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+    let proxied = match (header.command, header.protocol, header.addresses) {
+        (v2::Command::Local, _, _) => Proxied::Local,
+        (v2::Command::Proxy, v2::Protocol::Datagram, _) => {
+            return Err(ProxyHeaderError::Malformed("a datagram connection cannot carry SMTP".into()));
+        }
+        (v2::Command::Proxy, _, v2::Addresses::IPv4(a)) => Proxied::Tcp {
+            source: SocketAddr::from((a.source_address, a.source_port)),
+            destination: SocketAddr::from((a.destination_address, a.destination_port)),
+        },
+        (v2::Command::Proxy, _, v2::Addresses::IPv6(a)) => Proxied::Tcp {
+            source: SocketAddr::from((a.source_address, a.source_port)),
+            destination: SocketAddr::from((a.destination_address, a.destination_port)),
+        },
+        (v2::Command::Proxy, _, _) => Proxied::Unknown,
+    };
+    Ok(Some((proxied, total)))
+}
 
 pub fn v1_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
     v1::Addresses::from((client.socket(), local.socket())).to_string().into_bytes()
@@ -29,6 +128,85 @@ mod tests {
         assert_eq!(v1_header(c, l), b"PROXY TCP4 127.0.0.77 127.0.0.1 40000 2525\r\n");
         let (c, l) = pair("[2001:db8::7]:1", "[2001:db8::1]:25");
         assert_eq!(v1_header(c, l), b"PROXY TCP6 2001:db8::7 2001:db8::1 1 25\r\n");
+    }
+
+    fn tcp(source: &str, destination: &str) -> Proxied {
+        Proxied::Tcp { source: source.parse().unwrap(), destination: destination.parse().unwrap() }
+    }
+
+    /// Every prefix of a complete header is "incomplete", never an error or a result.
+    fn decode_whole(bytes: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), Ok(None), "prefix of {cut} bytes");
+        }
+        decode(bytes)
+    }
+
+    #[test]
+    fn decodes_what_it_encodes() {
+        let (c, l) = pair("127.0.0.77:40000", "127.0.0.1:2525");
+        let expected = tcp("127.0.0.77:40000", "127.0.0.1:2525");
+        let v1 = v1_header(c, l);
+        assert_eq!(decode_whole(&v1), Ok(Some((expected, v1.len()))));
+        let v2 = v2_header(c, l);
+        assert_eq!(decode_whole(&v2), Ok(Some((expected, v2.len()))));
+        let (c, l) = pair("[2001:db8::7]:1", "[2001:db8::1]:25");
+        let v1 = v1_header(c, l);
+        assert_eq!(decode(&v1), Ok(Some((tcp("[2001:db8::7]:1", "[2001:db8::1]:25"), v1.len()))));
+        let v2 = v2_header(c, l);
+        assert_eq!(decode(&v2), Ok(Some((tcp("[2001:db8::7]:1", "[2001:db8::1]:25"), v2.len()))));
+    }
+
+    #[test]
+    fn leaves_what_follows_the_header() {
+        let mut bytes = b"PROXY TCP4 192.0.2.1 192.0.2.2 1 25\r\n".to_vec();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"EHLO x\r\n");
+        assert_eq!(decode(&bytes).unwrap().unwrap().1, len);
+    }
+
+    #[test]
+    fn local_and_unknown() {
+        assert_eq!(decode(b"PROXY UNKNOWN\r\n"), Ok(Some((Proxied::Unknown, 15))));
+        assert_eq!(
+            decode(b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n").unwrap().unwrap().0,
+            Proxied::Unknown
+        );
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(decode(&local), Ok(Some((Proxied::Local, 16))));
+        let mut unspec = V2_SIGNATURE.to_vec();
+        unspec.extend_from_slice(&[0x21, 0x00, 0, 0]);
+        assert_eq!(decode(&unspec), Ok(Some((Proxied::Unknown, 16))));
+    }
+
+    #[test]
+    fn refuses_malformed_and_oversized() {
+        use ProxyHeaderError::*;
+        assert_eq!(decode(b"EHLO x\r\n"), Err(Missing));
+        assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(Missing));
+        assert!(matches!(decode(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 25\n"), Err(Malformed(_))));
+        assert!(matches!(decode(b"PROXY TCP4 192.0.2.1 192.0.2.2 1\r\n"), Err(Malformed(_))));
+        assert!(matches!(decode(b"PROXY TCP4 999.0.2.1 192.0.2.2 1 25\r\n"), Err(Malformed(_))));
+        assert!(matches!(decode(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 99999\r\n"), Err(Malformed(_))));
+        assert!(matches!(decode(b"PROXY TCP4 2001:db8::1 192.0.2.2 1 25\r\n"), Err(Malformed(_))));
+        assert!(matches!(decode(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 25\rX\r\n"), Err(Malformed(_))));
+        let long = format!("PROXY TCP4 {}", " ".repeat(V1_MAX));
+        assert_eq!(decode(long.as_bytes()), Err(TooLong));
+        // v2 with a length beyond the cap, a bad version, and a datagram.
+        let mut big = V2_SIGNATURE.to_vec();
+        big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert_eq!(decode(&big), Err(TooLong));
+        let mut v3 = V2_SIGNATURE.to_vec();
+        v3.extend_from_slice(&[0x31, 0x11, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2]);
+        assert!(matches!(decode(&v3), Err(Malformed(_))));
+        let mut dgram = V2_SIGNATURE.to_vec();
+        dgram.extend_from_slice(&[0x21, 0x12, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2]);
+        assert!(matches!(decode(&dgram), Err(Malformed(_))));
+        // A v2 length too short for its address family.
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
+        assert!(matches!(decode(&short), Err(Malformed(_))));
     }
 
     #[test]

@@ -61,6 +61,12 @@ mod tests {
             commands(&facts("[2001:db8::9]:1"), &caps(&["ADDR", "HELO"])),
             vec!["XCLIENT HELO=client+20name+2Bx ADDR=IPV6:2001:db8::9\r\n".to_string()]
         );
+        let mut v6 = facts("[2001:db8::9]:1");
+        v6.local = LocalAddr::new("[2001:db8::25]:25".parse().unwrap());
+        assert_eq!(
+            commands(&v6, &caps(&["ADDR", "DESTADDR"])),
+            vec!["XCLIENT DESTADDR=IPV6:2001:db8::25 ADDR=IPV6:2001:db8::9\r\n".to_string()]
+        );
         assert!(commands(&facts("203.0.113.9:1"), &caps(&[])).is_empty());
         let mut logged_in = facts("203.0.113.9:1");
         logged_in.login = Some("alice smith".into());

@@ -22,6 +22,8 @@ pub struct RelayClient {
     /// The local address the client connected to.
     pub local_ip: IpAddr,
     pub authenticated: bool,
+    /// False when a PROXY header said UNKNOWN: `ip` is then the proxy's, not the client's.
+    pub address_known: bool,
 }
 
 /// The decision and the name of the rule that made it (for the log).
@@ -48,6 +50,9 @@ impl RelayPolicy {
         }
         if !self.enabled {
             return RelayVerdict::Denied("relay.enabled = false");
+        }
+        if !client.address_known {
+            return RelayVerdict::Denied("client address unknown (PROXY UNKNOWN)");
         }
         if self.never.iter().any(|n| n.contains(&client.ip)) {
             return RelayVerdict::Denied("relay.never");
@@ -82,7 +87,7 @@ mod tests {
     }
 
     fn client(ip: &str, local: &str, authenticated: bool) -> RelayClient {
-        RelayClient { ip: ip.parse().unwrap(), local_ip: local.parse().unwrap(), authenticated }
+        RelayClient { ip: ip.parse().unwrap(), local_ip: local.parse().unwrap(), authenticated, address_known: true }
     }
 
     fn decide(p: &RelayPolicy, c: &RelayClient, rcpt: &str) -> RelayVerdict {
@@ -144,6 +149,15 @@ mod tests {
         // 10.66.0.0/16 is inside networks 10.0.0.0/8, connects to a local address, and logged in.
         let c = client("10.66.1.1", "10.0.0.25", true);
         assert_eq!(decide(&p, &c, "u@remote.test"), RelayVerdict::Denied("relay.never"));
+    }
+
+    #[test]
+    fn unknown_client_never_relays() {
+        let p = policy();
+        let mut c = client("10.1.2.3", "10.0.0.25", true);
+        c.address_known = false;
+        assert_eq!(decide(&p, &c, "u@remote.test"), RelayVerdict::Denied("client address unknown (PROXY UNKNOWN)"));
+        assert_eq!(decide(&p, &c, "u@example.com"), RelayVerdict::Local);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! workers). Each accepted client is judged by the listener's connection rules on the
 //! real peer and, if accepted, gets a session on the worker that accepted it.
 
+use super::proxy_header;
 use super::session::Session;
+use crate::identity::proxy::Proxied;
+use bytes::BytesMut;
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{Config, Listener};
 use crate::policy::Action;
@@ -159,21 +162,79 @@ async fn accept_loop(b: Accepting, config: Arc<Config>, sessions: TaskTracker, s
                 continue;
             }
         };
-        let peer = ClientAddr::new(peer);
-        let local = match stream.local_addr() {
-            Ok(a) => LocalAddr::new(a),
-            Err(_) => continue,
-        };
-        let verdict = b.listener.rules.decide(peer.ip());
-        if verdict.action == Action::Reject {
-            tracing::info!(%peer, %local, listener = %b.name, rule = verdict.rule, "connection refused");
-            sessions.spawn(refuse(stream));
+        let Ok(local) = stream.local_addr() else { continue };
+        let (peer, local) = (ClientAddr::new(peer), LocalAddr::new(local));
+        if !b.listener.proxy_protocol {
+            // The common case stays in the accept loop: no task unless accepted.
+            if let Some(session) = admit(&config, &b.listener, stream, peer, local) {
+                sessions.spawn(session.run());
+            }
             continue;
         }
-        tracing::debug!(%peer, listener = %b.name, rule = verdict.rule, "connection accepted");
-        let _ = stream.set_nodelay(true);
-        let session = Session::new(config.clone(), b.listener.clone(), stream, peer, local);
-        sessions.spawn(session.run());
+        let (config, listener) = (config.clone(), b.listener.clone());
+        sessions.spawn(async move {
+            if let Some((stream, peer, local, input, known)) = behind_proxy(&config, &listener, stream, peer, local).await {
+                if let Some(mut session) = admit(&config, &listener, stream, peer, local) {
+                    session = session.with_input(input);
+                    if !known {
+                        session = session.with_unknown_address();
+                    }
+                    session.run().await;
+                }
+            }
+        });
+    }
+}
+
+/// Applies the connection rules to the real client: a session, or a refusal.
+fn admit(
+    config: &Arc<Config>,
+    listener: &Arc<Listener>,
+    stream: TcpStream,
+    peer: ClientAddr,
+    local: LocalAddr,
+) -> Option<Session<TcpStream>> {
+    let verdict = listener.rules.decide(peer.ip());
+    if verdict.action == Action::Reject {
+        tracing::info!(%peer, %local, listener = %listener.name, rule = verdict.rule, "connection refused");
+        tokio::spawn(refuse(stream));
+        return None;
+    }
+    tracing::debug!(%peer, listener = %listener.name, rule = verdict.rule, "connection accepted");
+    let _ = stream.set_nodelay(true);
+    Some(Session::new(config.clone(), listener.clone(), stream, peer, local))
+}
+
+/// On a `proxy_protocol` listener: only trusted proxies may connect, and what their
+/// header says replaces the socket addresses. Returns the stream, the client, the
+/// local address, bytes read after the header, and whether the client is known.
+async fn behind_proxy(
+    config: &Config,
+    listener: &Listener,
+    mut stream: TcpStream,
+    peer: ClientAddr,
+    local: LocalAddr,
+) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, bool)> {
+    if !config.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
+        tracing::warn!(%peer, listener = %listener.name, "connection from outside [trust] proxies on a PROXY listener; refused");
+        refuse(stream).await;
+        return None;
+    }
+    let mut input = BytesMut::new();
+    match proxy_header::read(&mut stream, &mut input).await {
+        Ok(Proxied::Tcp { source, destination }) => {
+            Some((stream, ClientAddr::new(source), LocalAddr::new(destination), input, true))
+        }
+        // Health checks: the connection is the proxy's own.
+        Ok(Proxied::Local) => Some((stream, peer, local, input, true)),
+        Ok(Proxied::Unknown) => {
+            tracing::info!(%peer, listener = %listener.name, "PROXY header without a client address; no relay for it");
+            Some((stream, peer, local, input, false))
+        }
+        Err(e) => {
+            tracing::warn!(%peer, listener = %listener.name, error = %e, "bad PROXY header; connection closed");
+            None
+        }
     }
 }
 

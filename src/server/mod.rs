@@ -3,6 +3,7 @@
 //! backend through an [`upstream::Upstream`].
 
 pub mod listener;
+pub mod proxy_header;
 pub mod session;
 pub mod upstream;
 

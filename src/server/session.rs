@@ -104,6 +104,8 @@ pub struct Session<S> {
     /// The user name, once AUTH succeeded.
     authenticated: Option<String>,
     auth_failures: u32,
+    /// False when a PROXY header said UNKNOWN: never relay for such a client.
+    address_known: bool,
     upstream: Option<Upstream>,
     stats: Stats,
 }
@@ -123,9 +125,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tx: None,
             authenticated: None,
             auth_failures: 0,
+            address_known: true,
             upstream: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Bytes that arrived after a PROXY header, before the session started.
+    pub fn with_input(mut self, input: BytesMut) -> Self {
+        self.inbuf = input;
+        self
+    }
+
+    /// Marks the client address as unknown (PROXY UNKNOWN): no relay.
+    pub fn with_unknown_address(mut self) -> Self {
+        self.address_known = false;
+        self
     }
 
     pub async fn run(mut self) {
@@ -347,8 +362,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.stats.rcpt_refused += 1;
             return self.refuse("452 4.5.3 Error: too many recipients");
         }
-        let client =
-            RelayClient { ip: self.peer.ip(), local_ip: self.local.ip(), authenticated: self.authenticated.is_some() };
+        let client = RelayClient {
+            ip: self.peer.ip(),
+            local_ip: self.local.ip(),
+            authenticated: self.authenticated.is_some(),
+            address_known: self.address_known,
+        };
         let verdict = self.config.relay.decide(&client, &destination);
         if let RelayVerdict::Denied(rule) = verdict {
             self.stats.rcpt_refused += 1;

@@ -109,7 +109,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
             Ok(Command::Vrfy)
         };
     }
-    for name in ["XCLIENT", "XFORWARD"] {
+    for name in ["XCLIENT", "XFORWARD", "PROXY"] {
         if is(name) {
             return Ok(Command::Spoof(name));
         }
@@ -210,6 +210,7 @@ mod tests {
         assert_eq!(ok("EXPN staff"), Command::NotImplemented("EXPN"));
         assert_eq!(ok("xclient ADDR=1.2.3.4"), Command::Spoof("XCLIENT"));
         assert_eq!(ok("XFORWARD ADDR=1.2.3.4"), Command::Spoof("XFORWARD"));
+        assert_eq!(ok("PROXY TCP4 10.0.0.1 10.0.0.2 1 25"), Command::Spoof("PROXY"));
     }
 
     #[test]

@@ -98,7 +98,7 @@ dirs=$(postconf -h alternate_config_directories)
 postconf -e "alternate_config_directories = $dirs $D/etc"
 postconf -c $D/etc -e "queue_directory = $D/queue" "data_directory = $D/data" \
   "maillog_file = $D/postfix.log" "maillog_file_prefixes = $D" \
-  'inet_interfaces = 127.0.0.1' 'inet_protocols = ipv4' 'mydestination =' \
+  'inet_interfaces = 127.0.0.1' 'inet_protocols = all' 'mydestination =' \
   'myhostname = backend.test' 'syslog_name = pf-test' \
   'virtual_mailbox_domains = example.com remote.test' "virtual_mailbox_base = $D/mail" \
   'virtual_mailbox_maps = static:inbox/' \
@@ -318,10 +318,10 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    /// Connects from `from` (any 127.0.0.0/8 address) to `to`.
+    /// Connects from `from` (any 127.0.0.0/8 address, or ::1) to `to`.
     pub fn connect_from(from: &str, to: SocketAddr) -> Smtp {
         use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
         socket.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
         socket.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
         let stream: TcpStream = socket.into();
@@ -374,6 +374,51 @@ impl Smtp {
         self.send(body);
         self.send("\r\n.\r\n");
         self.reply()
+    }
+}
+
+// === HAProxy ===
+
+/// A real HAProxy in TCP mode in front of `target`, sending a PROXY header
+/// (`send` is "send-proxy" or "send-proxy-v2").
+pub struct HaProxy {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    pub fn start(target: SocketAddr, send: &str) -> HaProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
+                 timeout server 30s\nfrontend lb\n  bind 127.0.0.1:{port}\n  default_backend us\n\
+                 backend us\n  server s1 {target} {send}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok(), "haproxy listening");
+        HaProxy { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
