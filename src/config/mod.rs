@@ -397,14 +397,13 @@ impl Validator {
             "proxy-v1" => Some(Identity::ProxyV1),
             "proxy-v2" => Some(Identity::ProxyV2),
             "none" => Some(Identity::None),
-            "transparent" => {
-                self.error(format!("{key}.identity"), "\"transparent\" is not supported by this version yet");
-                None
-            }
+            "transparent" => Some(Identity::Transparent),
             other => {
                 self.error(
                     format!("{key}.identity"),
-                    format!("{other:?}: expected \"xclient\", \"xforward\", \"proxy-v1\", \"proxy-v2\" or \"none\""),
+                    format!(
+                        "{other:?}: expected \"xclient\", \"xforward\", \"proxy-v1\", \"proxy-v2\", \"transparent\" or \"none\""
+                    ),
                 );
                 None
             }

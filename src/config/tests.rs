@@ -144,9 +144,9 @@ fn rule_after_catch_all_is_a_warning() {
 }
 
 #[test]
-fn transparent_identity_is_not_yet_accepted() {
-    let err = parse(&FULL.replace("identity = \"proxy-v2\"", "identity = \"transparent\"")).unwrap_err();
-    assert!(err.problems[0].starts_with("backend[1].identity"), "{err}");
+fn transparent_identity() {
+    let loaded = parse(&FULL.replace("identity = \"proxy-v2\"", "identity = \"transparent\"")).unwrap();
+    assert_eq!(loaded.config.backends[1].identity, Identity::Transparent);
 }
 
 const MINIMAL: &str = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{L}\n[[backend]]\naddress = \"127.0.0.1:25\"\n{B}\n{X}";

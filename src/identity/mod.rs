@@ -15,6 +15,8 @@ pub enum Identity {
     Xforward,
     ProxyV1,
     ProxyV2,
+    /// Connect from the client's own address (see `server::transparent`).
+    Transparent,
     None,
 }
 
@@ -25,6 +27,7 @@ impl Identity {
             Identity::Xforward => "xforward",
             Identity::ProxyV1 => "proxy-v1",
             Identity::ProxyV2 => "proxy-v2",
+            Identity::Transparent => "transparent",
             Identity::None => "none",
         }
     }

@@ -31,6 +31,11 @@ pub enum ServerError {
     Bind { name: String, addr: SocketAddr, source: io::Error },
     #[error("cannot start worker thread: {0}")]
     Worker(io::Error),
+    #[error(
+        "a backend uses identity = \"transparent\", which needs the IP_TRANSPARENT socket option \
+         (root or CAP_NET_ADMIN): {0}"
+    )]
+    Transparent(io::Error),
 }
 
 struct Bound {
@@ -47,6 +52,9 @@ pub struct Server {
 impl Server {
     /// Binds every listener, or fails naming the one that could not be bound.
     pub fn bind(config: Config) -> Result<Self, ServerError> {
+        if config.backends.iter().any(|b| b.identity == crate::identity::Identity::Transparent) {
+            super::transparent::check_permitted().map_err(ServerError::Transparent)?;
+        }
         let mut bound = Vec::new();
         for listener in &config.listeners {
             let socket = listen(listener.bind).map_err(|source| ServerError::Bind {

@@ -5,6 +5,7 @@
 pub mod listener;
 pub mod proxy_header;
 pub mod session;
+pub mod transparent;
 pub mod upstream;
 
 pub use listener::{Server, ServerError};

@@ -89,9 +89,18 @@ impl Upstream {
     }
 
     async fn connect_one(backend: &Backend, facts: &ClientFacts, hostname: &str) -> Result<Self, UpstreamError> {
-        let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
+        let connecting = async {
+            if backend.identity != Identity::Transparent {
+                return TcpStream::connect(backend.address.as_str()).await;
+            }
+            let client = facts.addr.ip();
+            let target = tokio::net::lookup_host(backend.address.as_str())
+                .await?
+                .find(|a| a.is_ipv4() == client.is_ipv4())
+                .ok_or_else(|| io::Error::other(format!("no address of {} in the client's address family", backend.address)))?;
+            super::transparent::connect(client, target).await
+        };
+        let stream = timeout(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;
         stream.set_nodelay(true)?;
         let mut up = Upstream {
             stream: MaybeTls::Plain(stream),
