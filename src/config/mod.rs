@@ -23,12 +23,21 @@ use thiserror::Error;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
 pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+pub const DEFAULT_MAX_ERRORS: u32 = 10;
+/// RFC 5321 4.5.3.2: 5 minutes between commands, 3 minutes per DATA block.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub hostname: String,
     /// Worker threads, each with its own single-threaded runtime.
     pub workers: usize,
+    /// After SIGTERM, how long sessions may go on before they get 421.
+    pub drain_timeout: Duration,
     pub listeners: Vec<Listener>,
     pub relay: RelayPolicy,
     pub backends: Vec<Backend>,
@@ -67,6 +76,8 @@ pub struct Listener {
     pub auth_plaintext: bool,
     /// Every connection starts with a PROXY header from a trusted proxy.
     pub proxy_protocol: bool,
+    /// Wait this long before greeting; a client that talks meanwhile is refused.
+    pub greeting_delay: Duration,
 }
 
 /// Where credentials are checked.
@@ -109,6 +120,12 @@ pub struct Limits {
     pub max_message_size: u64,
     pub max_recipients: u32,
     pub bare_lf: BareLf,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Bad commands allowed in one session before it is closed with 421.
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
 }
 
 /// A validated config and what `check` should warn about.
@@ -174,6 +191,8 @@ impl Validator {
             }
             None => "localhost".to_string(),
         };
+        let drain_timeout =
+            self.duration("server.drain_timeout", raw.server.drain_timeout.as_deref(), DEFAULT_DRAIN_TIMEOUT, true);
         let workers = match raw.server.workers {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(n) if (1..=1024).contains(&n) => n,
@@ -240,7 +259,7 @@ impl Validator {
         }
 
         if self.problems.is_empty() {
-            let config = Config { hostname, workers, listeners, relay, backends, limits, tls, auth, trusted_proxies };
+            let config = Config { hostname, workers, drain_timeout, listeners, relay, backends, limits, tls, auth, trusted_proxies };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
             Err(ConfigError { problems: self.problems, warnings: self.warnings })
@@ -304,7 +323,25 @@ impl Validator {
             auth: auth?,
             auth_plaintext: raw.auth_plaintext,
             proxy_protocol: raw.proxy_protocol,
+            greeting_delay: self.duration(
+                &format!("{key}.greeting_delay"),
+                raw.greeting_delay.as_deref(),
+                Duration::ZERO,
+                true,
+            ),
         })
+    }
+
+    /// A duration such as "30s" or "5m"; `zero_ok` allows "0s".
+    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration, zero_ok: bool) -> Duration {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if zero_ok || !d.is_zero() => d,
+            _ => {
+                self.error(key, format!("{text:?}: expected a duration such as \"30s\" or \"5m\""));
+                default
+            }
+        }
     }
 
     fn auth(&mut self, raw: &raw::RawAuth) -> Option<Auth> {
@@ -408,16 +445,12 @@ impl Validator {
                 None
             }
         };
-        let connect_timeout = match &raw.connect_timeout {
-            None => Some(DEFAULT_CONNECT_TIMEOUT),
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => {
-                    self.error(format!("{key}.connect_timeout"), format!("{text:?}: expected a duration such as \"10s\""));
-                    None
-                }
-            },
-        };
+        let connect_timeout = self.duration(
+            &format!("{key}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+        );
         let tls = match raw.tls.as_str() {
             "none" => Some(BackendTls::None),
             "starttls" => Some(BackendTls::StartTls),
@@ -435,7 +468,7 @@ impl Validator {
         Some(Backend {
             address: raw.address.clone(),
             identity: identity?,
-            connect_timeout: connect_timeout?,
+            connect_timeout,
             tls: tls?,
             tls_client,
         })
@@ -494,7 +527,31 @@ impl Validator {
                 BareLf::Reject
             }
         };
-        Limits { max_message_size, max_recipients, bare_lf }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections_per_ip = raw.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP);
+        let max_errors = raw.max_errors.unwrap_or(DEFAULT_MAX_ERRORS);
+        for (key, value) in [
+            ("limits.max_connections", max_connections),
+            ("limits.max_connections_per_ip", max_connections_per_ip),
+            ("limits.max_errors", max_errors as usize),
+        ] {
+            if value == 0 {
+                self.error(key, "must be at least 1");
+            }
+        }
+        let command_timeout =
+            self.duration("limits.command_timeout", raw.command_timeout.as_deref(), DEFAULT_COMMAND_TIMEOUT, false);
+        let data_timeout = self.duration("limits.data_timeout", raw.data_timeout.as_deref(), DEFAULT_DATA_TIMEOUT, false);
+        Limits {
+            max_message_size,
+            max_recipients,
+            bare_lf,
+            max_connections,
+            max_connections_per_ip,
+            max_errors,
+            command_timeout,
+            data_timeout,
+        }
     }
 }
 

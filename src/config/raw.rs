@@ -51,6 +51,7 @@ pub struct RawAuth {
 pub struct RawServer {
     pub hostname: Option<String>,
     pub workers: Option<usize>,
+    pub drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +73,7 @@ pub struct RawListener {
     pub auth_plaintext: bool,
     #[serde(default)]
     pub proxy_protocol: bool,
+    pub greeting_delay: Option<String>,
 }
 
 fn none() -> String {
@@ -161,4 +163,9 @@ pub struct RawLimits {
     pub max_message_size: Option<RawSize>,
     pub max_recipients: Option<u32>,
     pub bare_lf: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_errors: Option<u32>,
+    pub command_timeout: Option<String>,
+    pub data_timeout: Option<String>,
 }

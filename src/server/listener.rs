@@ -3,6 +3,7 @@
 //! workers). Each accepted client is judged by the listener's connection rules on the
 //! real peer and, if accepted, gets a session on the worker that accepted it.
 
+use super::limits::{ConnectionLimits, Permit};
 use super::proxy_header;
 use super::session::Session;
 use crate::identity::proxy::Proxied;
@@ -20,8 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long running sessions may go on after shutdown was asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the drain deadline, how long sessions get to say 421 and go.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 1024;
 
@@ -47,6 +48,7 @@ struct Bound {
 pub struct Server {
     config: Arc<Config>,
     bound: Vec<Bound>,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl Server {
@@ -64,7 +66,8 @@ impl Server {
             })?;
             bound.push(Bound { listener: listener.clone(), name: listener.name.as_str().into(), socket });
         }
-        Ok(Self { config: Arc::new(config), bound })
+        let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+        Ok(Self { config: Arc::new(config), bound, limits })
     }
 
     /// Each listener's name and the address it really listens on (port 0 resolved).
@@ -76,7 +79,8 @@ impl Server {
     }
 
     /// Serves on `config.workers` threads until `shutdown` is cancelled, then lets
-    /// sessions finish for up to [`DRAIN_TIMEOUT`]. Blocks until every worker is done.
+    /// sessions finish for up to `server.drain_timeout`; those still open then get 421.
+    /// Blocks until every worker is done.
     pub fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         for (name, addr) in self.local_addrs() {
             tracing::info!(listener = %name, %addr, workers = self.config.workers, "listening");
@@ -89,11 +93,16 @@ impl Server {
                 .map(|b| Ok((b.listener.clone(), b.name.clone(), b.socket.try_clone()?)))
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(ServerError::Worker)?;
-            let config = self.config.clone();
+            let ctx = Arc::new(WorkerCtx {
+                config: self.config.clone(),
+                limits: self.limits.clone(),
+                sessions: TaskTracker::new(),
+                stop: CancellationToken::new(),
+            });
             let shutdown = shutdown.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{i}"))
-                .spawn(move || worker(config, sockets, shutdown))
+                .spawn(move || worker(ctx, sockets, shutdown))
                 .map_err(ServerError::Worker)?;
             threads.push(thread);
         }
@@ -114,8 +123,17 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// What one worker's accept loops and sessions share.
+struct WorkerCtx {
+    config: Arc<Config>,
+    limits: Arc<ConnectionLimits>,
+    sessions: TaskTracker,
+    /// Cancelled at the drain deadline: open sessions answer 421 and end.
+    stop: CancellationToken,
+}
+
 /// One worker: a single-threaded runtime accepting on every listener.
-fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpListener)>, shutdown: CancellationToken) {
+fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Listener, Arc<str>, std::net::TcpListener)>, shutdown: CancellationToken) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -125,13 +143,12 @@ fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
         }
     };
     runtime.block_on(async move {
-        let sessions = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         for (listener, name, socket) in sockets {
             match TcpListener::from_std(socket) {
                 Ok(socket) => {
                     let b = Accepting { listener: Arc::new(listener), name, socket };
-                    accept_loops.spawn(accept_loop(b, config.clone(), sessions.clone(), shutdown.clone()));
+                    accept_loops.spawn(accept_loop(b, ctx.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::error!(listener = %name, error = %e, "cannot use listener socket; stopping");
@@ -141,9 +158,12 @@ fn worker(config: Arc<Config>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
         }
         accept_loops.close();
         accept_loops.wait().await;
+        let sessions = &ctx.sessions;
         sessions.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
-            tracing::warn!(open = sessions.len(), "sessions still open after the drain deadline; stopping them");
+        if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait()).await.is_err() {
+            tracing::warn!(open = sessions.len(), "sessions still open at the drain deadline; telling them 421");
+            ctx.stop.cancel();
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, sessions.wait()).await;
         }
     });
 }
@@ -155,7 +175,7 @@ struct Accepting {
     socket: TcpListener,
 }
 
-async fn accept_loop(b: Accepting, config: Arc<Config>, sessions: TaskTracker, shutdown: CancellationToken) {
+async fn accept_loop(b: Accepting, ctx: Arc<WorkerCtx>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -174,43 +194,61 @@ async fn accept_loop(b: Accepting, config: Arc<Config>, sessions: TaskTracker, s
         let (peer, local) = (ClientAddr::new(peer), LocalAddr::new(local));
         if !b.listener.proxy_protocol {
             // The common case stays in the accept loop: no task unless accepted.
-            if let Some(session) = admit(&config, &b.listener, stream, peer, local) {
-                sessions.spawn(session.run());
+            if let Some((session, permit)) = admit(&ctx, &b.listener, stream, peer, local) {
+                ctx.sessions.spawn(async move {
+                    session.run().await;
+                    drop(permit);
+                });
             }
             continue;
         }
-        let (config, listener) = (config.clone(), b.listener.clone());
-        sessions.spawn(async move {
-            if let Some((stream, peer, local, input, known)) = behind_proxy(&config, &listener, stream, peer, local).await {
-                if let Some(mut session) = admit(&config, &listener, stream, peer, local) {
-                    session = session.with_input(input);
-                    if !known {
-                        session = session.with_unknown_address();
-                    }
-                    session.run().await;
+        let (ctx2, listener) = (ctx.clone(), b.listener.clone());
+        ctx.sessions.spawn(async move {
+            let ctx = ctx2;
+            let Some((stream, peer, local, input, known)) =
+                behind_proxy(&ctx.config, &listener, stream, peer, local).await
+            else {
+                return;
+            };
+            if let Some((mut session, permit)) = admit(&ctx, &listener, stream, peer, local) {
+                session = session.with_input(input);
+                if !known {
+                    session = session.with_unknown_address();
                 }
+                session.run().await;
+                drop(permit);
             }
         });
     }
 }
 
-/// Applies the connection rules to the real client: a session, or a refusal.
+/// Applies the connection rules and limits to the real client: a session with its
+/// place in the connection count, or a refusal.
 fn admit(
-    config: &Arc<Config>,
+    ctx: &WorkerCtx,
     listener: &Arc<Listener>,
     stream: TcpStream,
     peer: ClientAddr,
     local: LocalAddr,
-) -> Option<Session<TcpStream>> {
+) -> Option<(Session<TcpStream>, Permit)> {
     let verdict = listener.rules.decide(peer.ip());
     if verdict.action == Action::Reject {
         tracing::info!(%peer, %local, listener = %listener.name, rule = verdict.rule, "connection refused");
-        tokio::spawn(refuse(stream));
+        tokio::spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
         return None;
     }
+    let permit = match ctx.limits.try_acquire(peer.ip()) {
+        Ok(p) => p,
+        Err(limit) => {
+            tracing::warn!(%peer, listener = %listener.name, limit = limit.as_str(), "connection refused: over the limit");
+            tokio::spawn(say_and_close(stream, b"421 4.7.0 Too many connections, try again later\r\n"));
+            return None;
+        }
+    };
     tracing::debug!(%peer, listener = %listener.name, rule = verdict.rule, "connection accepted");
     let _ = stream.set_nodelay(true);
-    Some(Session::new(config.clone(), listener.clone(), stream, peer, local))
+    let session = Session::new(ctx.config.clone(), listener.clone(), stream, peer, local).with_stop(ctx.stop.clone());
+    Some((session, permit))
 }
 
 /// On a `proxy_protocol` listener: only trusted proxies may connect, and what their
@@ -225,7 +263,7 @@ async fn behind_proxy(
 ) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, bool)> {
     if !config.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
         tracing::warn!(%peer, listener = %listener.name, "connection from outside [trust] proxies on a PROXY listener; refused");
-        refuse(stream).await;
+        say_and_close(stream, b"554 5.7.1 Access denied\r\n").await;
         return None;
     }
     let mut input = BytesMut::new();
@@ -246,10 +284,10 @@ async fn behind_proxy(
     }
 }
 
-/// The greeting of a refused client: says no, names nothing, closes.
-async fn refuse(mut stream: TcpStream) {
+/// The greeting of a refused client: says why (naming nothing internal), closes.
+async fn say_and_close(mut stream: TcpStream, reply: &'static [u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        stream.write_all(b"554 5.7.1 Access denied\r\n").await?;
+        stream.write_all(reply).await?;
         stream.shutdown().await
     })
     .await;

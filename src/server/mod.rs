@@ -2,6 +2,7 @@
 //! ([`listener`]), each accepted client gets a [`session::Session`], which reaches the
 //! backend through an [`upstream::Upstream`].
 
+pub mod limits;
 pub mod listener;
 pub mod proxy_header;
 pub mod session;

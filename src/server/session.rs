@@ -18,7 +18,8 @@ use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
 use crate::tls::MaybeTls;
 use crate::identity::ClientFacts;
 use crate::policy::{RelayClient, RelayVerdict, address};
-use crate::smtp::command::{self, Command, Param};
+use crate::smtp::command::{self, Command, CommandError, Param};
+use tokio_util::sync::CancellationToken;
 use crate::smtp::{DataScanner, Reply, Scan};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -28,10 +29,6 @@ use tokio::time::timeout;
 
 /// Longest command line accepted, CRLF included (Postfix's line_length_limit).
 pub const MAX_LINE: usize = 2048;
-/// Idle time allowed between commands (RFC 5321 4.5.3.2: 5 minutes).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// Idle time allowed inside DATA (RFC 5321: 3 minutes per block).
-pub const DATA_TIMEOUT: Duration = Duration::from_secs(180);
 /// Read size while receiving a message body.
 const DATA_CHUNK: usize = 16 * 1024;
 /// Read size between commands; small, because idle sessions hold it.
@@ -48,6 +45,10 @@ pub enum Outcome {
     WriteFailed,
     TlsFailed,
     AuthFailures,
+    TooManyErrors,
+    NotSmtp,
+    Pregreet,
+    Shutdown,
 }
 
 impl Outcome {
@@ -61,8 +62,19 @@ impl Outcome {
             Outcome::WriteFailed => "write to client failed",
             Outcome::TlsFailed => "TLS handshake failed",
             Outcome::AuthFailures => "too many authentication failures",
+            Outcome::TooManyErrors => "too many errors",
+            Outcome::NotSmtp => "not an SMTP client",
+            Outcome::Pregreet => "client talked before the greeting",
+            Outcome::Shutdown => "server shutting down",
         }
     }
+}
+
+/// What one read from the client brought.
+enum Read {
+    Data,
+    Closed,
+    TimedOut,
 }
 
 /// What the session knows of one open mail transaction.
@@ -108,6 +120,8 @@ pub struct Session<S> {
     address_known: bool,
     upstream: Option<Upstream>,
     stats: Stats,
+    /// Cancelled when a shutdown's drain deadline passes.
+    stop: CancellationToken,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -128,7 +142,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             address_known: true,
             upstream: None,
             stats: Stats::default(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// The token that, once cancelled, ends the session with 421 at its next read.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Bytes that arrived after a PROXY header, before the session started.
@@ -148,6 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.listener.tls == ListenerTls::Implicit {
                 self.handshake().await?;
             }
+            self.before_greeting().await?;
             let greeting = format!("220 {} ESMTP", self.config.hostname);
             self.reply(&greeting);
             self.serve().await
@@ -179,24 +201,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
     }
 
+    /// A client must wait for the greeting (RFC 5321 3.1). With a `greeting_delay`
+    /// the listener waits and watches; bytes already received (after a PROXY header,
+    /// say) are caught either way.
+    async fn before_greeting(&mut self) -> Step {
+        let delay = self.listener.greeting_delay;
+        if !delay.is_zero() && self.inbuf.is_empty() {
+            self.inbuf.reserve(COMMAND_CHUNK);
+            match timeout(delay, self.client.read_buf(&mut self.inbuf)).await {
+                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosed),
+                Ok(Ok(_)) => {}
+            }
+        }
+        if self.inbuf.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+            "client talked before the greeting; refused"
+        );
+        self.inbuf.clear();
+        self.reply("554 5.5.1 Error: talking before the greeting");
+        Err(Outcome::Pregreet)
+    }
+
     /// Runs commands until QUIT (`Ok`) or another end (`Err`).
     async fn serve(&mut self) -> Step {
         loop {
             let line = match self.next_line().await? {
                 Ok(line) => line,
                 Err(reply) => {
-                    self.stats.errors += 1;
-                    self.reply(reply);
+                    self.error_reply(reply)?;
                     continue;
                 }
             };
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             match command::parse(text) {
-                Err(e) => {
-                    self.stats.errors += 1;
-                    self.reply(e.reply());
+                Err(CommandError::NotSmtp) => {
+                    tracing::info!(peer = %self.peer, listener = %self.listener.name, "not an SMTP client (HTTP request); closed");
+                    self.reply(CommandError::NotSmtp.reply());
+                    return Err(Outcome::NotSmtp);
                 }
+                Err(e) => self.error_reply(e.reply())?,
                 Ok(Command::Helo(name)) => self.hello(name, false).await?,
                 Ok(Command::Ehlo(name)) => self.hello(name, true).await?,
                 Ok(Command::Mail { path, params }) => Box::pin(self.mail(&line, path, &params)).await?,
@@ -217,17 +265,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 Ok(Command::NotImplemented(verb)) => {
-                    self.stats.errors += 1;
                     tracing::debug!(peer = %self.peer, verb, "command not implemented");
-                    self.reply("502 5.5.1 Error: command not implemented");
+                    self.error_reply("502 5.5.1 Error: command not implemented")?;
                 }
                 Ok(Command::Spoof(verb)) => {
-                    self.stats.errors += 1;
                     tracing::warn!(
                         peer = %self.peer, listener = %self.listener.name, verb,
                         "client tried to set its own identity; refused, not forwarded"
                     );
-                    self.reply("550 5.7.0 Error: insufficient authorization");
+                    self.error_reply("550 5.7.0 Error: insufficient authorization")?;
                 }
             }
         }
@@ -428,10 +474,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.inbuf.is_empty() {
                 self.flush().await?;
                 self.inbuf.reserve(DATA_CHUNK);
-                match timeout(DATA_TIMEOUT, self.client.read_buf(&mut self.inbuf)).await {
-                    Err(_) => return self.timed_out(),
-                    Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosedInData),
-                    Ok(Ok(_)) => {}
+                match self.read_client(self.config.limits.data_timeout).await? {
+                    Read::Data => {}
+                    Read::Closed => return Err(Outcome::ClientClosedInData),
+                    Read::TimedOut => return self.timed_out(),
                 }
             }
             let scan = scanner.feed(&self.inbuf);
@@ -540,6 +586,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// The reply to a bad command; after `limits.max_errors` of them the session ends.
+    fn error_reply(&mut self, reply: &str) -> Step {
+        self.stats.errors += 1;
+        self.reply(reply);
+        if self.stats.errors >= self.config.limits.max_errors {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, errors = self.stats.errors, "too many errors; closed");
+            let text = format!("421 4.7.0 {} Error: too many errors", self.config.hostname);
+            self.reply(&text);
+            return Err(Outcome::TooManyErrors);
+        }
+        Ok(())
+    }
+
     /// The backend failed: drop it and the transaction, tell the client to retry.
     fn upstream_failed(&mut self, error: UpstreamError, step: &str) -> Step {
         let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
@@ -565,6 +624,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Reads more client bytes into `inbuf`, unless `limit` passes first or the server
+    /// is shutting down (then the client gets 421).
+    async fn read_client(&mut self, limit: Duration) -> Result<Read, Outcome> {
+        tokio::select! {
+            read = timeout(limit, self.client.read_buf(&mut self.inbuf)) => Ok(match read {
+                Err(_) => Read::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+                Ok(Ok(_)) => Read::Data,
+            }),
+            _ = self.stop.cancelled() => {
+                let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
+                self.reply(&text);
+                Err(Outcome::Shutdown)
+            }
+        }
+    }
+
     fn timed_out<T>(&mut self) -> Result<T, Outcome> {
         let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
         self.reply(&text);
@@ -575,7 +651,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let written = timeout(COMMAND_TIMEOUT, self.client.write_all(&self.out)).await;
+        let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
         self.out.clear();
         if self.out.capacity() > 4096 {
             self.out = Vec::new();
@@ -616,10 +692,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.inbuf = BytesMut::new();
             }
             self.inbuf.reserve(COMMAND_CHUNK);
-            match timeout(COMMAND_TIMEOUT, self.client.read_buf(&mut self.inbuf)).await {
-                Err(_) => return self.timed_out(),
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosed),
-                Ok(Ok(_)) => {}
+            match self.read_client(self.config.limits.command_timeout).await? {
+                Read::Data => {}
+                Read::Closed => return Err(Outcome::ClientClosed),
+                Read::TimedOut => return self.timed_out(),
             }
         }
     }

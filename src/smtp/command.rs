@@ -37,6 +37,9 @@ pub struct Param<'a> {
 pub enum CommandError {
     #[error("unknown command")]
     Unknown,
+    /// An HTTP request (or similar) on an SMTP port: the session is closed.
+    #[error("not an SMTP client")]
+    NotSmtp,
     #[error("syntax error: {0}")]
     Syntax(&'static str),
 }
@@ -45,6 +48,7 @@ impl CommandError {
     pub fn reply(&self) -> &'static str {
         match self {
             CommandError::Unknown => "500 5.5.1 Error: command not recognized",
+            CommandError::NotSmtp => "554 5.5.1 Error: this is an SMTP server",
             CommandError::Syntax(reply) => reply,
         }
     }
@@ -124,6 +128,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         if is(name) {
             return Ok(Command::NotImplemented(name));
         }
+    }
+    let http = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH"];
+    if http.iter().any(|m| is(m)) && args.ends_with(|c: char| c.is_ascii_digit()) && args.contains(" HTTP/") {
+        return Err(CommandError::NotSmtp);
     }
     Err(CommandError::Unknown)
 }
@@ -258,7 +266,9 @@ mod tests {
     fn unknown_and_binary() {
         assert_eq!(err("FOO"), "500 5.5.1 Error: command not recognized");
         assert_eq!(err(""), "500 5.5.1 Error: command not recognized");
-        assert_eq!(err("GET / HTTP/1.1"), "500 5.5.1 Error: command not recognized");
+        assert_eq!(parse(b"GET / HTTP/1.1"), Err(CommandError::NotSmtp));
+        assert_eq!(parse(b"CONNECT mx.example:25 HTTP/1.0"), Err(CommandError::NotSmtp));
+        assert_eq!(err("GET something"), "500 5.5.1 Error: command not recognized");
         assert_eq!(err("MAIL FROM:<a\u{e9}@b>"), NOT_TEXT);
         assert_eq!(err("NOOP \0"), NOT_TEXT);
     }

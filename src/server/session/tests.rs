@@ -620,3 +620,75 @@ async fn implicit_tls_listener() {
     assert!(ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"), "{ehlo}");
     t.cmd(&format!("AUTH PLAIN {}", plain_b64("alice", "wonderland")), "235").await;
 }
+
+// === limits, junk, pregreet, timeouts, shutdown ===
+
+fn limited_config(listener_extra: &str, limits: &str) -> Arc<Config> {
+    let text = format!(
+        "[server]\nhostname = \"proxy.test\"\n[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{listener_extra}\n\
+         [[backend]]\naddress = \"127.0.0.1:9\"\n[limits]\n{limits}\n"
+    );
+    Arc::new(crate::config::parse(&text).unwrap_or_else(|e| panic!("{e}")).config)
+}
+
+#[tokio::test]
+async fn too_many_errors_end_the_session() {
+    let mut c = Client::greeted(limited_config("", "max_errors = 3"), OUTSIDER).await;
+    c.cmd("FOO", "500 5.5.1").await;
+    c.cmd("MAIL FROM:broken", "501 5.5.4").await;
+    c.cmd("XCLIENT ADDR=10.0.0.1", "550 5.7.0").await;
+    assert_eq!(c.reply().await, "421 4.7.0 proxy.test Error: too many errors\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+}
+
+#[tokio::test]
+async fn an_http_request_is_closed_at_once() {
+    let mut c = Client::start(limited_config("", ""), OUTSIDER);
+    c.reply().await;
+    c.send("GET / HTTP/1.1\r\nHost: mx.example\r\n\r\n").await;
+    assert_eq!(c.reply().await, "554 5.5.1 Error: this is an SMTP server\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+}
+
+#[tokio::test]
+async fn talking_before_the_greeting_is_refused() {
+    let mut c = Client::start(limited_config("greeting_delay = \"300ms\"", ""), OUTSIDER);
+    c.send("EHLO early.example\r\n").await;
+    assert_eq!(c.reply().await, "554 5.5.1 Error: talking before the greeting\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+    // A patient client is greeted after the delay.
+    let mut c = Client::start(limited_config("greeting_delay = \"300ms\"", ""), OUTSIDER);
+    assert_eq!(c.reply().await, "220 proxy.test ESMTP\r\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_clients_time_out() {
+    let mut c = Client::greeted(limited_config("", "command_timeout = \"5s\""), OUTSIDER).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(c.reply().await, "421 4.4.2 proxy.test Error: timeout exceeded\r\n");
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert_eq!(c.reply().await, "<closed>");
+}
+
+#[tokio::test]
+async fn shutdown_deadline_says_421() {
+    let config = limited_config("", "");
+    let (io, server) = tokio::io::duplex(64 * 1024);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = Arc::new(config.listeners[0].clone());
+    let session = Session::new(
+        config,
+        listener,
+        server,
+        ClientAddr::new(OUTSIDER.parse().unwrap()),
+        LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+    )
+    .with_stop(stop.clone());
+    tokio::spawn(session.run());
+    let mut c = Client { io, buf: BytesMut::new() };
+    c.reply().await;
+    c.cmd("EHLO client.example", "250").await;
+    stop.cancel();
+    assert_eq!(c.reply().await, "421 4.3.2 proxy.test Service shutting down, try again later\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+}
