@@ -244,19 +244,54 @@ fn bare_lf_never_reaches_postfix() {
     let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
     let mark = marker("smuggle");
     let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
-    c.cmd("MAIL FROM:<s@example.org>", "250");
-    c.cmd("RCPT TO:<u@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.send(&format!(
-        "Subject: {mark}\r\n\r\nfirst\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<u@example.com>\r\n\
-         DATA\r\nSubject: smuggled {mark}\r\n\r\n.\r\n"
-    ));
-    assert!(c.reply().starts_with("554 5.6.0"));
+    // ("\0\r\n.\r\n" would be a real end of data: what follows it is the client's own
+    // next transaction, judged like any other, so it is not in this list.)
+    for smuggle in ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r", "\r\n.\r", "\r.\r\n", "\0\n.\n"] {
+        c.cmd("MAIL FROM:<s@example.org>", "250");
+        c.cmd("RCPT TO:<u@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.send(&format!(
+            "Subject: {mark}\r\n\r\nfirst{smuggle}MAIL FROM:<evil@example.org>\r\nRCPT TO:<u@example.com>\r\n\
+             DATA\r\nSubject: smuggled {mark}\r\n\r\n.\r\n"
+        ));
+        let reply = c.reply();
+        assert!(reply.starts_with("554 5.6.0"), "{smuggle:?}: {reply}");
+    }
     // A clean message afterwards arrives, so delivery was working all along.
     let reply = c.message("s@example.org", &["u@example.com"], &format!("Subject: clean {mark}"));
     assert!(reply.starts_with("250"), "{reply}");
     pf.delivered(&format!("clean {mark}"));
     assert_eq!(pf.count(&mark), 1, "only the clean message may arrive");
+}
+
+#[test]
+fn normalize_mode_delivers_one_message_never_a_smuggled_one() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let text = config(&backend(pf.plain, "xclient"), "", ONE_LISTENER) + "[limits]\nbare_lf = \"normalize\"\n";
+    let proxy = Proxy::start(&text);
+    let mark = marker("normalize");
+    for (i, smuggle) in ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r", "\r\n.\r", "\0\r\n.\n"].iter().enumerate() {
+        let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
+        c.cmd("MAIL FROM:<s@example.org>", "250");
+        c.cmd("RCPT TO:<u@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.send(&format!(
+            "Subject: {mark}-{i}\r\n\r\nfirst{smuggle}MAIL FROM:<evil@example.org>\r\nRCPT TO:<u@example.com>\r\n\
+             DATA\r\nSubject: smuggled {mark}-{i}\r\n\r\n.\r\n"
+        ));
+        let reply = c.reply();
+        assert!(reply.starts_with("250"), "{smuggle:?}: {reply}");
+        let msg = pf.delivered(&format!("Subject: {mark}-{i}"));
+        // The would-be second message is text inside the first, with clean line ends.
+        assert!(msg.text.contains("MAIL FROM:<evil@example.org>"), "{}", msg.text);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(pf.count(&format!("Subject: smuggled {mark}")), 6, "only inside the six real messages");
+    assert_eq!(pf.count(&mark), 6);
 }
 
 #[test]

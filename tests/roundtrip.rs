@@ -73,3 +73,31 @@ proptest! {
         let _ = portcullis::smtp::command::parse(&bytes);
     }
 }
+
+proptest! {
+    /// Whatever a client sends, normalize mode hands the backend clean CRLF lines with
+    /// at most one end of data, and only as the very last bytes.
+    #[test]
+    fn normalized_bodies_hold_exactly_one_message(
+        body in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b'\r'), Just(b'\n'), Just(0u8)], 0..60)
+    ) {
+        use portcullis::smtp::{BareLf, DataScanner, Scan};
+        let mut scanner = DataScanner::new(1 << 20, BareLf::Normalize);
+        let mut out = Vec::new();
+        let ended = matches!(scanner.normalize(&body, &mut out), Scan::End(_));
+        prop_assert!(!out.contains(&0));
+        for (i, &b) in out.iter().enumerate() {
+            if b == b'\r' { prop_assert_eq!(out.get(i + 1), Some(&b'\n'), "bare CR in {:?}", out); }
+            if b == b'\n' { prop_assert!(i > 0 && out[i - 1] == b'\r', "bare LF in {:?}", out); }
+        }
+        // The end of data as a backend sees it: CRLF.CRLF, or ".\r\n" at the very start.
+        let mut framed = b"\r\n".to_vec();
+        framed.extend_from_slice(&out);
+        let ends: Vec<usize> = framed.windows(5).enumerate().filter(|(_, w)| w == b"\r\n.\r\n").map(|(i, _)| i).collect();
+        if ended {
+            prop_assert_eq!(ends, vec![framed.len() - 5]);
+        } else {
+            prop_assert!(ends.is_empty(), "a second message could start in {:?}", out);
+        }
+    }
+}

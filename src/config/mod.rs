@@ -522,8 +522,9 @@ impl Validator {
         let bare_lf = match raw.bare_lf.as_deref() {
             None | Some("reject") => BareLf::Reject,
             Some("allow") => BareLf::Allow,
+            Some("normalize") => BareLf::Normalize,
             Some(other) => {
-                self.error("limits.bare_lf", format!("{other:?}: expected \"reject\" or \"allow\""));
+                self.error("limits.bare_lf", format!("{other:?}: expected \"reject\", \"normalize\" or \"allow\""));
                 BareLf::Reject
             }
         };

@@ -470,6 +470,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let limits = &self.config.limits;
         let mut scanner = DataScanner::new(limits.max_message_size, limits.bare_lf);
         let mut upstream_error: Option<UpstreamError> = None;
+        // Normalize mode forwards rewritten bytes; the other modes the client's own.
+        let mut rewritten = Vec::new();
         loop {
             if self.inbuf.is_empty() {
                 self.flush().await?;
@@ -480,7 +482,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Read::TimedOut => return self.timed_out(),
                 }
             }
-            let scan = scanner.feed(&self.inbuf);
+            let scan = if scanner.rewrites() {
+                rewritten.clear();
+                scanner.normalize(&self.inbuf, &mut rewritten)
+            } else {
+                scanner.feed(&self.inbuf)
+            };
             let n = match scan {
                 Scan::End(n) => n,
                 Scan::More => self.inbuf.len(),
@@ -489,7 +496,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A chunk holding a violation is never forwarded; neither is anything after it.
             if scanner.violation().is_none() && upstream_error.is_none() {
                 let up = self.upstream.as_mut().expect("DATA needs an upstream");
-                if let Err(e) = up.send(&chunk).await {
+                let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
+                if let Err(e) = up.send(bytes).await {
                     upstream_error = Some(e);
                 }
             }

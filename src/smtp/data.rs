@@ -1,14 +1,19 @@
 //! The DATA scanner: finds the end of a message (exactly CRLF.CRLF, where the first
-//! CRLF may be the one that ended the DATA command), counts its size, and spots bare LF
-//! and bare CR, the material of SMTP smuggling. It never copies or rewrites bytes.
+//! CRLF may be the one that ended the DATA command), counts its size, and handles the
+//! material of SMTP smuggling — bare LF, bare CR and NUL — by policy: refuse the
+//! message, pass it on as received, or rewrite it so that no backend can read a second
+//! message into it. Only the rewriting mode copies bytes.
 
-/// What to do with a bare LF or bare CR in a message body.
+/// What to do with a bare LF, bare CR or NUL in a message body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BareLf {
     /// Refuse the message (the default): no backend ever sees it.
     Reject,
     /// Forward as received; only for peers known to send clean mail.
     Allow,
+    /// Rewrite stray CR and LF to CRLF, drop NUL, and dot-stuff a lone dot that such a
+    /// rewrite would turn into an end of data.
+    Normalize,
 }
 
 /// Why a message is refused after its end of data.
@@ -16,6 +21,7 @@ pub enum BareLf {
 pub enum Violation {
     BareLf,
     BareCr,
+    Nul,
     TooBig,
 }
 
@@ -24,6 +30,7 @@ impl Violation {
         match self {
             Violation::BareLf => "554 5.6.0 Message refused: bare LF in message body (lines must end with CRLF)",
             Violation::BareCr => "554 5.6.0 Message refused: bare CR in message body (lines must end with CRLF)",
+            Violation::Nul => "554 5.6.0 Message refused: NUL character in message body",
             Violation::TooBig => "552 5.3.4 Message size exceeds fixed limit",
         }
     }
@@ -32,6 +39,7 @@ impl Violation {
         match self {
             Violation::BareLf => "bare LF in body",
             Violation::BareCr => "bare CR in body",
+            Violation::Nul => "NUL in body",
             Violation::TooBig => "message too big",
         }
     }
@@ -48,15 +56,15 @@ pub enum Scan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// At the start of a line (after CRLF).
-    LineStart,
-    /// `.` at the start of a line.
-    Dot,
-    /// `.` CR at the start of a line.
-    DotCr,
+    /// At the start of a line; `genuine` if the line break before was a real CRLF.
+    LineStart { genuine: bool },
+    /// `.` at the start of a line (held back in normalize mode).
+    Dot { genuine: bool },
+    /// `.` CR at the start of a line (held back in normalize mode).
+    DotCr { genuine: bool },
     /// Inside a line.
     Mid,
-    /// CR inside a line, LF expected.
+    /// CR inside a line, LF expected (held back in normalize mode).
     Cr,
 }
 
@@ -65,13 +73,18 @@ pub struct DataScanner {
     state: State,
     size: u64,
     max_size: u64,
-    bare_lf: BareLf,
+    policy: BareLf,
     violation: Option<Violation>,
 }
 
 impl DataScanner {
-    pub fn new(max_size: u64, bare_lf: BareLf) -> Self {
-        Self { state: State::LineStart, size: 0, max_size, bare_lf, violation: None }
+    pub fn new(max_size: u64, policy: BareLf) -> Self {
+        Self { state: State::LineStart { genuine: true }, size: 0, max_size, policy, violation: None }
+    }
+
+    /// Whether [`DataScanner::normalize`] must be used instead of [`DataScanner::feed`].
+    pub fn rewrites(&self) -> bool {
+        self.policy == BareLf::Normalize
     }
 
     /// The first reason to refuse the message, if any.
@@ -79,53 +92,42 @@ impl DataScanner {
         self.violation
     }
 
-    /// Message size so far, end-of-data terminator excluded.
+    /// Message size so far as received, end-of-data terminator excluded.
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// Scans without rewriting (reject and allow modes): forward `buf[..n]` as is.
     pub fn feed(&mut self, buf: &[u8]) -> Scan {
+        self.run(buf, None)
+    }
+
+    /// Scans and appends the rewritten bytes to `out` (normalize mode).
+    pub fn normalize(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Scan {
+        self.run(buf, Some(out))
+    }
+
+    fn run(&mut self, buf: &[u8], mut out: Option<&mut Vec<u8>>) -> Scan {
         let mut i = 0;
         let mut end = None;
         while i < buf.len() {
             if self.state == State::Mid {
-                // Fast path: skip ordinary text up to the next CR or LF.
-                match memchr::memchr2(b'\r', b'\n', &buf[i..]) {
-                    Some(off) => i += off,
-                    None => {
-                        i = buf.len();
-                        break;
-                    }
+                // Fast path: ordinary text up to the next CR, LF or NUL.
+                let run = memchr::memchr3(b'\r', b'\n', 0, &buf[i..]).unwrap_or(buf.len() - i);
+                if let Some(out) = out.as_deref_mut() {
+                    out.extend_from_slice(&buf[i..i + run]);
+                }
+                i += run;
+                if i == buf.len() {
+                    break;
                 }
             }
             let b = buf[i];
             i += 1;
-            self.state = match (self.state, b) {
-                (State::LineStart, b'.') => State::Dot,
-                (State::LineStart | State::Dot | State::Mid, b'\r') => {
-                    if self.state == State::Dot { State::DotCr } else { State::Cr }
-                }
-                (State::DotCr, b'\n') => {
-                    end = Some(i);
-                    break;
-                }
-                (State::Cr, b'\n') => State::LineStart,
-                (_, b'\n') => {
-                    // LF not preceded by CR. What follows is not at a line start:
-                    // only CRLF starts a line, so "\n.\r\n" never ends the message.
-                    self.note(Violation::BareLf);
-                    State::Mid
-                }
-                (State::Cr | State::DotCr, b'\r') => {
-                    self.note(Violation::BareCr);
-                    State::Cr
-                }
-                (State::Cr | State::DotCr, _) => {
-                    self.note(Violation::BareCr);
-                    State::Mid
-                }
-                (_, _) => State::Mid,
-            };
+            if self.step(b, &mut out) {
+                end = Some(i);
+                break;
+            }
         }
         let consumed = end.unwrap_or(i);
         self.size += consumed as u64;
@@ -137,15 +139,87 @@ impl DataScanner {
         }
         match end {
             Some(n) => {
-                self.state = State::LineStart;
+                self.state = State::LineStart { genuine: true };
                 Scan::End(n)
             }
             None => Scan::More,
         }
     }
 
+    /// One byte through the state machine; true at the end of the message.
+    fn step(&mut self, b: u8, out: &mut Option<&mut Vec<u8>>) -> bool {
+        let mut emit = |bytes: &[u8]| {
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(bytes);
+            }
+        };
+        if b == 0 {
+            match self.policy {
+                BareLf::Reject => self.note(Violation::Nul),
+                BareLf::Allow => emit(b"\0"),
+                BareLf::Normalize => {} // dropped
+            }
+            return false;
+        }
+        self.state = match (self.state, b) {
+            (State::LineStart { genuine }, b'.') => State::Dot { genuine },
+            (State::LineStart { .. } | State::Mid, b'\r') => State::Cr,
+            (State::Dot { genuine }, b'\r') => State::DotCr { genuine },
+            (State::DotCr { genuine: true }, b'\n') => {
+                emit(b".\r\n");
+                return true;
+            }
+            (State::DotCr { genuine: false }, b'\n') => {
+                // CRLF.CRLF only counts after a real CRLF; this lone dot is text.
+                self.note(Violation::BareLf);
+                emit(b"..\r\n");
+                State::LineStart { genuine: true }
+            }
+            (State::Cr, b'\n') => {
+                emit(b"\r\n");
+                State::LineStart { genuine: true }
+            }
+            (State::Dot { .. }, b'\n') => {
+                // A lone dot ended by a stray LF: stuffed, never an end of data.
+                self.note(Violation::BareLf);
+                emit(b"..\r\n");
+                State::LineStart { genuine: false }
+            }
+            (State::LineStart { .. } | State::Mid, b'\n') => {
+                self.note(Violation::BareLf);
+                emit(b"\r\n");
+                State::LineStart { genuine: false }
+            }
+            (State::DotCr { .. }, _) => {
+                self.note(Violation::BareCr);
+                emit(b"..\r\n");
+                return self.restep(b, out);
+            }
+            (State::Cr, _) => {
+                self.note(Violation::BareCr);
+                emit(b"\r\n");
+                return self.restep(b, out);
+            }
+            (State::Dot { .. }, _) => {
+                emit(&[b'.', b]);
+                State::Mid
+            }
+            (_, _) => {
+                emit(&[b]);
+                State::Mid
+            }
+        };
+        false
+    }
+
+    /// A byte that follows a stray CR starts a new (not genuine) line.
+    fn restep(&mut self, b: u8, out: &mut Option<&mut Vec<u8>>) -> bool {
+        self.state = State::LineStart { genuine: false };
+        self.step(b, out)
+    }
+
     fn note(&mut self, v: Violation) {
-        if self.bare_lf == BareLf::Reject && self.violation.is_none() {
+        if self.policy == BareLf::Reject && self.violation.is_none() {
             self.violation = Some(v);
         }
     }
@@ -221,6 +295,55 @@ mod tests {
     #[test]
     fn allow_mode_forwards_bare_lf_but_still_ends_on_crlf_dot_crlf() {
         assert_eq!(scan_all(b"a\n.\nb\r\n.\r\n", BareLf::Allow), (Some(10), None));
+    }
+
+    fn normalized(input: &[u8]) -> (Option<usize>, Vec<u8>) {
+        let mut s = DataScanner::new(1 << 20, BareLf::Normalize);
+        let mut out = Vec::new();
+        let end = match s.normalize(input, &mut out) {
+            Scan::End(n) => Some(n),
+            Scan::More => None,
+        };
+        assert_eq!(s.violation(), None, "normalize mode refuses nothing");
+        (end, out)
+    }
+
+    #[test]
+    fn normalize_rewrites_stray_line_ends_and_stuffs_lone_dots() {
+        assert_eq!(normalized(b"a\r\nb\r\n.\r\n"), (Some(9), b"a\r\nb\r\n.\r\n".to_vec()));
+        assert_eq!(normalized(b"a\nb\r\n.\r\n"), (Some(8), b"a\r\nb\r\n.\r\n".to_vec()));
+        assert_eq!(normalized(b"a\rb\r\n.\r\n"), (Some(8), b"a\r\nb\r\n.\r\n".to_vec()));
+        // The smuggling shapes: the lone dot becomes "..", so no second message appears.
+        assert_eq!(normalized(b"a\n.\nMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
+        assert_eq!(normalized(b"a\n.\r\nMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
+        assert_eq!(normalized(b"a\r\n.\nMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
+        assert_eq!(normalized(b"a\r.\rMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
+        assert_eq!(normalized(b"a\0b\r\n.\r\n"), (Some(8), b"ab\r\n.\r\n".to_vec()));
+        assert_eq!(normalized(b".x\r\n..\r\n.\r\n"), (Some(11), b".x\r\n..\r\n.\r\n".to_vec()));
+    }
+
+    #[test]
+    fn nul_is_refused_by_default() {
+        assert_eq!(scan_split(b"a\0b\r\n.\r\n"), (Some(8), Some(Violation::Nul)));
+    }
+
+    /// Feeding in pieces gives the same output as feeding whole.
+    #[test]
+    fn normalize_does_not_depend_on_chunking() {
+        let input = b"x\r\n.\r\ra\n.\n\r.\r\n\0.\r\n.\r\n";
+        let whole = normalized(input);
+        for cut in 0..input.len() {
+            let mut s = DataScanner::new(1 << 20, BareLf::Normalize);
+            let mut out = Vec::new();
+            let end = match s.normalize(&input[..cut], &mut out) {
+                Scan::End(n) => Some(n),
+                Scan::More => match s.normalize(&input[cut..], &mut out) {
+                    Scan::End(n) => Some(cut + n),
+                    Scan::More => None,
+                },
+            };
+            assert_eq!((end, out), whole, "cut at {cut}");
+        }
     }
 
     #[test]
