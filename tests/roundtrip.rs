@@ -79,13 +79,13 @@ proptest! {
     /// at most one end of data, and only as the very last bytes.
     #[test]
     fn normalized_bodies_hold_exactly_one_message(
-        body in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b'\r'), Just(b'\n'), Just(0u8)], 0..60)
+        body in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b'\r'), Just(b'\n')], 0..60)
     ) {
         use portcullis::smtp::{BareLf, DataScanner, Scan};
         let mut scanner = DataScanner::new(1 << 20, BareLf::Normalize);
         let mut out = Vec::new();
         let ended = matches!(scanner.normalize(&body, &mut out), Scan::End(_));
-        prop_assert!(!out.contains(&0));
+        prop_assert!(scanner.violation().is_none());
         for (i, &b) in out.iter().enumerate() {
             if b == b'\r' { prop_assert_eq!(out.get(i + 1), Some(&b'\n'), "bare CR in {:?}", out); }
             if b == b'\n' { prop_assert!(i > 0 && out[i - 1] == b'\r', "bare LF in {:?}", out); }

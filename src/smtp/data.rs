@@ -1,18 +1,19 @@
 //! The DATA scanner: finds the end of a message (exactly CRLF.CRLF, where the first
 //! CRLF may be the one that ended the DATA command), counts its size, and handles the
 //! material of SMTP smuggling — bare LF, bare CR and NUL — by policy: refuse the
-//! message, pass it on as received, or rewrite it so that no backend can read a second
-//! message into it. Only the rewriting mode copies bytes.
+//! message, pass it on as received, or rewrite stray line ends so that no backend can
+//! read a second message into it. Only the rewriting mode copies bytes.
 
-/// What to do with a bare LF, bare CR or NUL in a message body.
+/// What to do with a bare LF or bare CR in a message body. A NUL byte refuses the
+/// message in every mode but `Allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BareLf {
     /// Refuse the message (the default): no backend ever sees it.
     Reject,
     /// Forward as received; only for peers known to send clean mail.
     Allow,
-    /// Rewrite stray CR and LF to CRLF, drop NUL, and dot-stuff a lone dot that such a
-    /// rewrite would turn into an end of data.
+    /// Rewrite stray CR and LF to CRLF, and dot-stuff a lone dot that such a rewrite
+    /// would turn into an end of data.
     Normalize,
 }
 
@@ -153,14 +154,12 @@ impl DataScanner {
                 out.extend_from_slice(bytes);
             }
         };
-        if b == 0 {
-            match self.policy {
-                BareLf::Reject => self.note(Violation::Nul),
-                BareLf::Allow => emit(b"\0"),
-                BareLf::Normalize => {} // dropped
-            }
-            return false;
+        if b == 0 && self.policy != BareLf::Allow && self.violation.is_none() {
+            // No message may hold NUL (RFC 5321 2.3.8, RFC 6152), not even rewritten:
+            // dropping it could join "." and CRLF into an end of data.
+            self.violation = Some(Violation::Nul);
         }
+        // For framing, NUL is an ordinary byte: ".\r\0\n" is no end of data.
         self.state = match (self.state, b) {
             (State::LineStart { genuine }, b'.') => State::Dot { genuine },
             (State::LineStart { .. } | State::Mid, b'\r') => State::Cr,
@@ -318,19 +317,27 @@ mod tests {
         assert_eq!(normalized(b"a\n.\r\nMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
         assert_eq!(normalized(b"a\r\n.\nMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
         assert_eq!(normalized(b"a\r.\rMAIL FROM:<x>\r\n"), (None, b"a\r\n..\r\nMAIL FROM:<x>\r\n".to_vec()));
-        assert_eq!(normalized(b"a\0b\r\n.\r\n"), (Some(8), b"ab\r\n.\r\n".to_vec()));
         assert_eq!(normalized(b".x\r\n..\r\n.\r\n"), (Some(11), b".x\r\n..\r\n.\r\n".to_vec()));
     }
 
     #[test]
-    fn nul_is_refused_by_default() {
+    fn nul_is_refused_and_is_no_line_end() {
         assert_eq!(scan_split(b"a\0b\r\n.\r\n"), (Some(8), Some(Violation::Nul)));
+        // Found by fuzzing: a NUL between ".\r" and "\n" must not make an end of data.
+        assert_eq!(scan_split(b".\r\0\n\n"), (None, Some(Violation::Nul)));
+        assert_eq!(scan_split(b"x\r\n.\0\r\n"), (None, Some(Violation::Nul)));
+        let mut s = DataScanner::new(1 << 20, BareLf::Normalize);
+        assert_eq!(s.normalize(b"x\r\n.\0\r\n", &mut Vec::new()), Scan::More);
+        assert_eq!(s.violation(), Some(Violation::Nul));
+        let mut s = DataScanner::new(1 << 20, BareLf::Allow);
+        assert_eq!(s.feed(b".\r\0\n\n"), Scan::More);
+        assert_eq!(s.violation(), None);
     }
 
     /// Feeding in pieces gives the same output as feeding whole.
     #[test]
     fn normalize_does_not_depend_on_chunking() {
-        let input = b"x\r\n.\r\ra\n.\n\r.\r\n\0.\r\n.\r\n";
+        let input = b"x\r\n.\r\ra\n.\n\r.\r\n.\r\n.\r\n";
         let whole = normalized(input);
         for cut in 0..input.len() {
             let mut s = DataScanner::new(1 << 20, BareLf::Normalize);
