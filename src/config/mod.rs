@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_ERRORS: u32 = 10;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 5321 4.5.3.2 for the client side of the backend: 5 minutes a reply, 10 minutes
+/// for the reply to end of data.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,6 +114,9 @@ pub struct Backend {
     pub address: String,
     pub identity: Identity,
     pub connect_timeout: Duration,
+    /// Longest wait for a backend reply; for the reply to end of data, `data_timeout`.
+    pub reply_timeout: Duration,
+    pub data_timeout: Duration,
     pub tls: BackendTls,
     /// Client TLS config and the name to verify, when `tls` is not `None`.
     pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
@@ -451,6 +458,10 @@ impl Validator {
             DEFAULT_CONNECT_TIMEOUT,
             false,
         );
+        let reply_timeout =
+            self.duration(&format!("{key}.reply_timeout"), raw.reply_timeout.as_deref(), DEFAULT_REPLY_TIMEOUT, false);
+        let data_timeout =
+            self.duration(&format!("{key}.data_timeout"), raw.data_timeout.as_deref(), DEFAULT_DATA_END_TIMEOUT, false);
         let tls = match raw.tls.as_str() {
             "none" => Some(BackendTls::None),
             "starttls" => Some(BackendTls::StartTls),
@@ -469,6 +480,8 @@ impl Validator {
             address: raw.address.clone(),
             identity: identity?,
             connect_timeout,
+            reply_timeout,
+            data_timeout,
             tls: tls?,
             tls_client,
         })

@@ -137,6 +137,8 @@ pub struct RawBackend {
     #[serde(default = "xclient")]
     pub identity: String,
     pub connect_timeout: Option<String>,
+    pub reply_timeout: Option<String>,
+    pub data_timeout: Option<String>,
     #[serde(default = "none")]
     pub tls: String,
     pub ca_file: Option<String>,

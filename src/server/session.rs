@@ -12,7 +12,7 @@ mod starttls;
 
 pub use starttls::HANDSHAKE_TIMEOUT;
 
-use super::upstream::{DATA_END_TIMEOUT, Upstream, UpstreamError};
+use super::upstream::{Upstream, UpstreamError};
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
 use crate::tls::MaybeTls;
@@ -520,7 +520,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.upstream_failed(e, "message body");
         }
         let up = self.upstream.as_mut().expect("DATA needs an upstream");
-        match up.read_reply(DATA_END_TIMEOUT).await {
+        match up.read_reply(up.data_timeout).await {
             Ok(reply) => {
                 if reply.is_positive() {
                     self.stats.messages += 1;

@@ -13,10 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-/// How long to wait for a reply to a command (RFC 5321 4.5.3.2 allows 5 minutes).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long to wait for the reply to end of data (RFC 5321: 10 minutes).
-pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Trouble on the backend side. None of it is the client's fault, so every variant
 /// maps to a temporary (4xx) reply.
@@ -60,6 +56,9 @@ pub struct Upstream {
     identity: Identity,
     /// The backend's configured address, for logs.
     pub address: String,
+    reply_timeout: Duration,
+    /// How long the backend may take to answer the end of data.
+    pub data_timeout: Duration,
 }
 
 impl Upstream {
@@ -108,13 +107,15 @@ impl Upstream {
             caps: Capabilities::default(),
             identity: backend.identity,
             address: backend.address.clone(),
+            reply_timeout: backend.reply_timeout,
+            data_timeout: backend.data_timeout,
         };
         match backend.identity {
             Identity::ProxyV1 => up.stream.write_all(&proxy::v1_header(facts.addr, facts.local)).await?,
             Identity::ProxyV2 => up.stream.write_all(&proxy::v2_header(facts.addr, facts.local)).await?,
             _ => {}
         }
-        let greeting = up.read_reply(REPLY_TIMEOUT).await?;
+        let greeting = up.read_reply(up.reply_timeout).await?;
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {}", greeting.first_line())));
         }
@@ -217,7 +218,7 @@ impl Upstream {
             if !self.caps.pipelining {
                 self.send(line.as_bytes()).await?;
             }
-            let reply = self.read_reply(REPLY_TIMEOUT).await?;
+            let reply = self.read_reply(self.reply_timeout).await?;
             if !reply.is_positive() {
                 return Err(self.refused(&format!("XFORWARD answered {}", reply.first_line())));
             }
@@ -225,7 +226,7 @@ impl Upstream {
         if !self.caps.pipelining {
             self.send(mail_line).await?;
         }
-        self.read_reply(REPLY_TIMEOUT).await
+        self.read_reply(self.reply_timeout).await
     }
 
     fn refused(&self, detail: &str) -> UpstreamError {
@@ -239,11 +240,11 @@ impl Upstream {
     /// Writes one command line (CRLF included) and reads its reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, UpstreamError> {
         self.send(line).await?;
-        self.read_reply(REPLY_TIMEOUT).await
+        self.read_reply(self.reply_timeout).await
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        timeout(REPLY_TIMEOUT, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
+        timeout(self.reply_timeout, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
     }
 

@@ -377,6 +377,94 @@ impl Smtp {
     }
 }
 
+// === a network that fails on purpose ===
+
+/// Where a [`FaultyLink`] breaks the connection to the backend.
+#[derive(Clone, Copy)]
+pub enum Fault {
+    /// Close at once: the backend never greets.
+    AtConnect,
+    /// Forward until the proxy has sent `pattern`, then close both ways.
+    CutAfter(&'static str),
+    /// Forward until the proxy has sent `pattern`, then pass no more replies: a backend
+    /// that hangs.
+    StallAfter(&'static str),
+}
+
+/// A TCP relay between Portcullis and a real backend that breaks where it is told.
+pub struct FaultyLink {
+    pub addr: SocketAddr,
+}
+
+impl FaultyLink {
+    pub fn start(target: SocketAddr, fault: Fault) -> FaultyLink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                std::thread::spawn(move || relay(client, target, fault));
+            }
+        });
+        FaultyLink { addr }
+    }
+}
+
+fn relay(client: TcpStream, target: SocketAddr, fault: Fault) {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pattern = match fault {
+        Fault::AtConnect => return,
+        Fault::CutAfter(p) | Fault::StallAfter(p) => p.as_bytes(),
+    };
+    let Ok(backend) = TcpStream::connect(target) else { return };
+    let stalled = Arc::new(AtomicBool::new(false));
+    // Replies: backend -> proxy, unless stalled.
+    let (mut from_backend, mut to_client) = (backend.try_clone().unwrap(), client.try_clone().unwrap());
+    let stop_replies = stalled.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from_backend.read(&mut buf) {
+            if n == 0 || (!stop_replies.load(Ordering::SeqCst) && to_client.write_all(&buf[..n]).is_err()) {
+                break;
+            }
+        }
+        let _ = to_client.shutdown(std::net::Shutdown::Both);
+    });
+    // Commands and data: proxy -> backend, watching for the pattern.
+    let (mut from_client, mut to_backend) = (client, backend);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from_client.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let start = seen.len();
+        seen.extend_from_slice(&buf[..n]);
+        let found = seen.windows(pattern.len()).position(|w| w == pattern);
+        match found {
+            Some(at) if !stalled.load(Ordering::SeqCst) => {
+                let upto = (at + pattern.len()).saturating_sub(start).min(n);
+                let _ = to_backend.write_all(&buf[..upto]);
+                match fault {
+                    Fault::CutAfter(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        let _ = to_backend.shutdown(std::net::Shutdown::Both);
+                        let _ = from_client.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    _ => stalled.store(true, Ordering::SeqCst),
+                }
+            }
+            _ => {
+                if to_backend.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 // === HAProxy ===
 
 /// A real HAProxy in TCP mode in front of `target`, sending a PROXY header
