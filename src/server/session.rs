@@ -49,6 +49,7 @@ pub enum Outcome {
     NotSmtp,
     Pregreet,
     Shutdown,
+    Pipelining,
 }
 
 impl Outcome {
@@ -66,6 +67,7 @@ impl Outcome {
             Outcome::NotSmtp => "not an SMTP client",
             Outcome::Pregreet => "client talked before the greeting",
             Outcome::Shutdown => "server shutting down",
+            Outcome::Pipelining => "data sent before 354",
         }
     }
 }
@@ -450,6 +452,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
             Some(_) => {}
+        }
+        if !self.inbuf.is_empty() {
+            // RFC 2920: DATA ends a pipelined group; the client must wait for 354. Bytes
+            // already here are a message sent blind, the shape of a smuggling attempt.
+            tracing::warn!(
+                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                "data sent before the 354 to DATA; refused, closed"
+            );
+            self.inbuf.clear();
+            self.reply("554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)");
+            return Err(Outcome::Pipelining);
         }
         let Some(up) = self.upstream.as_mut() else {
             return self.refuse("451 4.4.2 Connection to the mail server lost, try again later");

@@ -692,3 +692,16 @@ async fn shutdown_deadline_says_421() {
     assert_eq!(c.reply().await, "421 4.3.2 proxy.test Service shutting down, try again later\r\n");
     assert_eq!(c.reply().await, "<closed>");
 }
+
+#[tokio::test]
+async fn data_pipelined_before_354_is_refused() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.send("MAIL FROM:<s@example.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nSubject: blind\r\n\r\nx\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.reply().await.starts_with("250"));
+    assert_eq!(c.reply().await, "554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)\r\n");
+    assert_eq!(c.reply().await, "<closed>");
+    backend.wait_for("EOF").await;
+    assert!(!backend.lines().iter().any(|l| l == "DATA" || l.starts_with("BODY:")), "{:?}", backend.lines());
+}
