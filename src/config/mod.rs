@@ -294,24 +294,16 @@ impl Validator {
                 rules.push(Rule { name: r.name.clone(), action, from });
             }
         }
-        let tls = match raw.tls.as_str() {
-            "none" => Some(ListenerTls::None),
-            "starttls" => Some(ListenerTls::StartTls),
-            "implicit" => Some(ListenerTls::Implicit),
-            other => {
-                self.error(format!("{key}.tls"), format!("{other:?}: expected \"none\", \"starttls\" or \"implicit\""));
-                None
-            }
-        };
-        let auth = match raw.auth.as_str() {
-            "off" => Some(AuthPolicy::Off),
-            "optional" => Some(AuthPolicy::Optional),
-            "required" => Some(AuthPolicy::Required),
-            other => {
-                self.error(format!("{key}.auth"), format!("{other:?}: expected \"off\", \"optional\" or \"required\""));
-                None
-            }
-        };
+        let tls = self.choice(
+            &format!("{key}.tls"),
+            &raw.tls,
+            &[("none", ListenerTls::None), ("starttls", ListenerTls::StartTls), ("implicit", ListenerTls::Implicit)],
+        );
+        let auth = self.choice(
+            &format!("{key}.auth"),
+            &raw.auth,
+            &[("off", AuthPolicy::Off), ("optional", AuthPolicy::Optional), ("required", AuthPolicy::Required)],
+        );
         let rules = ConnectionRules { rules, default: default? };
         for s in rules.shadowed() {
             self.warnings.push(format!(
@@ -382,14 +374,17 @@ impl Validator {
     }
 
     fn action(&mut self, key: String, value: &str) -> Option<Action> {
-        match value {
-            "accept" => Some(Action::Accept),
-            "reject" => Some(Action::Reject),
-            other => {
-                self.error(key, format!("{other:?}: expected \"accept\" or \"reject\""));
-                None
-            }
+        self.choice(&key, value, &[("accept", Action::Accept), ("reject", Action::Reject)])
+    }
+
+    /// One of a fixed set of words; otherwise an error listing them.
+    fn choice<T: Copy>(&mut self, key: &str, value: &str, options: &[(&str, T)]) -> Option<T> {
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+            return Some(*v);
         }
+        let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
+        self.error(key, format!("{value:?}: expected one of {}", names.join(", ")));
+        None
     }
 
     fn networks(&mut self, key: &str, values: &[String]) -> Vec<ipnet::IpNet> {
@@ -435,23 +430,18 @@ impl Validator {
         if !address_ok {
             self.error(format!("{key}.address"), format!("{:?} is not host:port", raw.address));
         }
-        let identity = match raw.identity.as_str() {
-            "xclient" => Some(Identity::Xclient),
-            "xforward" => Some(Identity::Xforward),
-            "proxy-v1" => Some(Identity::ProxyV1),
-            "proxy-v2" => Some(Identity::ProxyV2),
-            "none" => Some(Identity::None),
-            "transparent" => Some(Identity::Transparent),
-            other => {
-                self.error(
-                    format!("{key}.identity"),
-                    format!(
-                        "{other:?}: expected \"xclient\", \"xforward\", \"proxy-v1\", \"proxy-v2\", \"transparent\" or \"none\""
-                    ),
-                );
-                None
-            }
-        };
+        let identity = self.choice(
+            &format!("{key}.identity"),
+            &raw.identity,
+            &[
+                ("xclient", Identity::Xclient),
+                ("xforward", Identity::Xforward),
+                ("proxy-v1", Identity::ProxyV1),
+                ("proxy-v2", Identity::ProxyV2),
+                ("transparent", Identity::Transparent),
+                ("none", Identity::None),
+            ],
+        );
         let connect_timeout = self.duration(
             &format!("{key}.connect_timeout"),
             raw.connect_timeout.as_deref(),
@@ -462,15 +452,11 @@ impl Validator {
             self.duration(&format!("{key}.reply_timeout"), raw.reply_timeout.as_deref(), DEFAULT_REPLY_TIMEOUT, false);
         let data_timeout =
             self.duration(&format!("{key}.data_timeout"), raw.data_timeout.as_deref(), DEFAULT_DATA_END_TIMEOUT, false);
-        let tls = match raw.tls.as_str() {
-            "none" => Some(BackendTls::None),
-            "starttls" => Some(BackendTls::StartTls),
-            "starttls-required" => Some(BackendTls::Required),
-            other => {
-                self.error(format!("{key}.tls"), format!("{other:?}: expected \"none\", \"starttls\" or \"starttls-required\""));
-                None
-            }
-        };
+        let tls = self.choice(
+            &format!("{key}.tls"),
+            &raw.tls,
+            &[("none", BackendTls::None), ("starttls", BackendTls::StartTls), ("starttls-required", BackendTls::Required)],
+        );
         let host = raw.address.rsplit_once(':').map_or("", |(h, _)| h);
         let tls_client = match tls {
             Some(BackendTls::None) | None => None,
@@ -532,15 +518,13 @@ impl Validator {
         if max_recipients == 0 {
             self.error("limits.max_recipients", "must be at least 1");
         }
-        let bare_lf = match raw.bare_lf.as_deref() {
-            None | Some("reject") => BareLf::Reject,
-            Some("allow") => BareLf::Allow,
-            Some("normalize") => BareLf::Normalize,
-            Some(other) => {
-                self.error("limits.bare_lf", format!("{other:?}: expected \"reject\", \"normalize\" or \"allow\""));
-                BareLf::Reject
-            }
-        };
+        let bare_lf = self
+            .choice(
+                "limits.bare_lf",
+                raw.bare_lf.as_deref().unwrap_or("reject"),
+                &[("reject", BareLf::Reject), ("normalize", BareLf::Normalize), ("allow", BareLf::Allow)],
+            )
+            .unwrap_or(BareLf::Reject);
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let max_connections_per_ip = raw.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP);
         let max_errors = raw.max_errors.unwrap_or(DEFAULT_MAX_ERRORS);
