@@ -54,6 +54,10 @@ local_domains = ["example.com"]
 [[backend]]
 address = "127.0.0.1:$SINK_PORT"
 identity = "$identity"
+[limits]
+# All load comes from 127.0.0.1: lift the per-client limit for the benchmark.
+max_connections = 20000
+max_connections_per_ip = 20000
 CFG
 RUST_LOG=warn target/release/portcullis run --config "$work/portcullis.toml" & pids+=($!)
 portcullis_pid=$!

@@ -169,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub async fn run(mut self) {
         let served = async {
             if self.listener.tls == ListenerTls::Implicit {
-                self.handshake().await?;
+                Box::pin(self.handshake()).await?;
             }
             self.before_greeting().await?;
             let greeting = format!("220 {} ESMTP", self.config.hostname);
@@ -183,7 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let _ = self.flush().await;
         if let Some(upstream) = self.upstream.take() {
             if outcome == Outcome::Quit && self.tx.is_none() {
-                upstream.quit().await;
+                Box::pin(upstream.quit()).await;
             }
             // Otherwise dropped: the backend sees the connection close, never a final dot.
         }
@@ -247,12 +247,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Err(Outcome::NotSmtp);
                 }
                 Err(e) => self.error_reply(e.reply())?,
-                Ok(Command::Helo(name)) => self.hello(name, false).await?,
-                Ok(Command::Ehlo(name)) => self.hello(name, true).await?,
+                // Handlers that wait on the backend are boxed: the idle session then
+                // holds only the small state of waiting for the next line.
+                Ok(Command::Helo(name)) => Box::pin(self.hello(name, false)).await?,
+                Ok(Command::Ehlo(name)) => Box::pin(self.hello(name, true)).await?,
                 Ok(Command::Mail { path, params }) => Box::pin(self.mail(&line, path, &params)).await?,
-                Ok(Command::Rcpt { path, params }) => self.rcpt(&line, path, &params).await?,
+                Ok(Command::Rcpt { path, params }) => Box::pin(self.rcpt(&line, path, &params)).await?,
                 Ok(Command::Data) => Box::pin(self.data()).await?,
-                Ok(Command::Rset) => self.rset().await?,
+                Ok(Command::Rset) => Box::pin(self.rset()).await?,
                 Ok(Command::Noop) => self.reply("250 2.0.0 Ok"),
                 Ok(Command::Vrfy) => {
                     self.reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")

@@ -705,3 +705,16 @@ async fn data_pipelined_before_354_is_refused() {
     backend.wait_for("EOF").await;
     assert!(!backend.lines().iter().any(|l| l == "DATA" || l.starts_with("BODY:")), "{:?}", backend.lines());
 }
+
+/// An idle session is a task holding this future: keep it small (the benchmark's
+/// memory per idle session depends on it).
+#[tokio::test]
+async fn idle_session_state_stays_small() {
+    let cfg = limited_config("", "");
+    let (_io, server) = tokio::io::duplex(64);
+    let listener = Arc::new(cfg.listeners[0].clone());
+    let peer = ClientAddr::new(OUTSIDER.parse().unwrap());
+    let session = Session::new(cfg, listener, server, peer, LocalAddr::new("192.0.2.25:25".parse().unwrap()));
+    let future = session.run();
+    assert!(std::mem::size_of_val(&future) <= 2048, "{} bytes", std::mem::size_of_val(&future));
+}
