@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_ERRORS: u32 = 10;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Postfix's smtpd_min_data_rate default, in bytes per second.
+pub const DEFAULT_MIN_DATA_RATE: u64 = 500;
+pub const DEFAULT_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 /// RFC 5321 4.5.3.2 for the client side of the backend: 5 minutes a reply, 10 minutes
 /// for the reply to end of data.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -122,6 +125,23 @@ pub struct Backend {
     pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
+/// The slowest a message body may arrive, against byte trickling. Checked once the
+/// grace period has passed, at every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinDataRate {
+    /// Bytes per second; 0 switches the check off.
+    pub bytes_per_second: u64,
+    pub grace: Duration,
+}
+
+impl MinDataRate {
+    pub fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
+        self.bytes_per_second > 0
+            && elapsed > self.grace
+            && (received as f64) < self.bytes_per_second as f64 * elapsed.as_secs_f64()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_size: u64,
@@ -133,6 +153,7 @@ pub struct Limits {
     pub max_errors: u32,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    pub min_data_rate: MinDataRate,
 }
 
 /// A validated config and what `check` should warn about.
@@ -540,7 +561,17 @@ impl Validator {
         let command_timeout =
             self.duration("limits.command_timeout", raw.command_timeout.as_deref(), DEFAULT_COMMAND_TIMEOUT, false);
         let data_timeout = self.duration("limits.data_timeout", raw.data_timeout.as_deref(), DEFAULT_DATA_TIMEOUT, false);
+        let min_data_rate = MinDataRate {
+            bytes_per_second: raw.min_data_rate.unwrap_or(DEFAULT_MIN_DATA_RATE),
+            grace: self.duration(
+                "limits.min_data_rate_grace",
+                raw.min_data_rate_grace.as_deref(),
+                DEFAULT_MIN_DATA_RATE_GRACE,
+                true,
+            ),
+        };
         Limits {
+            min_data_rate,
             max_message_size,
             max_recipients,
             bare_lf,

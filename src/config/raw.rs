@@ -170,4 +170,7 @@ pub struct RawLimits {
     pub max_errors: Option<u32>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
+    /// Bytes per second; 0: off.
+    pub min_data_rate: Option<u64>,
+    pub min_data_rate_grace: Option<String>,
 }

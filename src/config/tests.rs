@@ -203,3 +203,15 @@ fn backend_tls_options() {
     let err = parse(&minimal("", "tls = \"always\"", "")).unwrap_err();
     assert!(err.problems[0].starts_with("backend[0].tls"), "{err}");
 }
+
+#[test]
+fn min_data_rate() {
+    let rate = MinDataRate { bytes_per_second: 500, grace: Duration::from_secs(30) };
+    assert!(!rate.too_slow(0, Duration::from_secs(29)), "within the grace period");
+    assert!(rate.too_slow(1000, Duration::from_secs(31)));
+    assert!(!rate.too_slow(20_000, Duration::from_secs(31)));
+    let off = MinDataRate { bytes_per_second: 0, grace: Duration::ZERO };
+    assert!(!off.too_slow(0, Duration::from_secs(3600)));
+    let loaded = parse(&FULL.replace("bare_lf = \"reject\"", "bare_lf = \"reject\"\nmin_data_rate = 0")).unwrap();
+    assert_eq!(loaded.config.limits.min_data_rate.bytes_per_second, 0);
+}

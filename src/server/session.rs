@@ -50,6 +50,7 @@ pub enum Outcome {
     Pregreet,
     Shutdown,
     Pipelining,
+    TooSlow,
 }
 
 impl Outcome {
@@ -68,6 +69,7 @@ impl Outcome {
             Outcome::Pregreet => "client talked before the greeting",
             Outcome::Shutdown => "server shutting down",
             Outcome::Pipelining => "data sent before 354",
+            Outcome::TooSlow => "message arriving too slowly",
         }
     }
 }
@@ -487,6 +489,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut upstream_error: Option<UpstreamError> = None;
         // Normalize mode forwards rewritten bytes; the other modes the client's own.
         let mut rewritten = Vec::new();
+        let started = tokio::time::Instant::now();
         loop {
             if self.inbuf.is_empty() {
                 self.flush().await?;
@@ -495,6 +498,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Read::Data => {}
                     Read::Closed => return Err(Outcome::ClientClosedInData),
                     Read::TimedOut => return self.timed_out(),
+                }
+                let received = scanner.size() + self.inbuf.len() as u64;
+                if self.config.limits.min_data_rate.too_slow(received, started.elapsed()) {
+                    tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
+                    let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
+                    self.reply(&text);
+                    return Err(Outcome::TooSlow);
                 }
             }
             let scan = if scanner.rewrites() {

@@ -718,3 +718,19 @@ async fn idle_session_state_stays_small() {
     let future = session.run();
     assert!(std::mem::size_of_val(&future) <= 2048, "{} bytes", std::mem::size_of_val(&future));
 }
+
+#[tokio::test]
+async fn trickled_data_is_cut_off() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xclient")], "[limits]\nmin_data_rate = 100000\nmin_data_rate_grace = \"300ms\"\n");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: slow\r\n").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send("x").await;
+    assert_eq!(c.reply().await, "421 4.4.2 proxy.test Error: data too slow\r\n");
+    backend.wait_for("EOF").await;
+    assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")));
+}
