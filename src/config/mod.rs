@@ -22,6 +22,9 @@ use thiserror::Error;
 
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
 pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
+/// Longest command line, CRLF included (Postfix's line_length_limit; RFC 5321 asks for
+/// at least 512).
+pub const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
@@ -144,6 +147,7 @@ impl MinDataRate {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
+    pub max_line_length: usize,
     pub max_message_size: u64,
     pub max_recipients: u32,
     pub bare_lf: BareLf,
@@ -570,7 +574,12 @@ impl Validator {
                 true,
             ),
         };
+        let max_line_length = raw.max_line_length.unwrap_or(DEFAULT_MAX_LINE_LENGTH);
+        if !(512..=65536).contains(&max_line_length) {
+            self.error("limits.max_line_length", format!("{max_line_length}: expected 512 to 65536 (RFC 5321 needs 512)"));
+        }
         Limits {
+            max_line_length,
             min_data_rate,
             max_message_size,
             max_recipients,

@@ -162,6 +162,7 @@ pub enum RawSize {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    pub max_line_length: Option<usize>,
     pub max_message_size: Option<RawSize>,
     pub max_recipients: Option<u32>,
     pub bare_lf: Option<String>,

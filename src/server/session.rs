@@ -27,8 +27,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-/// Longest command line accepted, CRLF included (Postfix's line_length_limit).
-pub const MAX_LINE: usize = 2048;
 /// Read size while receiving a message body.
 const DATA_CHUNK: usize = 16 * 1024;
 /// Read size between commands; small, because idle sessions hold it.
@@ -711,7 +709,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 return Ok(Ok(line));
             }
-            if self.inbuf.len() >= MAX_LINE {
+            if self.inbuf.len() >= self.config.limits.max_line_length {
                 self.inbuf.clear();
                 if !self.discarding {
                     self.discarding = true;
