@@ -45,16 +45,18 @@ pub enum Verify {
 pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder();
     let config = match verify {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
-            .with_no_client_auth(),
+        Verify::Nothing => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification::new())).with_no_client_auth()
+        }
         Verify::SystemRoots => {
             let mut roots = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err("no trusted root certificates found on this system (install ca-certificates, or set ca_file)".into());
+                return Err(
+                    "no trusted root certificates found on this system (install ca-certificates, or set ca_file)"
+                        .into(),
+                );
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }

@@ -54,7 +54,11 @@ fn sigterm_drains_then_says_421() {
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok(), "portcullis listening");
+    wait_until(
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(addr).is_ok(),
+        "portcullis listening",
+    );
     let mut c = Smtp::hello("127.0.0.60", addr);
     let started = std::time::Instant::now();
     std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

@@ -9,12 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 
 fn socket_pair() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 4]>(), any::<u16>()).prop_map(|(a, p, b, q)| {
-            (SocketAddr::new(IpAddr::from(a), p), SocketAddr::new(IpAddr::from(b), q))
-        }),
-        (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>()).prop_map(|(a, p, b, q)| {
-            (SocketAddr::new(IpAddr::from(a), p), SocketAddr::new(IpAddr::from(b), q))
-        }),
+        (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(a, p, b, q)| { (SocketAddr::new(IpAddr::from(a), p), SocketAddr::new(IpAddr::from(b), q)) }),
+        (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>())
+            .prop_map(|(a, p, b, q)| { (SocketAddr::new(IpAddr::from(a), p), SocketAddr::new(IpAddr::from(b), q)) }),
     ]
 }
 

@@ -37,7 +37,9 @@ fn start_scanner(mta: std::net::SocketAddr) -> Scanner {
     std::fs::write(dir.join("db/local.ndb"), format!("Eicar-Test-Signature-Local:0:*:{hex}\n")).unwrap();
     std::fs::write(
         dir.join("clamd.conf"),
-        format!("Foreground true\nLocalSocket {d}/clamd.sock\nDatabaseDirectory {d}/db\nUser root\nLogFile {d}/clamd.log\n"),
+        format!(
+            "Foreground true\nLocalSocket {d}/clamd.sock\nDatabaseDirectory {d}/db\nUser root\nLogFile {d}/clamd.log\n"
+        ),
     )
     .unwrap();
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -88,8 +90,18 @@ fn real_client_through_a_scanner_and_eicar_stopped() {
     let server = proxy.addr("mx").to_string();
     let send = |mark: &str, body: &str| {
         swaks(&[
-            "--server", &server, "--local-interface", "127.0.0.77", "--from", "s@example.org", "--to",
-            "u@example.com", "--header", &format!("Subject: {mark}"), "--body", body,
+            "--server",
+            &server,
+            "--local-interface",
+            "127.0.0.77",
+            "--from",
+            "s@example.org",
+            "--to",
+            "u@example.com",
+            "--header",
+            &format!("Subject: {mark}"),
+            "--body",
+            body,
         ])
     };
     let clean = marker("scanner-clean");

@@ -63,8 +63,16 @@ fn send(server: std::net::SocketAddr, extra: &[&str], to: &str, mark: &str) -> (
     let server = server.to_string();
     let header = format!("X-Test: {mark}");
     let mut args = vec![
-        "--server", &server, "--local-interface", "127.0.0.77", "--from", "s@example.org", "--to", to,
-        "--header", &header,
+        "--server",
+        &server,
+        "--local-interface",
+        "127.0.0.77",
+        "--from",
+        "s@example.org",
+        "--to",
+        to,
+        "--header",
+        &header,
     ];
     args.extend_from_slice(extra);
     swaks(&args)
@@ -137,8 +145,21 @@ fn relay_needs_auth_and_never_still_wins() {
     // A `never` client, even after AUTH: refused.
     let server = s.proxy.addr("submission").to_string();
     let (ok, transcript) = swaks(&[
-        "--server", &server, "--local-interface", "127.0.0.99", "--from", "s@example.org", "--to",
-        "x@remote.test", "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland",
+        "--server",
+        &server,
+        "--local-interface",
+        "127.0.0.99",
+        "--from",
+        "s@example.org",
+        "--to",
+        "x@remote.test",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "wonderland",
     ]);
     assert!(!ok && transcript.contains("235 2.7.0") && transcript.contains("550 5.7.1"), "{transcript}");
 }

@@ -21,8 +21,16 @@ fn loopback_client_reaches_postfix_as_itself() {
     ));
     let mark = marker("transparent-loopback");
     let (ok, transcript) = swaks(&[
-        "--server", &proxy.addr("mx").to_string(), "--local-interface", "127.0.0.77", "--from", "s@example.org",
-        "--to", "u@example.com", "--header", &format!("X-Test: {mark}"),
+        "--server",
+        &proxy.addr("mx").to_string(),
+        "--local-interface",
+        "127.0.0.77",
+        "--from",
+        "s@example.org",
+        "--to",
+        "u@example.com",
+        "--header",
+        &format!("X-Test: {mark}"),
     ]);
     assert!(ok, "{transcript}");
     let msg = pf.delivered(&mark);

@@ -57,7 +57,8 @@ impl Users {
             Some(h) => (h.as_str(), true),
             None => (DUMMY.get_or_init(|| hash_password("not a password").expect("hashing works")).as_str(), false),
         };
-        let ok = PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
+        let ok =
+            PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
         ok && known
     }
 }

@@ -8,15 +8,15 @@ pub use net::parse_network;
 
 use crate::auth::Users;
 use crate::identity::Identity;
-use crate::tls::{self as tlsconf, Verify};
-use rustls::pki_types::ServerName;
-use std::sync::Arc;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
 use crate::smtp::BareLf;
+use crate::tls::{self as tlsconf, Verify};
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -191,14 +191,12 @@ impl fmt::Display for ConfigError {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::one(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::one(format!("{}: {e}", path.display())))?;
     parse(&text)
 }
 
 pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::one(e.to_string().trim_end().to_string()))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::one(e.to_string().trim_end().to_string()))?;
     Validator::default().run(raw)
 }
 
@@ -216,7 +214,9 @@ impl Validator {
     fn run(mut self, raw: RawConfig) -> Result<Loaded, ConfigError> {
         let hostname = match raw.server.hostname {
             Some(h) => {
-                if let Err(e) = check_domain(&h).and_then(|_| if h.starts_with('.') { Err("leading dot") } else { Ok(()) }) {
+                if let Err(e) =
+                    check_domain(&h).and_then(|_| if h.starts_with('.') { Err("leading dot") } else { Ok(()) })
+                {
                     self.error("server.hostname", format!("{h:?}: {e}"));
                 }
                 h
@@ -253,8 +253,7 @@ impl Validator {
         if raw.backend.is_empty() {
             self.error("backend", "at least one [[backend]] is needed");
         }
-        let backends: Vec<Backend> =
-            raw.backend.iter().enumerate().filter_map(|(i, b)| self.backend(i, b)).collect();
+        let backends: Vec<Backend> = raw.backend.iter().enumerate().filter_map(|(i, b)| self.backend(i, b)).collect();
 
         let limits = self.limits(&raw.limits);
 
@@ -291,7 +290,18 @@ impl Validator {
         }
 
         if self.problems.is_empty() {
-            let config = Config { hostname, workers, drain_timeout, listeners, relay, backends, limits, tls, auth, trusted_proxies };
+            let config = Config {
+                hostname,
+                workers,
+                drain_timeout,
+                listeners,
+                relay,
+                backends,
+                limits,
+                tls,
+                auth,
+                trusted_proxies,
+            };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
             Err(ConfigError { problems: self.problems, warnings: self.warnings })
@@ -480,7 +490,11 @@ impl Validator {
         let tls = self.choice(
             &format!("{key}.tls"),
             &raw.tls,
-            &[("none", BackendTls::None), ("starttls", BackendTls::StartTls), ("starttls-required", BackendTls::Required)],
+            &[
+                ("none", BackendTls::None),
+                ("starttls", BackendTls::StartTls),
+                ("starttls-required", BackendTls::Required),
+            ],
         );
         let host = raw.address.rsplit_once(':').map_or("", |(h, _)| h);
         let tls_client = match tls {
@@ -564,7 +578,8 @@ impl Validator {
         }
         let command_timeout =
             self.duration("limits.command_timeout", raw.command_timeout.as_deref(), DEFAULT_COMMAND_TIMEOUT, false);
-        let data_timeout = self.duration("limits.data_timeout", raw.data_timeout.as_deref(), DEFAULT_DATA_TIMEOUT, false);
+        let data_timeout =
+            self.duration("limits.data_timeout", raw.data_timeout.as_deref(), DEFAULT_DATA_TIMEOUT, false);
         let min_data_rate = MinDataRate {
             bytes_per_second: raw.min_data_rate.unwrap_or(DEFAULT_MIN_DATA_RATE),
             grace: self.duration(
@@ -576,7 +591,10 @@ impl Validator {
         };
         let max_line_length = raw.max_line_length.unwrap_or(DEFAULT_MAX_LINE_LENGTH);
         if !(512..=65536).contains(&max_line_length) {
-            self.error("limits.max_line_length", format!("{max_line_length}: expected 512 to 65536 (RFC 5321 needs 512)"));
+            self.error(
+                "limits.max_line_length",
+                format!("{max_line_length}: expected 512 to 65536 (RFC 5321 needs 512)"),
+            );
         }
         Limits {
             max_line_length,

@@ -149,7 +149,8 @@ fn transparent_identity() {
     assert_eq!(loaded.config.backends[1].identity, Identity::Transparent);
 }
 
-const MINIMAL: &str = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{L}\n[[backend]]\naddress = \"127.0.0.1:25\"\n{B}\n{X}";
+const MINIMAL: &str =
+    "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n{L}\n[[backend]]\naddress = \"127.0.0.1:25\"\n{B}\n{X}";
 
 fn minimal(listener: &str, backend: &str, extra: &str) -> String {
     MINIMAL.replace("{L}", listener).replace("{B}", backend).replace("{X}", extra)
@@ -193,10 +194,9 @@ fn backend_tls_options() {
     assert_eq!(ok.config.backends[0].tls, BackendTls::Required);
     assert!(ok.config.backends[0].tls_client.is_some());
 
-    let err = parse(
-        &minimal("", "tls = \"starttls\"\ntls_verify = false", "").replace("127.0.0.1:25", "mx.example.net:25"),
-    )
-    .unwrap_err();
+    let err =
+        parse(&minimal("", "tls = \"starttls\"\ntls_verify = false", "").replace("127.0.0.1:25", "mx.example.net:25"))
+            .unwrap_err();
     assert!(err.problems[0].starts_with("backend[0].tls_verify: may be false only for a loopback"), "{err}");
     let err = parse(&minimal("", "tls = \"starttls\"\nca_file = \"/nonexistent.pem\"", "")).unwrap_err();
     assert!(err.problems[0].starts_with("backend[0].ca_file"), "{err}");

@@ -217,8 +217,10 @@ mod tests {
         assert_eq!(header.command, v2::Command::Proxy);
         assert_eq!(
             header.addresses,
-            v2::Addresses::from(("127.0.0.77:40000".parse::<std::net::SocketAddr>().unwrap(),
-                                 "127.0.0.1:2525".parse::<std::net::SocketAddr>().unwrap()))
+            v2::Addresses::from((
+                "127.0.0.77:40000".parse::<std::net::SocketAddr>().unwrap(),
+                "127.0.0.1:2525".parse::<std::net::SocketAddr>().unwrap()
+            ))
         );
     }
 }

@@ -145,14 +145,8 @@ mod tests {
         assert_eq!(classify("evil.net!user"), Ok(Routed("no domain")));
         assert_eq!(classify("@example.com:user@evil.net"), Ok(Routed("source route")));
         assert_eq!(classify("@a.example.com,@b.example.com:user@example.com"), Ok(Routed("source route")));
-        assert_eq!(
-            classify("\"user@evil.net\"@example.com"),
-            Ok(Routed("quoted local part holding a route"))
-        );
-        assert_eq!(
-            classify("\"user%evil.net\"@example.com"),
-            Ok(Routed("quoted local part holding a route"))
-        );
+        assert_eq!(classify("\"user@evil.net\"@example.com"), Ok(Routed("quoted local part holding a route")));
+        assert_eq!(classify("\"user%evil.net\"@example.com"), Ok(Routed("quoted local part holding a route")));
         assert_eq!(classify("user@evil.net@example.com"), Ok(Routed("several @")));
         assert_eq!(classify("user@[192.0.2.1]"), Ok(Routed("address literal")));
         assert_eq!(classify("user@[IPv6:2001:db8::1]"), Ok(Routed("address literal")));
@@ -178,9 +172,6 @@ mod tests {
     #[test]
     fn quoted_escape_does_not_end_the_quote() {
         assert_eq!(classify("\"a\\\"b\"@example.com"), Ok(Domain("example.com".into())));
-        assert_eq!(
-            classify("\"a\\\"@evil.net\"@example.com"),
-            Ok(Routed("quoted local part holding a route"))
-        );
+        assert_eq!(classify("\"a\\\"@evil.net\"@example.com"), Ok(Routed("quoted local part holding a route")));
     }
 }

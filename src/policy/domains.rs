@@ -54,8 +54,7 @@ impl DomainSet {
     /// `domain` must be a plain DNS name (no trailing dot, no literal).
     pub fn contains(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
-        self.exact.contains(&domain)
-            || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))
+        self.exact.contains(&domain) || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))
     }
 }
 

@@ -57,16 +57,14 @@ impl ConnectionRules {
             let earlier = &self.rules[..index];
             let mut covered_by: Vec<String> = Vec::new();
             let all_covered = !rule.from.is_empty()
-                && rule.from.iter().all(|net| {
-                    match earlier.iter().find(|e| e.from.iter().any(|n| n.contains(net))) {
-                        Some(e) => {
-                            if !covered_by.contains(&e.name) {
-                                covered_by.push(e.name.clone());
-                            }
-                            true
+                && rule.from.iter().all(|net| match earlier.iter().find(|e| e.from.iter().any(|n| n.contains(net))) {
+                    Some(e) => {
+                        if !covered_by.contains(&e.name) {
+                            covered_by.push(e.name.clone());
                         }
-                        None => false,
+                        true
                     }
+                    None => false,
                 });
             if all_covered {
                 out.push(ShadowedRule { index, name: rule.name.clone(), covered_by });
@@ -108,10 +106,8 @@ mod tests {
 
     #[test]
     fn default_applies_when_nothing_matches() {
-        let rules = ConnectionRules {
-            rules: vec![rule("bad", Action::Reject, &["10.66.0.0/16"])],
-            default: Action::Accept,
-        };
+        let rules =
+            ConnectionRules { rules: vec![rule("bad", Action::Reject, &["10.66.0.0/16"])], default: Action::Accept };
         let v = rules.decide("10.1.2.3".parse().unwrap());
         assert_eq!((v.action, v.rule), (Action::Accept, "default"));
         let v = rules.decide("10.66.2.3".parse().unwrap());

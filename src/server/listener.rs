@@ -6,11 +6,11 @@
 use super::limits::{ConnectionLimits, Permit};
 use super::proxy_header;
 use super::session::Session;
-use crate::identity::proxy::Proxied;
-use bytes::BytesMut;
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{Config, Listener};
+use crate::identity::proxy::Proxied;
 use crate::policy::Action;
+use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -15,17 +15,17 @@ pub use starttls::HANDSHAKE_TIMEOUT;
 use super::upstream::{Upstream, UpstreamError};
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
-use crate::tls::MaybeTls;
 use crate::identity::ClientFacts;
 use crate::policy::{RelayClient, RelayVerdict, address};
 use crate::smtp::command::{self, Command, CommandError, Param};
-use tokio_util::sync::CancellationToken;
 use crate::smtp::{DataScanner, Reply, Scan};
+use crate::tls::MaybeTls;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 /// Read size while receiving a message body.
 const DATA_CHUNK: usize = 16 * 1024;

@@ -2,9 +2,9 @@
 //! hand over the client's identity, then send commands and read replies.
 
 use crate::config::{Backend, BackendTls};
-use crate::tls::MaybeTls;
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::smtp::{Capabilities, Reply, ReplyError, ReplyParser};
+use crate::tls::MaybeTls;
 use bytes::BytesMut;
 use std::io;
 use std::time::Duration;
@@ -12,7 +12,6 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
 
 /// Trouble on the backend side. None of it is the client's fault, so every variant
 /// maps to a temporary (4xx) reply.
@@ -82,7 +81,10 @@ impl Upstream {
         }
         if identity_refused {
             // A misconfiguration more than an outage: say so in the reply code too.
-            return Err(UpstreamError::IdentityRefused { backend: "every backend".into(), detail: failures.join("; ") });
+            return Err(UpstreamError::IdentityRefused {
+                backend: "every backend".into(),
+                detail: failures.join("; "),
+            });
         }
         Err(UpstreamError::Unreachable(failures.join("; ")))
     }
@@ -96,7 +98,9 @@ impl Upstream {
             let target = tokio::net::lookup_host(backend.address.as_str())
                 .await?
                 .find(|a| a.is_ipv4() == client.is_ipv4())
-                .ok_or_else(|| io::Error::other(format!("no address of {} in the client's address family", backend.address)))?;
+                .ok_or_else(|| {
+                    io::Error::other(format!("no address of {} in the client's address family", backend.address))
+                })?;
             super::transparent::connect(client, target).await
         };
         let stream = timeout(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;

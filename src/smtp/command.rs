@@ -8,8 +8,14 @@ use thiserror::Error;
 pub enum Command<'a> {
     Helo(&'a str),
     Ehlo(&'a str),
-    Mail { path: &'a str, params: Vec<Param<'a>> },
-    Rcpt { path: &'a str, params: Vec<Param<'a>> },
+    Mail {
+        path: &'a str,
+        params: Vec<Param<'a>>,
+    },
+    Rcpt {
+        path: &'a str,
+        params: Vec<Param<'a>>,
+    },
     Data,
     Rset,
     Noop,
@@ -119,7 +125,11 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         }
     }
     if is("STARTTLS") {
-        return if args.is_empty() { Ok(Command::StartTls) } else { Err(CommandError::Syntax("501 5.5.4 Syntax: STARTTLS")) };
+        return if args.is_empty() {
+            Ok(Command::StartTls)
+        } else {
+            Err(CommandError::Syntax("501 5.5.4 Syntax: STARTTLS"))
+        };
     }
     if is("AUTH") {
         return Ok(Command::Auth(args));
@@ -235,10 +245,7 @@ mod tests {
             }
         );
         assert_eq!(ok("RCPT TO:<u@example.com>"), Command::Rcpt { path: "u@example.com", params: vec![] });
-        assert_eq!(
-            ok("RCPT TO:<\"a>b\"@example.com>"),
-            Command::Rcpt { path: "\"a>b\"@example.com", params: vec![] }
-        );
+        assert_eq!(ok("RCPT TO:<\"a>b\"@example.com>"), Command::Rcpt { path: "\"a>b\"@example.com", params: vec![] });
         assert_eq!(
             ok("RCPT TO:<@r.example:u@example.com>"),
             Command::Rcpt { path: "@r.example:u@example.com", params: vec![] }

@@ -133,14 +133,7 @@ postfix -c $D/etc start
             std::fs::read_to_string(dir.join("postfix.log")).unwrap_or_default()
         );
         let at = |port: u16| format!("127.0.0.1:{port}").parse().unwrap();
-        let pf = Postfix {
-            dir,
-            plain: at(plain),
-            proxied: at(proxied),
-            tls: at(tls),
-            sasl: at(sasl),
-            cert: cert.cert,
-        };
+        let pf = Postfix { dir, plain: at(plain), proxied: at(proxied), tls: at(tls), sasl: at(sasl), cert: cert.cert };
         for addr in [pf.plain, pf.proxied, pf.tls, pf.sasl] {
             wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok(), "postfix listening");
         }

@@ -2,10 +2,10 @@
 //! or passed through to the backend. Failures are slowed down and, after
 //! `auth.max_failures`, end the session with 421. Passwords are never logged or kept.
 
-use crate::server::upstream::UpstreamError;
 use super::{Outcome, Session, Step};
 use crate::auth::mechanism::{self, AuthError, Mechanism};
 use crate::config::{Auth, AuthPolicy, AuthSource};
+use crate::server::upstream::UpstreamError;
 use crate::smtp::Reply;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +151,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Passes the exchange to the backend (after its identity step, so it sees the real
     /// client); the backend's replies decide and are relayed unchanged.
-    async fn auth_backend(&mut self, line: &[u8], mechanism: Mechanism, initial: Option<&str>) -> Result<Verdict, Outcome> {
+    async fn auth_backend(
+        &mut self,
+        line: &[u8],
+        mechanism: Mechanism,
+        initial: Option<&str>,
+    ) -> Result<Verdict, Outcome> {
         if self.connect_upstream().await.is_err() {
             self.reply("454 4.7.0 Temporary authentication failure");
             return Ok(Verdict::Answered);

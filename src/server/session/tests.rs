@@ -104,7 +104,9 @@ fn config(backends: &[(SocketAddr, &str)], extra: &str) -> Arc<Config> {
     );
     text.push_str(extra);
     for (addr, identity) in backends {
-        text.push_str(&format!("[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"2s\"\n"));
+        text.push_str(&format!(
+            "[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"2s\"\n"
+        ));
     }
     Arc::new(crate::config::parse(&text).unwrap().config)
 }
@@ -251,10 +253,21 @@ async fn xforward_is_sent_before_every_mail() {
     }
     c.cmd("QUIT", "221").await;
     backend.wait_for("EOF").await;
-    let xforward = "XFORWARD NAME=[UNAVAILABLE] ADDR=203.0.113.9 PORT=40000 PROTO=ESMTP HELO=client.example SOURCE=REMOTE";
+    let xforward =
+        "XFORWARD NAME=[UNAVAILABLE] ADDR=203.0.113.9 PORT=40000 PROTO=ESMTP HELO=client.example SOURCE=REMOTE";
     assert_eq!(
         backend.lines(),
-        vec!["EHLO proxy.test", xforward, "MAIL FROM:<s@example.org>", "RSET", xforward, "MAIL FROM:<s@example.org>", "RSET", "QUIT", "EOF"]
+        vec![
+            "EHLO proxy.test",
+            xforward,
+            "MAIL FROM:<s@example.org>",
+            "RSET",
+            xforward,
+            "MAIL FROM:<s@example.org>",
+            "RSET",
+            "QUIT",
+            "EOF"
+        ]
     );
 }
 
@@ -722,7 +735,8 @@ async fn idle_session_state_stays_small() {
 #[tokio::test]
 async fn trickled_data_is_cut_off() {
     let backend = FakeBackend::start(POSTFIX_CAPS).await;
-    let cfg = config(&[(backend.addr, "xclient")], "[limits]\nmin_data_rate = 100000\nmin_data_rate_grace = \"300ms\"\n");
+    let cfg =
+        config(&[(backend.addr, "xclient")], "[limits]\nmin_data_rate = 100000\nmin_data_rate_grace = \"300ms\"\n");
     let mut c = Client::greeted(cfg, OUTSIDER).await;
     c.cmd("MAIL FROM:<s@example.org>", "250").await;
     c.cmd("RCPT TO:<a@example.com>", "250").await;
