@@ -748,3 +748,17 @@ async fn trickled_data_is_cut_off() {
     backend.wait_for("EOF").await;
     assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")));
 }
+
+#[tokio::test]
+async fn silent_client_inside_data_times_out() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xclient")], "[limits]\ndata_timeout = \"1s\"\n");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: then silence\r\n").await;
+    assert_eq!(c.reply().await, "421 4.4.2 proxy.test Error: timeout exceeded\r\n");
+    backend.wait_for("EOF").await;
+    assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")), "no message may arrive");
+}
