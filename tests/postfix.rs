@@ -34,18 +34,7 @@ fn client_seen_by_postfix(identity: &str) -> (String, String) {
     let target = if identity.starts_with("proxy") { pf.proxied } else { pf.plain };
     let proxy = Proxy::start(&config(&backend(target, identity), "", ONE_LISTENER));
     let mark = marker(&format!("identity-{identity}"));
-    let (ok, transcript) = swaks(&[
-        "--server",
-        &proxy.addr("mx").to_string(),
-        "--local-interface",
-        "127.0.0.77",
-        "--from",
-        "sender@example.org",
-        "--to",
-        "user@example.com",
-        "--header",
-        &format!("X-Test: {mark}"),
-    ]);
+    let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "user@example.com", &mark, &[]);
     assert!(ok, "swaks failed:\n{transcript}");
     let msg = pf.delivered(&mark);
     let received = msg.text.lines().skip_while(|l| !l.starts_with("Received:")).take(2).collect::<Vec<_>>().join(" ");

@@ -87,23 +87,7 @@ fn real_client_through_a_scanner_and_eicar_stopped() {
          [[backend]]\naddress = \"{}\"\nidentity = \"transparent\"\n",
         scanner.listen
     ));
-    let server = proxy.addr("mx").to_string();
-    let send = |mark: &str, body: &str| {
-        swaks(&[
-            "--server",
-            &server,
-            "--local-interface",
-            "127.0.0.77",
-            "--from",
-            "s@example.org",
-            "--to",
-            "u@example.com",
-            "--header",
-            &format!("Subject: {mark}"),
-            "--body",
-            body,
-        ])
-    };
+    let send = |mark: &str, body: &str| swaks_from_77(proxy.addr("mx"), "u@example.com", mark, &["--body", body]);
     let clean = marker("scanner-clean");
     let (ok, transcript) = send(&clean, "a clean message");
     assert!(ok, "{transcript}");

@@ -59,25 +59,6 @@ fn xclient_backend(pf: &Postfix) -> String {
     format!("[[backend]]\naddress = \"{}\"\nidentity = \"xclient\"\n", pf.plain)
 }
 
-fn send(server: std::net::SocketAddr, extra: &[&str], to: &str, mark: &str) -> (bool, String) {
-    let server = server.to_string();
-    let header = format!("X-Test: {mark}");
-    let mut args = vec![
-        "--server",
-        &server,
-        "--local-interface",
-        "127.0.0.77",
-        "--from",
-        "s@example.org",
-        "--to",
-        to,
-        "--header",
-        &header,
-    ];
-    args.extend_from_slice(extra);
-    swaks(&args)
-}
-
 #[test]
 fn starttls_and_auth_plain_deliver_with_the_real_client() {
     if !have("postfix") || !have("swaks") {
@@ -87,7 +68,7 @@ fn starttls_and_auth_plain_deliver_with_the_real_client() {
     let s = setup(LISTENERS, &xclient_backend(pf), FILE_AUTH, "");
     let mark = marker("starttls-plain");
     let auth = ["--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland"];
-    let (ok, transcript) = send(s.proxy.addr("submission"), &auth, "u@example.com", &mark);
+    let (ok, transcript) = swaks_from_77(s.proxy.addr("submission"), "u@example.com", &mark, &auth);
     assert!(ok, "{transcript}");
     assert!(transcript.contains("235 2.7.0"), "{transcript}");
     let msg = pf.delivered(&mark);
@@ -103,7 +84,7 @@ fn implicit_tls_and_auth_login() {
     let s = setup(LISTENERS, &xclient_backend(pf), FILE_AUTH, "");
     let mark = marker("implicit-login");
     let auth = ["--tlsc", "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "wonderland"];
-    let (ok, transcript) = send(s.proxy.addr("smtps"), &auth, "u@example.com", &mark);
+    let (ok, transcript) = swaks_from_77(s.proxy.addr("smtps"), "u@example.com", &mark, &auth);
     assert!(ok, "{transcript}");
     pf.delivered(&mark);
 }
@@ -119,7 +100,7 @@ fn wrong_password_is_refused() {
         for mech in ["PLAIN", "LOGIN"] {
             let mark = marker(&format!("bad-{listener}-{mech}"));
             let auth = [tls, "--auth", mech, "--auth-user", "alice", "--auth-password", "queen-of-hearts"];
-            let (ok, transcript) = send(s.proxy.addr(listener), &auth, "u@example.com", &mark);
+            let (ok, transcript) = swaks_from_77(s.proxy.addr(listener), "u@example.com", &mark, &auth);
             assert!(!ok, "{transcript}");
             assert!(transcript.contains("535 5.7.8"), "{transcript}");
         }
@@ -135,11 +116,11 @@ fn relay_needs_auth_and_never_still_wins() {
     let s = setup(LISTENERS, &xclient_backend(pf), FILE_AUTH, "never = [\"127.0.0.99/32\"]");
     let mark = marker("relay-auth");
     // Before AUTH: refused at RCPT.
-    let (ok, transcript) = send(s.proxy.addr("submission"), &["--tls"], "x@remote.test", &mark);
+    let (ok, transcript) = swaks_from_77(s.proxy.addr("submission"), "x@remote.test", &mark, &["--tls"]);
     assert!(!ok && transcript.contains("550 5.7.1"), "{transcript}");
     // After AUTH: relayed.
     let auth = ["--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland"];
-    let (ok, transcript) = send(s.proxy.addr("submission"), &auth, "x@remote.test", &mark);
+    let (ok, transcript) = swaks_from_77(s.proxy.addr("submission"), "x@remote.test", &mark, &auth);
     assert!(ok, "{transcript}");
     pf.delivered(&mark);
     // A `never` client, even after AUTH: refused.
@@ -178,7 +159,7 @@ fn starttls_toward_postfix_keeps_the_real_client() {
     );
     let s = setup(LISTENERS, &backend, FILE_AUTH, "");
     let mark = marker("backend-tls");
-    let (ok, transcript) = send(s.proxy.addr("submission"), &[], "u@example.com", &mark);
+    let (ok, transcript) = swaks_from_77(s.proxy.addr("submission"), "u@example.com", &mark, &[]);
     assert!(ok, "{transcript}");
     let msg = pf.delivered(&mark);
     assert_eq!(pf.logged_client(&msg.queue_id), "unknown[127.0.0.77]");
@@ -213,11 +194,12 @@ fn auth_passed_through_to_a_backend_that_checks_it() {
     let mark = marker("backend-auth");
     for mech in ["PLAIN", "LOGIN"] {
         let auth = ["--tls", "--auth", mech, "--auth-user", "bob", "--auth-password", "builder"];
-        let (ok, transcript) = send(s.proxy.addr("submission"), &auth, "x@remote.test", &format!("{mark}-{mech}"));
+        let (ok, transcript) =
+            swaks_from_77(s.proxy.addr("submission"), "x@remote.test", &format!("{mark}-{mech}"), &auth);
         assert!(ok, "{transcript}");
         pf.delivered(&format!("{mark}-{mech}"));
         let auth = ["--tls", "--auth", mech, "--auth-user", "bob", "--auth-password", "wrong"];
-        let (ok, transcript) = send(s.proxy.addr("submission"), &auth, "u@example.com", &mark);
+        let (ok, transcript) = swaks_from_77(s.proxy.addr("submission"), "u@example.com", &mark, &auth);
         assert!(!ok && transcript.contains("535"), "{transcript}");
     }
     let log = pf.log();

@@ -20,18 +20,7 @@ fn loopback_client_reaches_postfix_as_itself() {
         pf.plain
     ));
     let mark = marker("transparent-loopback");
-    let (ok, transcript) = swaks(&[
-        "--server",
-        &proxy.addr("mx").to_string(),
-        "--local-interface",
-        "127.0.0.77",
-        "--from",
-        "s@example.org",
-        "--to",
-        "u@example.com",
-        "--header",
-        &format!("X-Test: {mark}"),
-    ]);
+    let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "u@example.com", &mark, &[]);
     assert!(ok, "{transcript}");
     let msg = pf.delivered(&mark);
     // No XCLIENT was sent: Postfix saw 127.0.0.77 as the TCP peer itself.

@@ -49,18 +49,7 @@ fn haproxy_headers_carry_the_real_client_to_rules_relay_and_postfix() {
         let lb = HaProxy::start(proxy.addr("lb"), send);
         let mark = marker(send);
         // Delivered, and Postfix sees 127.0.0.77 behind two proxies.
-        let (ok, transcript) = swaks(&[
-            "--server",
-            &lb.addr.to_string(),
-            "--local-interface",
-            "127.0.0.77",
-            "--from",
-            "s@example.org",
-            "--to",
-            "u@example.com",
-            "--header",
-            &format!("X-Test: {mark}"),
-        ]);
+        let (ok, transcript) = swaks_from_77(lb.addr, "u@example.com", &mark, &[]);
         assert!(ok, "{send}: {transcript}");
         let msg = pf.delivered(&mark);
         assert_eq!(pf.logged_client(&msg.queue_id), "unknown[127.0.0.77]", "{send}");

@@ -512,6 +512,17 @@ pub fn swaks(args: &[&str]) -> (bool, String) {
     (out.status.success(), transcript)
 }
 
+/// swaks from 127.0.0.77 to `server`, from s@example.org to `to`, with an
+/// `X-Test: mark` header to find the message by, plus `extra` arguments.
+pub fn swaks_from_77(server: SocketAddr, to: &str, mark: &str, extra: &[&str]) -> (bool, String) {
+    let server = server.to_string();
+    let header = format!("X-Test: {mark}");
+    let mut args = vec!["--server", &server, "--local-interface", "127.0.0.77", "--from", "s@example.org", "--to", to];
+    args.extend_from_slice(&["--header", &header]);
+    args.extend_from_slice(extra);
+    swaks(&args)
+}
+
 /// A marker unique to one test, to find its message and log lines.
 pub fn marker(test: &str) -> String {
     format!("portcullis-test-{test}-{}", std::process::id())
