@@ -40,8 +40,7 @@ pub enum ServerError {
 }
 
 struct Bound {
-    listener: Listener,
-    name: Arc<str>,
+    listener: Arc<Listener>,
     socket: std::net::TcpListener,
 }
 
@@ -64,7 +63,7 @@ impl Server {
                 addr: listener.bind,
                 source,
             })?;
-            bound.push(Bound { listener: listener.clone(), name: listener.name.as_str().into(), socket });
+            bound.push(Bound { listener: Arc::new(listener.clone()), socket });
         }
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
         Ok(Self { config: Arc::new(config), bound, limits })
@@ -90,7 +89,7 @@ impl Server {
             let sockets = self
                 .bound
                 .iter()
-                .map(|b| Ok((b.listener.clone(), b.name.clone(), b.socket.try_clone()?)))
+                .map(|b| Ok((b.listener.clone(), b.socket.try_clone()?)))
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(ServerError::Worker)?;
             let ctx = Arc::new(WorkerCtx {
@@ -133,7 +132,7 @@ struct WorkerCtx {
 }
 
 /// One worker: a single-threaded runtime accepting on every listener.
-fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Listener, Arc<str>, std::net::TcpListener)>, shutdown: CancellationToken) {
+fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Arc<Listener>, std::net::TcpListener)>, shutdown: CancellationToken) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -144,14 +143,14 @@ fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
     };
     runtime.block_on(async move {
         let accept_loops = TaskTracker::new();
-        for (listener, name, socket) in sockets {
+        for (listener, socket) in sockets {
             match TcpListener::from_std(socket) {
                 Ok(socket) => {
-                    let b = Accepting { listener: Arc::new(listener), name, socket };
+                    let b = Accepting { listener, socket };
                     accept_loops.spawn(accept_loop(b, ctx.clone(), shutdown.clone()));
                 }
                 Err(e) => {
-                    tracing::error!(listener = %name, error = %e, "cannot use listener socket; stopping");
+                    tracing::error!(listener = %listener.name, error = %e, "cannot use listener socket; stopping");
                     shutdown.cancel();
                 }
             }
@@ -171,7 +170,6 @@ fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Listener, Arc<str>, std::net::TcpLi
 /// A listener socket registered with one worker's runtime.
 struct Accepting {
     listener: Arc<Listener>,
-    name: Arc<str>,
     socket: TcpListener,
 }
 
@@ -185,7 +183,7 @@ async fn accept_loop(b: Accepting, ctx: Arc<WorkerCtx>, shutdown: CancellationTo
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::error!(listener = %b.name, error = %e, "accept failed");
+                tracing::error!(listener = %b.listener.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

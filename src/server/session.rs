@@ -181,11 +181,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(outcome) => outcome,
         };
         let _ = self.flush().await;
-        if let Some(upstream) = self.upstream.take() {
-            if outcome == Outcome::Quit && self.tx.is_none() {
-                Box::pin(upstream.quit()).await;
-            }
-            // Otherwise dropped: the backend sees the connection close, never a final dot.
+        // A backend connection is closed with QUIT after a clean end; otherwise it is
+        // dropped: the backend sees the connection close, never a final dot.
+        if let Some(upstream) = self.upstream.take()
+            && outcome == Outcome::Quit
+            && self.tx.is_none()
+        {
+            Box::pin(upstream.quit()).await;
         }
         tracing::info!(
             peer = %self.peer,
