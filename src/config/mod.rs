@@ -40,6 +40,14 @@ pub const DEFAULT_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 /// for the reply to end of data.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Connections Portcullis opens to one backend at once: half of Postfix's default
+/// process limit (100), leaving room for everything else the backend serves.
+pub const DEFAULT_BACKEND_MAX_CONNECTIONS: usize = 50;
+/// How long a session waits for a backend connection when all are in use.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend connection stays open while its session has no recipient.
+pub const DEFAULT_BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -126,6 +134,16 @@ pub struct Backend {
     pub tls: BackendTls,
     /// Client TLS config and the name to verify, when `tls` is not `None`.
     pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// Connections open to this backend at once, at most; shared by every session.
+    pub max_connections: usize,
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// How long a session waits for one of `max_connections` before `451 4.3.2`.
+    pub queue_timeout: Duration,
+    /// How long a connection stays open while its session has no accepted recipient.
+    pub idle_timeout: Duration,
+    /// Sessions may fail over to this backend even though one listed before it tells
+    /// the backend more about the client.
+    pub allow_identity_downgrade: bool,
 }
 
 /// The slowest a message body may arrive, against byte trickling. Checked once the
@@ -158,6 +176,7 @@ pub struct Limits {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub min_data_rate: MinDataRate,
+    pub tls_handshake_timeout: Duration,
 }
 
 /// A validated config and what `check` should warn about.
@@ -254,6 +273,7 @@ impl Validator {
             self.error("backend", "at least one [[backend]] is needed");
         }
         let backends: Vec<Backend> = raw.backend.iter().enumerate().filter_map(|(i, b)| self.backend(i, b)).collect();
+        self.identity_downgrades(&backends);
 
         let limits = self.limits(&raw.limits);
 
@@ -501,6 +521,14 @@ impl Validator {
             Some(BackendTls::None) | None => None,
             Some(_) => self.backend_tls(&key, raw, host),
         };
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_BACKEND_MAX_CONNECTIONS);
+        if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&max_connections) {
+            self.error(format!("{key}.max_connections"), "must be at least 1");
+        }
+        let queue_timeout =
+            self.duration(&format!("{key}.queue_timeout"), raw.queue_timeout.as_deref(), DEFAULT_QUEUE_TIMEOUT, true);
+        let idle_timeout =
+            self.duration(&format!("{key}.idle_timeout"), raw.idle_timeout.as_deref(), DEFAULT_BACKEND_IDLE_TIMEOUT, false);
         Some(Backend {
             address: raw.address.clone(),
             identity: identity?,
@@ -509,8 +537,38 @@ impl Validator {
             data_timeout,
             tls: tls?,
             tls_client,
+            max_connections,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            queue_timeout,
+            idle_timeout,
+            allow_identity_downgrade: raw.allow_identity_downgrade,
         })
         .filter(|_| address_ok)
+    }
+
+    /// A backend after one that tells more about the client takes over only with
+    /// `allow_identity_downgrade`: say so either way, since without it that backend is
+    /// never used, and with it failed-over sessions lose what the first one carried.
+    fn identity_downgrades(&mut self, backends: &[Backend]) {
+        for (i, b) in backends.iter().enumerate() {
+            let Some(stronger) = backends[..i].iter().find(|p| p.identity.tells() > b.identity.tells()) else {
+                continue;
+            };
+            let (was, now) = (stronger.identity.name(), b.identity.name());
+            if b.allow_identity_downgrade {
+                self.warnings.push(format!(
+                    "backend[{i}] ({}): sessions failing over to it from {} tell it less about the client \
+                     (identity {now:?} instead of {was:?})",
+                    b.address, stronger.address
+                ));
+            } else {
+                self.warnings.push(format!(
+                    "backend[{i}] ({}) is never used: its identity {now:?} tells less about the client than \
+                     {was:?} of {} before it; set allow_identity_downgrade = true to fail over to it anyway",
+                    b.address, stronger.address
+                ));
+            }
+        }
     }
 
     fn backend_tls(
@@ -589,6 +647,12 @@ impl Validator {
                 true,
             ),
         };
+        let tls_handshake_timeout = self.duration(
+            "limits.tls_handshake_timeout",
+            raw.tls_handshake_timeout.as_deref(),
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            false,
+        );
         let max_line_length = raw.max_line_length.unwrap_or(DEFAULT_MAX_LINE_LENGTH);
         if !(512..=65536).contains(&max_line_length) {
             self.error(
@@ -607,6 +671,7 @@ impl Validator {
             max_errors,
             command_timeout,
             data_timeout,
+            tls_handshake_timeout,
         }
     }
 }

@@ -145,6 +145,11 @@ pub struct RawBackend {
     #[serde(default = "yes")]
     pub tls_verify: bool,
     pub tls_server_name: Option<String>,
+    pub max_connections: Option<usize>,
+    pub queue_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub allow_identity_downgrade: bool,
 }
 
 fn xclient() -> String {
@@ -174,4 +179,5 @@ pub struct RawLimits {
     /// Bytes per second; 0: off.
     pub min_data_rate: Option<u64>,
     pub min_data_rate_grace: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
 }

@@ -33,6 +33,7 @@ identity = "xclient"
 address = "mta.internal:25"
 identity = "proxy-v2"
 connect_timeout = "3s"
+allow_identity_downgrade = true
 
 [limits]
 max_message_size = "50MB"
@@ -44,7 +45,9 @@ bare_lf = "reject"
 fn the_design_example_loads() {
     let loaded = parse(FULL).unwrap();
     let c = loaded.config;
-    assert!(loaded.warnings.is_empty());
+    // The second backend learns less than the first: allowed, and said.
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("tell it less about the client"), "{:?}", loaded.warnings);
     assert_eq!(c.hostname, "mx.example.com");
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[0].rules.rules.len(), 2);
@@ -139,7 +142,7 @@ fn rule_after_catch_all_is_a_warning() {
          { name = \"partner\", action = \"accept\", from = [\"198.51.100.0/24\"] },",
     );
     let loaded = parse(&text).unwrap();
-    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings.len(), 2);
     assert!(loaded.warnings[0].contains("(\"partner\") can never match"), "{:?}", loaded.warnings);
 }
 
@@ -214,4 +217,38 @@ fn min_data_rate() {
     assert!(!off.too_slow(0, Duration::from_secs(3600)));
     let loaded = parse(&FULL.replace("bare_lf = \"reject\"", "bare_lf = \"reject\"\nmin_data_rate = 0")).unwrap();
     assert_eq!(loaded.config.limits.min_data_rate.bytes_per_second, 0);
+}
+
+#[test]
+fn a_backend_that_learns_less_is_never_failed_over_to_unless_allowed() {
+    let text = FULL.replace("allow_identity_downgrade = true\n", "");
+    let loaded = parse(&text).unwrap();
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("backend[1] (mta.internal:25) is never used"), "{:?}", loaded.warnings);
+    assert!(!loaded.config.backends[1].allow_identity_downgrade);
+    // Same or more: no warning.
+    let loaded = parse(&FULL.replace("identity = \"proxy-v2\"", "identity = \"xclient\"")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn backend_connection_bounds_and_handshake_timeout() {
+    let c = parse(FULL).unwrap().config;
+    assert_eq!(c.backends[0].max_connections, 50);
+    assert_eq!(c.backends[0].idle_timeout, Duration::from_secs(10));
+    assert_eq!(c.backends[0].queue_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.tls_handshake_timeout, Duration::from_secs(60));
+    let text = FULL.replace(
+        "connect_timeout = \"3s\"\n",
+        "connect_timeout = \"3s\"\nmax_connections = 2\nidle_timeout = \"2s\"\nqueue_timeout = \"0s\"\n",
+    ) + "tls_handshake_timeout = \"15s\"\n";
+    let c = parse(&text).unwrap().config;
+    assert_eq!((c.backends[1].max_connections, c.backends[1].slots.available_permits()), (2, 2));
+    assert_eq!(c.backends[1].idle_timeout, Duration::from_secs(2));
+    assert_eq!(c.backends[1].queue_timeout, Duration::ZERO);
+    assert_eq!(c.limits.tls_handshake_timeout, Duration::from_secs(15));
+    let bad = FULL.replace("connect_timeout = \"3s\"\n", "max_connections = 0\nidle_timeout = \"0s\"\n")
+        + "tls_handshake_timeout = \"0s\"\n";
+    let err = parse(&bad).unwrap_err();
+    assert_eq!(err.problems.len(), 3, "{err}");
 }

@@ -31,6 +31,26 @@ impl Identity {
             Identity::None => "none",
         }
     }
+
+    /// How much the backend learns about the client, to compare identities: a session
+    /// never fails over to a backend that learns less unless the config allows it.
+    /// XCLIENT carries the address, HELO name and login; PROXY headers and a
+    /// transparent source the address, which the backend also uses for its access
+    /// checks; XFORWARD only reaches the backend's logs (Postfix); none, nothing.
+    pub fn tells(&self) -> u8 {
+        match self {
+            Identity::Xclient => 3,
+            Identity::ProxyV1 | Identity::ProxyV2 | Identity::Transparent => 2,
+            Identity::Xforward => 1,
+            Identity::None => 0,
+        }
+    }
+
+    /// Whether the backend is spoken to before its greeting (the PROXY header), so a
+    /// backend that does not expect it answers a "command" we never sent.
+    pub fn speaks_first(&self) -> bool {
+        matches!(self, Identity::ProxyV1 | Identity::ProxyV2)
+    }
 }
 
 /// What is passed on about the client.

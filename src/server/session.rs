@@ -4,13 +4,13 @@
 //! State lives in a few fields: `helo` (greeted or not), `tx` (inside a mail
 //! transaction), `authenticated`, the client stream (plain or TLS) and `upstream`
 //! (backend connection, opened by the first MAIL or by AUTH in backend mode). A
-//! transaction without an upstream means the backend was lost mid-transaction.
+//! transaction without an upstream means the backend was lost mid-transaction, or
+//! given back while the client was idle without a recipient (then the MAIL is sent
+//! again on a new connection at the next RCPT).
 //! STARTTLS and AUTH have their handlers in [`starttls`] and [`auth`].
 
 mod auth;
 mod starttls;
-
-pub use starttls::HANDSHAKE_TIMEOUT;
 
 use super::upstream::{Upstream, UpstreamError};
 use crate::addr::{ClientAddr, LocalAddr};
@@ -18,7 +18,7 @@ use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
 use crate::identity::ClientFacts;
 use crate::policy::{RelayClient, RelayVerdict, address};
 use crate::smtp::command::{self, Command, CommandError, Param};
-use crate::smtp::{DataScanner, Reply, Scan};
+use crate::smtp::{Asked, Capabilities, DataScanner, Reply, Scan, mail};
 use crate::tls::MaybeTls;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -83,6 +83,11 @@ enum Read {
 #[derive(Debug, Default)]
 struct Transaction {
     recipients: u32,
+    /// The MAIL line as the backend got it, to send again when the backend connection
+    /// was given back before any recipient (see `release_idle_upstream`).
+    mail_line: Vec<u8>,
+    /// The backend connection was given back while idle: reconnect at the next RCPT.
+    released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +96,9 @@ struct Stats {
     rcpt_accepted: u32,
     rcpt_refused: u32,
     errors: u32,
+    /// Errors since the last delivered message; `limits.max_errors` of them end the
+    /// session (Postfix's hard error limit: errors "without delivering mail").
+    errors_since_delivery: u32,
 }
 
 struct Helo {
@@ -236,7 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let line = match self.next_line().await? {
                 Ok(line) => line,
                 Err(reply) => {
-                    self.error_reply(reply)?;
+                    self.refuse(reply)?;
                     continue;
                 }
             };
@@ -248,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.reply(CommandError::NotSmtp.reply());
                     return Err(Outcome::NotSmtp);
                 }
-                Err(e) => self.error_reply(e.reply())?,
+                Err(e) => self.refuse(e.reply())?,
                 // Handlers that wait on the backend are boxed: the idle session then
                 // holds only the small state of waiting for the next line.
                 Ok(Command::Helo(name)) => Box::pin(self.hello(name, false)).await?,
@@ -272,14 +280,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Ok(Command::NotImplemented(verb)) => {
                     tracing::debug!(peer = %self.peer, verb, "command not implemented");
-                    self.error_reply("502 5.5.1 Error: command not implemented")?;
+                    self.refuse("502 5.5.1 Error: command not implemented")?;
                 }
                 Ok(Command::Spoof(verb)) => {
                     tracing::warn!(
                         peer = %self.peer, listener = %self.listener.name, verb,
                         "client tried to set its own identity; refused, not forwarded"
                     );
-                    self.error_reply("550 5.7.0 Error: insufficient authorization")?;
+                    self.refuse("550 5.7.0 Error: insufficient authorization")?;
                 }
             }
         }
@@ -326,9 +334,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
             return self.refuse("530 5.7.0 Authentication required");
         }
-        let mut has_size = false;
-        let mut has_body = false;
-        let mut has_auth = false;
         for p in params {
             let value = p.value.unwrap_or("");
             if p.keyword.eq_ignore_ascii_case("SIZE") {
@@ -339,66 +344,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tracing::info!(peer = %self.peer, size, "message refused: declared SIZE over the limit");
                     return self.refuse("552 5.3.4 Message size exceeds fixed limit");
                 }
-                has_size = true;
-            } else if p.keyword.eq_ignore_ascii_case("BODY")
-                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
-            {
-                has_body = true;
-            } else if p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some() {
+            } else if !(p.keyword.eq_ignore_ascii_case("BODY")
+                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME")))
                 // RFC 4954 AUTH=: accepted, not passed on (the backend did not see our AUTH).
-                has_auth = true;
-            } else {
+                && !(p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some())
+            {
                 return self.refuse("555 5.5.4 Error: unsupported MAIL parameter");
             }
         }
 
-        if let Err(e) = self.connect_upstream().await {
-            return self.refuse(e.client_reply());
-        }
-        let facts = self.facts();
-        let up = self.upstream.as_mut().expect("connected above");
-        // Drop what this backend did not advertise; otherwise forward the client's bytes.
-        let caps = up.capabilities();
-        let rewritten;
-        let forward = if has_auth || (has_size && !caps.size) || (has_body && !caps.eight_bit_mime) {
-            let mut l = format!("MAIL FROM:<{path}>");
-            for p in params {
-                let keep = if p.keyword.eq_ignore_ascii_case("SIZE") {
-                    caps.size
-                } else if p.keyword.eq_ignore_ascii_case("BODY") {
-                    caps.eight_bit_mime
-                } else {
-                    false
-                };
-                if keep {
-                    l.push(' ');
-                    l.push_str(p.keyword);
-                    l.push('=');
-                    l.push_str(p.value.unwrap_or(""));
-                }
-            }
-            l.push_str("\r\n");
-            rewritten = l;
-            rewritten.as_bytes()
-        } else {
-            line
-        };
-        let reply = match up.mail(&facts, forward).await {
-            Ok(r) => r,
+        let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
+        let reply = match sent {
+            Ok(reply) => reply,
             Err(e) => return self.upstream_failed(e, "MAIL"),
         };
         if reply.is_positive() {
-            self.tx = Some(Transaction::default());
+            self.tx = Some(Transaction { mail_line: line.to_vec(), ..Transaction::default() });
         }
-        self.relay_reply(&reply)
+        self.relay_reply(&reply)?;
+        if reply.code >= 500 {
+            return self.count_error();
+        }
+        Ok(())
+    }
+
+    /// Sends MAIL (`line`, given the backend's capabilities) on the backend connection,
+    /// opening one if needed. Nothing of the transaction is acknowledged yet, so when
+    /// the connection fails here a fresh one may do better: once more, or on the next
+    /// backend when this one broke the protocol.
+    async fn start_backend_transaction(
+        &mut self,
+        line: impl Fn(&Capabilities) -> Vec<u8>,
+    ) -> Result<Reply, UpstreamError> {
+        let mut skip = Vec::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.connect_upstream(&skip).await?;
+            let facts = self.facts();
+            let up = self.upstream.as_mut().expect("connected above");
+            let forward = line(up.capabilities());
+            match up.mail(&facts, &forward).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if e.worth_reconnecting() && attempts <= self.config.backends.len() => {
+                    let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
+                    tracing::warn!(
+                        peer = %self.peer, backend = %address, error = ?e.to_string(),
+                        "backend failed at MAIL; connection closed, trying a new one"
+                    );
+                    if e.is_out_of_step() {
+                        skip.push(address);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
         let Some(tx) = &self.tx else {
             return self.refuse("503 5.5.1 Error: need MAIL command");
         };
-        if self.upstream.is_none() {
-            return self.refuse("451 4.4.2 Connection to the mail server lost, try again later");
+        if self.upstream.is_none() && !tx.released {
+            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            return Ok(());
         }
         if !params.is_empty() {
             return self.refuse("555 5.5.4 Error: unsupported RCPT parameter");
@@ -406,7 +415,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let destination = match address::classify(path) {
             Ok(d) => d,
             Err(e) => {
-                tracing::info!(peer = %self.peer, rcpt = path, error = %e, "recipient refused: bad syntax");
+                tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
                 return self.refuse("501 5.1.3 Bad recipient address syntax");
             }
         };
@@ -429,14 +438,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             tracing::info!(
                 peer = %self.peer, local = %self.local, listener = %self.listener.name,
-                user = self.authenticated.as_deref().unwrap_or(""),
-                rcpt = path, address_form = form, rule, "relay refused"
+                user = ?self.authenticated.as_deref().unwrap_or(""),
+                rcpt = ?path, address_form = form, rule, "relay refused"
             );
             let reply = format!("550 5.7.1 <{path}>: Relay access denied");
             return self.refuse(&reply);
         }
+        if self.upstream.is_none() && !self.resume_transaction().await? {
+            return Ok(());
+        }
         let up = self.upstream.as_mut().expect("checked above");
-        let reply = match up.command(line).await {
+        let reply = match up.command(line, Asked::Rcpt).await {
             Ok(r) => r,
             Err(e) => return self.upstream_failed(e, "RCPT"),
         };
@@ -448,7 +460,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             self.stats.rcpt_refused += 1;
         }
-        self.relay_reply(&reply)
+        self.relay_reply(&reply)?;
+        // Unknown recipients count like our own refusals (address harvesting).
+        if reply.code >= 500 {
+            return self.count_error();
+        }
+        Ok(())
+    }
+
+    /// A transaction whose backend connection was given back while the client was idle
+    /// gets a new one, and its MAIL again. False when that failed; the client has its
+    /// reply and the transaction is over.
+    async fn resume_transaction(&mut self) -> Result<bool, Outcome> {
+        let client_line = self.tx.as_ref().map(|tx| tx.mail_line.clone()).unwrap_or_default();
+        let text = &client_line[..client_line.len().saturating_sub(2)];
+        let Ok(Command::Mail { path, params }) = command::parse(text) else {
+            self.tx = None;
+            self.reply("451 4.3.0 Transaction lost, try again later");
+            return Ok(false);
+        };
+        match self.start_backend_transaction(|caps| mail::for_backend(caps, &client_line, path, &params)).await {
+            Ok(reply) if reply.is_positive() => {
+                if let Some(tx) = &mut self.tx {
+                    tx.released = false;
+                }
+                Ok(true)
+            }
+            Ok(reply) => {
+                tracing::warn!(
+                    peer = %self.peer, reply = ?reply.first_line(),
+                    "backend refused the MAIL sent again after an idle pause; transaction ended"
+                );
+                self.tx = None;
+                self.reply("451 4.3.0 Transaction lost, try again later");
+                Ok(false)
+            }
+            Err(e) => {
+                self.upstream_failed(e, "MAIL again")?;
+                Ok(false)
+            }
+        }
     }
 
     async fn data(&mut self) -> Step {
@@ -469,9 +520,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(Outcome::Pipelining);
         }
         let Some(up) = self.upstream.as_mut() else {
-            return self.refuse("451 4.4.2 Connection to the mail server lost, try again later");
+            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            return Ok(());
         };
-        let reply = match up.command(b"DATA\r\n").await {
+        let reply = match up.command(b"DATA\r\n", Asked::Data).await {
             Ok(r) => r,
             Err(e) => return self.upstream_failed(e, "DATA"),
         };
@@ -522,7 +574,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if scanner.violation().is_none() && upstream_error.is_none() {
                 let up = self.upstream.as_mut().expect("DATA needs an upstream");
                 let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
-                if let Err(e) = up.send(bytes).await {
+                if let Err(e) = up.send_body(bytes).await {
                     upstream_error = Some(e);
                 }
             }
@@ -534,7 +586,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(v) = scanner.violation() {
             // Abandon the backend transaction: close without the final dot.
             self.upstream = None;
-            self.stats.errors += 1;
             tracing::info!(
                 peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size = scanner.size(),
                 "message refused"
@@ -545,10 +596,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.upstream_failed(e, "message body");
         }
         let up = self.upstream.as_mut().expect("DATA needs an upstream");
-        match up.read_reply(up.data_timeout).await {
+        match up.end_of_data().await {
             Ok(reply) => {
                 if reply.is_positive() {
                     self.stats.messages += 1;
+                    self.stats.errors_since_delivery = 0;
                 }
                 self.relay_reply(&reply)
             }
@@ -569,14 +621,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.tx.take().is_some()
             && let Some(up) = self.upstream.as_mut()
         {
-            match up.command(b"RSET\r\n").await {
+            match up.command(b"RSET\r\n", Asked::Rset).await {
                 Ok(r) if r.is_positive() => {}
                 Ok(r) => {
-                    tracing::warn!(backend = %up.address, reply = %r.first_line(), "backend refused RSET; reconnecting later");
+                    tracing::warn!(backend = %up.address, reply = ?r.first_line(), "backend refused RSET; reconnecting later");
                     self.upstream = None;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "backend lost at RSET; reconnecting later");
+                    tracing::warn!(backend = %up.address, error = ?e.to_string(), "backend failed at RSET; reconnecting later");
                     self.upstream = None;
                 }
             }
@@ -596,34 +648,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Opens the backend connection if there is none; failures are logged here.
-    async fn connect_upstream(&mut self) -> Result<(), UpstreamError> {
+    /// Opens the backend connection if there is none, passing over the backends in
+    /// `skip`; failures are logged here.
+    async fn connect_upstream(&mut self, skip: &[String]) -> Result<(), UpstreamError> {
         if self.upstream.is_some() {
             return Ok(());
         }
         let facts = self.facts();
-        match Upstream::connect(&self.config.backends, &facts, &self.config.hostname).await {
+        match Upstream::connect(&self.config.backends, &facts, &self.config.hostname, skip).await {
             Ok(up) => {
                 self.upstream = Some(up);
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(peer = %self.peer, listener = %self.listener.name, error = %e, "no backend for this session");
+                tracing::warn!(
+                    peer = %self.peer, listener = %self.listener.name, error = ?e.to_string(),
+                    "no backend for this session"
+                );
                 Err(e)
             }
         }
     }
 
-    /// Our own error reply for a refused command.
+    /// Our own refusal of a client's command: it counts as an error (see `count_error`).
     fn refuse(&mut self, reply: &str) -> Step {
         self.reply(reply);
-        Ok(())
+        self.count_error()
     }
 
-    /// The reply to a bad command; after `limits.max_errors` of them the session ends.
-    fn error_reply(&mut self, reply: &str) -> Step {
+    /// One more client error: a refused command, bad syntax, a command out of
+    /// sequence, a relay attempt, a recipient the backend does not know. After
+    /// `limits.max_errors` of them without a delivered message, the session ends.
+    fn count_error(&mut self) -> Step {
         self.stats.errors += 1;
-        self.reply(reply);
-        if self.stats.errors >= self.config.limits.max_errors {
+        self.stats.errors_since_delivery += 1;
+        if self.stats.errors_since_delivery >= self.config.limits.max_errors {
             tracing::info!(peer = %self.peer, listener = %self.listener.name, errors = self.stats.errors, "too many errors; closed");
             let text = format!("421 4.7.0 {} Error: too many errors", self.config.hostname);
             self.reply(&text);
@@ -632,12 +691,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// The backend failed: drop it and the transaction, tell the client to retry.
+    /// The backend failed: drop it and the transaction, tell the client to retry. Not
+    /// the client's error, so not counted.
     fn upstream_failed(&mut self, error: UpstreamError, step: &str) -> Step {
         let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
         self.tx = None;
-        tracing::warn!(peer = %self.peer, %backend, step, error = %error, "backend failed; client told to retry");
-        self.refuse(error.client_reply())
+        tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
+        self.reply(error.client_reply());
+        Ok(())
     }
 
     /// Passes the backend's reply on unchanged. A 421 means the backend is closing:
@@ -699,6 +760,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// are flushed only when no further line is buffered, so pipelined commands get
     /// their replies in one write, in order.
     async fn next_line(&mut self) -> Result<Line, Outcome> {
+        self.read_line(true).await
+    }
+
+    /// [`Self::next_line`]; with `release_idle`, a backend connection that serves no
+    /// recipient is given back while waiting (not inside an AUTH exchange with the
+    /// backend, which lives on that connection).
+    async fn read_line(&mut self, release_idle: bool) -> Result<Line, Outcome> {
         loop {
             if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
                 let line = self.inbuf.split_to(nl + 1);
@@ -725,12 +793,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.inbuf = BytesMut::new();
             }
             self.inbuf.reserve(COMMAND_CHUNK);
-            match self.read_client(self.config.limits.command_timeout).await? {
+            let limit = self.config.limits.command_timeout;
+            let read = match self.idle_backend_timeout().filter(|idle| release_idle && *idle < limit) {
+                Some(idle) => match self.read_client(idle).await? {
+                    Read::TimedOut => {
+                        Box::pin(self.release_idle_upstream()).await;
+                        self.read_client(limit - idle).await?
+                    }
+                    read => read,
+                },
+                None => self.read_client(limit).await?,
+            };
+            match read {
                 Read::Data => {}
                 Read::Closed => return Err(Outcome::ClientClosed),
                 Read::TimedOut => return self.timed_out(),
             }
         }
+    }
+
+    /// How long the backend connection may wait on this client: only while it carries
+    /// no accepted recipient (and no login made at the backend), so that sessions that
+    /// have sent nothing worth delivering cannot hold the backend's connections.
+    fn idle_backend_timeout(&self) -> Option<Duration> {
+        let up = self.upstream.as_ref()?;
+        let logged_in_at_backend = self.authenticated.is_some()
+            && self.config.auth.as_ref().is_some_and(|a| matches!(a.source, crate::config::AuthSource::Backend));
+        let has_recipients = self.tx.as_ref().is_some_and(|tx| tx.recipients > 0);
+        (!has_recipients && !logged_in_at_backend).then_some(up.idle_timeout)
+    }
+
+    /// Closes an idle backend connection; an open transaction (MAIL accepted, no
+    /// recipient yet) is taken up again on a new connection at the next RCPT.
+    async fn release_idle_upstream(&mut self) {
+        let Some(up) = self.upstream.take() else { return };
+        tracing::debug!(
+            peer = %self.peer, backend = %up.address,
+            "client idle without a recipient; backend connection given back"
+        );
+        if let Some(tx) = &mut self.tx {
+            tx.released = true;
+        }
+        up.quit().await;
     }
 }
 

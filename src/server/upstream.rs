@@ -1,26 +1,45 @@
 //! The backend side of a session: connect with failover, STARTTLS when configured,
-//! hand over the client's identity, then send commands and read replies.
+//! hand over the client's identity, then send commands and read replies in lock step.
+//!
+//! Every reply must answer a command that is outstanding, with a code that fits that
+//! command ([`Asked::allows`]). Bytes from the backend while nothing is outstanding,
+//! more replies than commands, or an impossible code mean the backend and Portcullis
+//! no longer agree on where the session is; the connection is then useless and
+//! dangerous (a message body could be read as commands), so it is reported as
+//! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
-use crate::smtp::{Capabilities, Reply, ReplyError, ReplyParser};
+use crate::smtp::{Asked, Capabilities, Reply, ReplyError, ReplyParser};
 use crate::tls::MaybeTls;
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
-/// Trouble on the backend side. None of it is the client's fault, so every variant
-/// maps to a temporary (4xx) reply.
+/// Trouble on the backend side. None of it is proven to be the client's fault, so
+/// every variant maps to a temporary (4xx) reply.
 #[derive(Debug, Error)]
 pub enum UpstreamError {
     #[error("no backend reachable ({0})")]
     Unreachable(String),
+    #[error("every backend is at its connection limit ({0})")]
+    Busy(String),
     #[error("backend {backend} refused the identity step: {detail}")]
     IdentityRefused { backend: String, detail: String },
+    /// The backend refused a value that comes from the client (HELO name, login) in the
+    /// identity step. Not a backend failure: no failover.
+    #[error("backend {backend} refused the client's identity values: {detail}")]
+    ClientValueRefused { backend: String, detail: String },
+    #[error("backend {backend} is out of step: {detail}")]
+    OutOfStep { backend: String, detail: String },
     #[error("backend connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("backend closed the connection")]
@@ -40,9 +59,24 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::Tls(_) => {
                 "451 4.4.1 Service temporarily unavailable, try again later"
             }
-            UpstreamError::IdentityRefused { .. } => "451 4.3.0 Service temporarily unavailable, try again later",
+            UpstreamError::Busy(_) => "451 4.3.2 Service busy, try again later",
+            UpstreamError::IdentityRefused { .. } | UpstreamError::ClientValueRefused { .. } => {
+                "451 4.3.0 Service temporarily unavailable, try again later"
+            }
             _ => "451 4.4.2 Connection to the mail server lost, try again later",
         }
+    }
+
+    /// The backend broke the protocol: it must not be tried again for this transaction.
+    pub fn is_out_of_step(&self) -> bool {
+        matches!(self, UpstreamError::OutOfStep { .. } | UpstreamError::BadReply(_))
+    }
+
+    /// A failure after which a fresh connection may do better, as long as nothing of
+    /// the transaction was acknowledged yet: out of step, or closed under us (a reused
+    /// connection the backend dropped while idle).
+    pub fn worth_reconnecting(&self) -> bool {
+        self.is_out_of_step() || matches!(self, UpstreamError::Closed | UpstreamError::Io(_))
     }
 }
 
@@ -56,26 +90,59 @@ pub struct Upstream {
     /// The backend's configured address, for logs.
     pub address: String,
     reply_timeout: Duration,
-    /// How long the backend may take to answer the end of data.
-    pub data_timeout: Duration,
+    data_timeout: Duration,
+    /// How long this connection may stay open while its session has no recipient.
+    pub idle_timeout: Duration,
+    /// Replies the backend owes, oldest first.
+    owed: VecDeque<Asked>,
+    /// One of the backend's `max_connections`, given back when this is dropped.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Upstream {
-    /// Tries each backend in order; the first that greets and accepts the identity step wins.
-    pub async fn connect(backends: &[Backend], facts: &ClientFacts, hostname: &str) -> Result<Self, UpstreamError> {
+    /// Tries each backend in order; the first that greets and accepts the identity step
+    /// wins. Backends named in `skip` (out of step earlier in this transaction) are
+    /// passed over, and so are backends that learn less about the client than one
+    /// before them, unless they allow it (`allow_identity_downgrade`). When every
+    /// usable backend is at its connection limit, waits up to the first one's
+    /// `queue_timeout` for a free connection.
+    pub async fn connect(
+        backends: &[Backend],
+        facts: &ClientFacts,
+        hostname: &str,
+        skip: &[String],
+    ) -> Result<Self, UpstreamError> {
         let mut failures = Vec::new();
         let mut identity_refused = false;
-        for backend in backends {
-            match Self::connect_one(backend, facts, hostname).await {
+        let mut full = Vec::new();
+        for (i, backend) in backends.iter().enumerate() {
+            if skip.contains(&backend.address) || !usable(backends, i) {
+                continue;
+            }
+            let Ok(slot) = backend.slots.clone().try_acquire_owned() else {
+                full.push(backend);
+                continue;
+            };
+            match Self::connect_one(backend, slot, facts, hostname).await {
                 Ok(upstream) => return Ok(upstream),
+                Err(e @ UpstreamError::ClientValueRefused { .. }) => return Err(e),
                 Err(UpstreamError::IdentityRefused { backend, detail }) => {
-                    tracing::warn!(%backend, %detail, "backend refused the identity step, trying the next");
+                    tracing::warn!(%backend, detail = ?detail, "backend refused the identity step, trying the next");
                     failures.push(format!("{backend}: {detail}"));
                     identity_refused = true;
                 }
                 Err(e) => {
-                    tracing::warn!(backend = %backend.address, error = %e, "backend unusable, trying the next");
+                    tracing::warn!(backend = %backend.address, error = ?e.to_string(), "backend unusable, trying the next");
                     failures.push(format!("{}: {e}", backend.address));
+                }
+            }
+        }
+        if let Some(backend) = full.first() {
+            match timeout(backend.queue_timeout, backend.slots.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => return Self::connect_one(backend, slot, facts, hostname).await,
+                _ => {
+                    let busy = full.iter().map(|b| format!("{}: {} in use", b.address, b.max_connections));
+                    return Err(UpstreamError::Busy(busy.collect::<Vec<_>>().join("; ")));
                 }
             }
         }
@@ -86,10 +153,18 @@ impl Upstream {
                 detail: failures.join("; "),
             });
         }
+        if failures.is_empty() {
+            failures.push("none usable for this session".into());
+        }
         Err(UpstreamError::Unreachable(failures.join("; ")))
     }
 
-    async fn connect_one(backend: &Backend, facts: &ClientFacts, hostname: &str) -> Result<Self, UpstreamError> {
+    async fn connect_one(
+        backend: &Backend,
+        slot: OwnedSemaphorePermit,
+        facts: &ClientFacts,
+        hostname: &str,
+    ) -> Result<Self, UpstreamError> {
         let connecting = async {
             if backend.identity != Identity::Transparent {
                 return TcpStream::connect(backend.address.as_str()).await;
@@ -113,15 +188,18 @@ impl Upstream {
             address: backend.address.clone(),
             reply_timeout: backend.reply_timeout,
             data_timeout: backend.data_timeout,
+            idle_timeout: backend.idle_timeout,
+            owed: VecDeque::from([Asked::Greeting]),
+            _slot: slot,
         };
         match backend.identity {
-            Identity::ProxyV1 => up.stream.write_all(&proxy::v1_header(facts.addr, facts.local)).await?,
-            Identity::ProxyV2 => up.stream.write_all(&proxy::v2_header(facts.addr, facts.local)).await?,
+            Identity::ProxyV1 => up.write(&proxy::v1_header(facts.addr, facts.local)).await?,
+            Identity::ProxyV2 => up.write(&proxy::v2_header(facts.addr, facts.local)).await?,
             _ => {}
         }
-        let greeting = up.read_reply(up.reply_timeout).await?;
+        let greeting = up.read_reply().await?;
         if greeting.code != 220 {
-            return Err(UpstreamError::Unreachable(format!("greeting {}", greeting.first_line())));
+            return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
         up.hello(hostname).await?;
         if backend.tls != BackendTls::None {
@@ -136,23 +214,36 @@ impl Upstream {
         Ok(up)
     }
 
-    /// EHLO, falling back to HELO for servers that do not speak ESMTP.
+    /// EHLO; HELO only for identities that need no extension. With a PROXY header, a
+    /// refused EHLO is most likely the backend's answer to the header itself: such a
+    /// backend is out of step from its first reply and is given up.
     async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
-        let reply = self.command(format!("EHLO {name}\r\n").as_bytes()).await?;
+        let reply = self.command(format!("EHLO {name}\r\n").as_bytes(), Asked::Hello).await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             return Ok(());
         }
-        let reply = self.command(format!("HELO {name}\r\n").as_bytes()).await?;
+        if self.identity.speaks_first() {
+            return Err(self.out_of_step(format!(
+                "EHLO answered {:?}: does this backend expect a PROXY header ({})?",
+                reply.first_line(),
+                self.identity.name()
+            )));
+        }
+        if self.identity != Identity::None && self.identity != Identity::Transparent {
+            return Err(UpstreamError::Unreachable(format!("EHLO refused: {:?}", reply.first_line())));
+        }
+        let reply = self.command(format!("HELO {name}\r\n").as_bytes(), Asked::Hello).await?;
         if !reply.is_positive() {
-            return Err(UpstreamError::Unreachable(format!("HELO refused: {}", reply.first_line())));
+            return Err(UpstreamError::Unreachable(format!("HELO refused: {:?}", reply.first_line())));
         }
         self.caps = Capabilities::default();
         Ok(())
     }
 
     /// STARTTLS toward the backend; without it, `starttls-required` makes this backend
-    /// unusable while plain `starttls` goes on unencrypted.
+    /// unusable while plain `starttls` goes on unencrypted. Bytes after the 220 would
+    /// be injected before the handshake: lock step refuses them.
     async fn starttls(&mut self, backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
         let required = backend.tls == BackendTls::Required;
         if !self.caps.starttls {
@@ -162,24 +253,19 @@ impl Upstream {
             tracing::debug!(backend = %self.address, "backend does not offer STARTTLS; going on without TLS");
             return Ok(());
         }
-        let reply = self.command(b"STARTTLS\r\n").await?;
+        let reply = self.command(b"STARTTLS\r\n", Asked::StartTls).await?;
         if reply.code != 220 {
             if required {
-                return Err(UpstreamError::Tls(format!("STARTTLS answered {}", reply.first_line())));
+                return Err(UpstreamError::Tls(format!("STARTTLS answered {:?}", reply.first_line())));
             }
-            tracing::warn!(backend = %self.address, reply = %reply.first_line(), "backend refused STARTTLS; going on without TLS");
+            tracing::warn!(backend = %self.address, reply = ?reply.first_line(), "backend refused STARTTLS; going on without TLS");
             return Ok(());
-        }
-        // Whatever followed the 220 came in clear text before the handshake: an injection.
-        if !self.buf.is_empty() {
-            tracing::warn!(backend = %self.address, bytes = self.buf.len(), "discarded data sent by the backend after its 220 to STARTTLS");
-            self.buf.clear();
         }
         let (Some((config, name)), Some(tcp)) = (backend.tls_client.clone(), self.stream.take_plain()) else {
             return Err(UpstreamError::Tls("no TLS client configuration".into()));
         };
         let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-        let tls = timeout(super::session::HANDSHAKE_TIMEOUT, handshake)
+        let tls = timeout(self.reply_timeout, handshake)
             .await
             .map_err(|_| UpstreamError::Tls("handshake timed out".into()))?
             .map_err(|e| UpstreamError::Tls(e.to_string()))?;
@@ -194,14 +280,27 @@ impl Upstream {
             return Err(self.refused("XCLIENT ADDR is not offered in the EHLO reply"));
         }
         for line in lines {
-            let reply = self.command(line.as_bytes()).await?;
+            let reply = self.command(line.as_bytes(), Asked::Xclient).await?;
             // Postfix answers a successful XCLIENT with a fresh greeting.
-            if !reply.is_positive() {
-                return Err(self.refused(&format!("XCLIENT answered {}", reply.first_line())));
-            }
+            self.check_identity_reply("XCLIENT", &reply)?;
         }
         // The session restarted as the client's: greet as the client did.
         self.hello(&facts.helo).await
+    }
+
+    /// A refused identity command. 501 is a syntax error in what was sent, and every
+    /// value that can be wrong there is the client's (HELO name, login): that is not
+    /// the backend's failure, and failing over would only hand the session to a
+    /// backend that checks less.
+    fn check_identity_reply(&self, verb: &str, reply: &Reply) -> Result<(), UpstreamError> {
+        if reply.is_positive() {
+            return Ok(());
+        }
+        let detail = format!("{verb} answered {:?}", reply.first_line());
+        if reply.code == 501 {
+            return Err(UpstreamError::ClientValueRefused { backend: self.address.clone(), detail });
+        }
+        Err(self.refused(&detail))
     }
 
     /// Starts a transaction: XFORWARD first when that is the identity method (in the
@@ -210,31 +309,34 @@ impl Upstream {
     /// connection, which also ends a MAIL the backend may have accepted.
     pub async fn mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
         if self.identity != Identity::Xforward {
-            return self.command(mail_line).await;
+            return self.command(mail_line, Asked::Mail).await;
         }
         let xforward = xforward::commands(facts, &self.caps);
         if self.caps.pipelining {
             let mut batch = xforward.concat().into_bytes();
             batch.extend_from_slice(mail_line);
-            self.send(&batch).await?;
+            let asked = xforward.iter().map(|_| Asked::Xforward).chain([Asked::Mail]);
+            self.send_commands(&batch, asked).await?;
         }
         for line in &xforward {
             if !self.caps.pipelining {
-                self.send(line.as_bytes()).await?;
+                self.send_commands(line.as_bytes(), [Asked::Xforward]).await?;
             }
-            let reply = self.read_reply(self.reply_timeout).await?;
-            if !reply.is_positive() {
-                return Err(self.refused(&format!("XFORWARD answered {}", reply.first_line())));
-            }
+            let reply = self.read_reply().await?;
+            self.check_identity_reply("XFORWARD", &reply)?;
         }
         if !self.caps.pipelining {
-            self.send(mail_line).await?;
+            self.send_commands(mail_line, [Asked::Mail]).await?;
         }
-        self.read_reply(self.reply_timeout).await
+        self.read_reply().await
     }
 
     fn refused(&self, detail: &str) -> UpstreamError {
         UpstreamError::IdentityRefused { backend: self.address.clone(), detail: detail.to_string() }
+    }
+
+    fn out_of_step(&self, detail: String) -> UpstreamError {
+        UpstreamError::OutOfStep { backend: self.address.clone(), detail }
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -242,17 +344,69 @@ impl Upstream {
     }
 
     /// Writes one command line (CRLF included) and reads its reply.
-    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, UpstreamError> {
-        self.send(line).await?;
-        self.read_reply(self.reply_timeout).await
+    pub async fn command(&mut self, line: &[u8], asked: Asked) -> Result<Reply, UpstreamError> {
+        self.send_commands(line, [asked]).await?;
+        self.read_reply().await
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+    /// Writes `bytes`, holding one command for each of `asked`, after making sure the
+    /// backend said nothing unasked.
+    async fn send_commands(
+        &mut self,
+        bytes: &[u8],
+        asked: impl IntoIterator<Item = Asked>,
+    ) -> Result<(), UpstreamError> {
+        self.ensure_quiet()?;
+        self.write(bytes).await?;
+        self.owed.extend(asked);
+        Ok(())
+    }
+
+    /// Writes message bytes after the 354 to DATA.
+    pub async fn send_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        self.ensure_quiet()?;
+        self.write(bytes).await
+    }
+
+    /// Reads the reply to the end of data, whose dot went out with the body.
+    pub async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
+        self.ensure_quiet()?;
+        self.owed.push_back(Asked::EndOfData);
+        self.read_reply().await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         timeout(self.reply_timeout, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
     }
 
-    pub async fn read_reply(&mut self, limit: Duration) -> Result<Reply, UpstreamError> {
+    /// With no reply owed, the backend must be silent: anything it has sent since its
+    /// last reply (found without waiting) answers nothing we asked.
+    fn ensure_quiet(&mut self) -> Result<(), UpstreamError> {
+        if !self.owed.is_empty() {
+            return Ok(());
+        }
+        if self.buf.is_empty() {
+            self.buf.reserve(512);
+            let mut cx = Context::from_waker(Waker::noop());
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.buf) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) => return Err(UpstreamError::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Err(e.into()),
+            }
+        }
+        let end = self.buf.iter().position(|&b| b == b'\n').map_or(self.buf.len(), |i| i + 1).min(200);
+        let first = String::from_utf8_lossy(&self.buf[..end]).trim_end().to_string();
+        Err(self.out_of_step(format!("sent {first:?} with no command outstanding")))
+    }
+
+    /// Reads the reply to the oldest outstanding command and checks that it fits.
+    async fn read_reply(&mut self) -> Result<Reply, UpstreamError> {
+        let Some(asked) = self.owed.pop_front() else {
+            return Err(self.out_of_step("a reply was awaited with no command outstanding".into()));
+        };
+        let limit = if asked == Asked::EndOfData { self.data_timeout } else { self.reply_timeout };
         let read = async {
             loop {
                 if let Some(reply) = ReplyParser::parse(&mut self.buf)? {
@@ -264,11 +418,29 @@ impl Upstream {
                 }
             }
         };
-        timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)?
+        let reply = timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)??;
+        if !asked.allows(reply.code) {
+            return Err(self.out_of_step(format!("answered {} with {:?}", asked.name(), reply.first_line())));
+        }
+        if self.owed.is_empty() && !self.buf.is_empty() {
+            return Err(self.out_of_step(format!(
+                "sent more after its reply to {} ({:?}), with no command outstanding",
+                asked.name(),
+                reply.first_line()
+            )));
+        }
+        Ok(reply)
     }
 
     /// Polite end: QUIT, then close without waiting for the 221 (nothing depends on it).
     pub async fn quit(mut self) {
-        let _ = self.send(b"QUIT\r\n").await;
+        let _ = self.write(b"QUIT\r\n").await;
     }
+}
+
+/// Whether backend `i` may take sessions that failed over to it: it must tell the
+/// backend as much about the client as every backend before it, or allow less.
+pub fn usable(backends: &[Backend], i: usize) -> bool {
+    let floor = backends[..i].iter().map(|b| b.identity.tells()).max().unwrap_or(0);
+    backends[i].identity.tells() >= floor || backends[i].allow_identity_downgrade
 }

@@ -6,7 +6,7 @@ use super::{Outcome, Session, Step};
 use crate::auth::mechanism::{self, AuthError, Mechanism};
 use crate::config::{Auth, AuthPolicy, AuthSource};
 use crate::server::upstream::UpstreamError;
-use crate::smtp::Reply;
+use crate::smtp::{Asked, Reply};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -57,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         match verdict {
             Verdict::Accepted(user) => {
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, %user, "authenticated");
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, user = ?user, "authenticated");
                 self.authenticated = Some(user);
                 if !backend_mode {
                     // The next backend connection carries the login (XCLIENT LOGIN).
@@ -68,7 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Verdict::Refused(user) => {
                 self.auth_failures += 1;
                 tracing::info!(
-                    peer = %self.peer, listener = %self.listener.name, %user, failures = self.auth_failures,
+                    peer = %self.peer, listener = %self.listener.name, user = ?user, failures = self.auth_failures,
                     "authentication failed"
                 );
                 tokio::time::sleep(FAILURE_DELAY * self.auth_failures).await;
@@ -157,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         mechanism: Mechanism,
         initial: Option<&str>,
     ) -> Result<Verdict, Outcome> {
-        if self.connect_upstream().await.is_err() {
+        if self.connect_upstream(&[]).await.is_err() {
             self.reply("454 4.7.0 Temporary authentication failure");
             return Ok(Verdict::Answered);
         }
@@ -179,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         while reply.code == 334 {
             self.relay_reply(&reply)?;
-            let response = match self.next_line().await? {
+            let response = match self.read_line(false).await? {
                 Ok(l) => l,
                 Err(_) => bytes::BytesMut::from(&b"*\r\n"[..]),
             };
@@ -205,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn upstream_command(&mut self, bytes: &[u8]) -> Result<Reply, UpstreamError> {
         match self.upstream.as_mut() {
-            Some(up) => up.command(bytes).await,
+            Some(up) => up.command(bytes, Asked::Auth).await,
             None => Err(UpstreamError::Closed),
         }
     }

@@ -3,12 +3,8 @@
 use super::{Outcome, Session, Step};
 use crate::config::ListenerTls;
 use crate::tls::MaybeTls;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
-
-/// Longest a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn starttls(&mut self) -> Step {
@@ -47,7 +43,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::error!(peer = %self.peer, "TLS requested without a server certificate or a plain stream");
             return Err(Outcome::TlsFailed);
         };
-        match timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(plain)).await {
+        match timeout(self.config.limits.tls_handshake_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(plain)).await {
             Ok(Ok(stream)) => {
                 self.client = MaybeTls::Tls(Box::new(stream));
                 Ok(())

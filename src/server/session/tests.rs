@@ -185,7 +185,7 @@ async fn ehlo_advertises_only_what_is_forwarded() {
 #[tokio::test]
 async fn sequence_and_syntax_errors() {
     let backend = FakeBackend::start(POSTFIX_CAPS).await;
-    let mut c = Client::start(config(&[(backend.addr, "xclient")], ""), OUTSIDER);
+    let mut c = Client::start(config(&[(backend.addr, "xclient")], "[limits]\nmax_errors = 100\n"), OUTSIDER);
     c.reply().await;
     c.cmd("MAIL FROM:<a@example.org>", "503 5.5.1").await;
     c.cmd("EHLO client.example", "250").await;
