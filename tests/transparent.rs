@@ -68,6 +68,10 @@ ip -n ${{N}}p route add local 198.51.100.0/24 dev lo table 100
 
 ip netns exec ${{N}}b smtp-sink -u root -C -d "$D/dump/%M." 10.99.0.2:2526 10 >/dev/null 2>&1 &
 echo $! > $D/sink.pid
+for i in $(seq 50); do
+  ip netns exec ${{N}}p swaks --server 10.99.0.2:2526 --quit-after CONNECT >/dev/null 2>&1 && break
+  sleep 0.2
+done
 cat > $D/p.toml <<CONF
 [[listener]]
 name = "mx"

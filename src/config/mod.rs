@@ -527,8 +527,12 @@ impl Validator {
         }
         let queue_timeout =
             self.duration(&format!("{key}.queue_timeout"), raw.queue_timeout.as_deref(), DEFAULT_QUEUE_TIMEOUT, true);
-        let idle_timeout =
-            self.duration(&format!("{key}.idle_timeout"), raw.idle_timeout.as_deref(), DEFAULT_BACKEND_IDLE_TIMEOUT, false);
+        let idle_timeout = self.duration(
+            &format!("{key}.idle_timeout"),
+            raw.idle_timeout.as_deref(),
+            DEFAULT_BACKEND_IDLE_TIMEOUT,
+            false,
+        );
         Some(Backend {
             address: raw.address.clone(),
             identity: identity?,

@@ -43,7 +43,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::error!(peer = %self.peer, "TLS requested without a server certificate or a plain stream");
             return Err(Outcome::TlsFailed);
         };
-        match timeout(self.config.limits.tls_handshake_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(plain)).await {
+        match timeout(self.config.limits.tls_handshake_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(plain))
+            .await
+        {
             Ok(Ok(stream)) => {
                 self.client = MaybeTls::Tls(Box::new(stream));
                 Ok(())

@@ -762,3 +762,5 @@ async fn silent_client_inside_data_times_out() {
     backend.wait_for("EOF").await;
     assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")), "no message may arrive");
 }
+
+mod lockstep;
