@@ -3,6 +3,7 @@
 
 pub mod mechanism;
 pub mod users;
+pub mod verifier;
 
 pub use mechanism::{AuthError, Mechanism};
 pub use users::Users;

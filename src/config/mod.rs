@@ -101,7 +101,7 @@ pub struct Listener {
 /// Where credentials are checked.
 #[derive(Debug)]
 pub enum AuthSource {
-    File(Users),
+    File(Arc<Users>),
     /// The AUTH exchange is passed to the backend, which decides.
     Backend,
 }
@@ -405,7 +405,7 @@ impl Validator {
         }
         let source = match (raw.mode.as_str(), &raw.users_file) {
             ("file", Some(path)) => match Users::load(Path::new(path)) {
-                Ok(users) => AuthSource::File(users),
+                Ok(users) => AuthSource::File(Arc::new(users)),
                 Err(e) => {
                     self.error("auth.users_file", e);
                     return None;

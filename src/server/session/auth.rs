@@ -4,6 +4,7 @@
 
 use super::{Outcome, Session, Step};
 use crate::auth::mechanism::{self, AuthError, Mechanism};
+use crate::auth::verifier;
 use crate::config::{Auth, AuthPolicy, AuthSource};
 use crate::server::upstream::UpstreamError;
 use crate::smtp::{Asked, Reply};
@@ -120,14 +121,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Verdict::Answered);
             }
         };
-        let (auth, name) = (auth.clone(), user.clone());
-        // argon2 is slow on purpose: keep it off the worker's event loop.
-        let valid = tokio::task::spawn_blocking(move || match &auth.source {
-            AuthSource::File(users) => users.verify(&name, &password),
-            AuthSource::Backend => false,
-        })
-        .await
-        .unwrap_or(false);
+        let AuthSource::File(users) = &auth.source else {
+            self.reply("454 4.7.0 Temporary authentication failure");
+            return Ok(Verdict::Answered);
+        };
+        // argon2 is slow and large on purpose: bounded, and off the event loop.
+        let valid = match verifier::verify(users.clone(), user.clone(), password).await {
+            Ok(valid) => valid,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, listener = %self.listener.name, error = %e, "authentication deferred");
+                self.reply("454 4.7.0 Temporary authentication failure, try again later");
+                return Ok(Verdict::Answered);
+            }
+        };
         if valid {
             self.reply("235 2.7.0 Authentication successful");
             Ok(Verdict::Accepted(user))
