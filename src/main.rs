@@ -51,8 +51,8 @@ fn main() -> ExitCode {
 }
 
 fn hash_password(user: &str) -> ExitCode {
-    if user.is_empty() || user.contains([':', '\n']) {
-        eprintln!("portcullis: a user name may not be empty or hold ':'");
+    if let Err(e) = portcullis::auth::users::check_name(user) {
+        eprintln!("portcullis: {user:?}: {e}");
         return ExitCode::FAILURE;
     }
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -105,15 +105,17 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?;
+        .with_writer(std::io::stderr);
+    match loaded.config.log_format {
+        config::LogFormat::Json => logs.json().init(),
+        config::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }

@@ -1,11 +1,39 @@
 //! The users file: one `name:hash` per line, the hash a PHC-format argon2 string as
 //! printed by `portcullis hash-password`. Blank lines and `#` comments are ignored.
+//! A user name is one word: no whitespace, no control characters, no `:`, and no `#`
+//! at its start (such a line would be read as a comment).
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use std::collections::HashMap;
 use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UsersError {
+    #[error("{0}: {1}")]
+    Read(String, String),
+    #[error("line {0}: {1}")]
+    Line(usize, String),
+    #[error("{0}")]
+    Hash(String),
+}
+
+/// Why `name` cannot be a user name in the file, if it cannot.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("a user name may not be empty")
+    } else if name.starts_with('#') {
+        Err("a user name may not start with '#' (the line would be a comment)")
+    } else if name.contains(':') {
+        Err("a user name may not hold ':'")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("a user name may not hold whitespace or control characters")
+    } else {
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Users {
@@ -13,29 +41,29 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, UsersError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| UsersError::Read(path.display().to_string(), e.to_string()))?;
+        Self::parse(&text).map_err(|e| UsersError::Read(path.display().to_string(), e.to_string()))
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, UsersError> {
         let mut hashes = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let bad = |what: String| UsersError::Line(n + 1, what);
             let Some((name, hash)) = line.split_once(':') else {
-                return Err(format!("line {}: expected name:hash", n + 1));
+                return Err(bad("expected name:hash".into()));
             };
-            if name.is_empty() {
-                return Err(format!("line {}: empty user name", n + 1));
-            }
+            check_name(name).map_err(|e| bad(format!("{name:?}: {e}")))?;
             if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
-                return Err(format!("line {}: the hash of {name:?} is not a PHC argon2 string", n + 1));
+                return Err(bad(format!("the hash of {name:?} is not a PHC argon2 string")));
             }
             if hashes.insert(name.to_string(), hash.to_string()).is_some() {
-                return Err(format!("line {}: user {name:?} listed twice", n + 1));
+                return Err(bad(format!("user {name:?} listed twice")));
             }
         }
         Ok(Self { hashes })
@@ -64,8 +92,11 @@ impl Users {
 }
 
 /// A PHC argon2id hash of `password` with a fresh random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
 }
 
 #[cfg(test)]
@@ -85,10 +116,23 @@ mod tests {
 
     #[test]
     fn bad_files() {
-        assert!(Users::parse("alice").unwrap_err().contains("line 1"));
-        assert!(Users::parse("alice:plaintext").unwrap_err().contains("not a PHC argon2"));
+        let err = |text: &str| Users::parse(text).unwrap_err().to_string();
+        assert!(err("alice").contains("line 1"));
+        assert!(err("alice:plaintext").contains("not a PHC argon2"));
         let hash = hash_password("x").unwrap();
-        assert!(Users::parse(&format!("a:{hash}\na:{hash}")).unwrap_err().contains("twice"));
-        assert!(Users::parse(&format!(":{hash}")).unwrap_err().contains("empty user"));
+        assert!(err(&format!("a:{hash}\na:{hash}")).contains("twice"));
+        assert!(err(&format!(":{hash}")).contains("may not be empty"));
+        assert!(err(&format!("a b:{hash}")).contains("whitespace"));
+        assert!(err(&format!("a\u{1b}b:{hash}")).contains("control"));
+    }
+
+    #[test]
+    fn names_that_the_file_could_not_hold() {
+        for name in ["#ops", "", "a:b", "a b", "tab\there", "esc\u{1b}", "nl\n"] {
+            assert!(check_name(name).is_err(), "{name:?}");
+        }
+        for name in ["ops#1", "alice@example.com", "bob"] {
+            assert!(check_name(name).is_ok(), "{name:?}");
+        }
     }
 }

@@ -43,7 +43,8 @@ fn verifier() -> &'static Verifier {
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
-            let spawned = std::thread::Builder::new().name(format!("portcullis-verify-{i}")).spawn(move || work(&queue));
+            let spawned =
+                std::thread::Builder::new().name(format!("portcullis-verify-{i}")).spawn(move || work(&queue));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a password verifier thread");
             }

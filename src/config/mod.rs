@@ -65,6 +65,15 @@ pub struct Config {
     pub auth: Option<Arc<Auth>>,
     /// Load balancers whose PROXY headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (on standard error). Client-controlled values are
+/// escaped in both: one event is always one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +294,13 @@ impl Validator {
         };
         let auth = raw.auth.as_ref().and_then(|a| self.auth(a)).map(Arc::new);
         let trusted_proxies = self.networks("trust.proxies", &raw.trust.proxies);
+        let log_format = self
+            .choice(
+                "log.format",
+                raw.log.format.as_deref().unwrap_or("text"),
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )
+            .unwrap_or(LogFormat::Text);
         for (i, l) in listeners.iter().enumerate() {
             let key = format!("listener[{i}]");
             if l.tls != ListenerTls::None && raw.tls.is_none() {
@@ -321,6 +337,7 @@ impl Validator {
                 tls,
                 auth,
                 trusted_proxies,
+                log_format,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {

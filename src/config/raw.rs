@@ -20,6 +20,15 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     #[serde(default)]
     pub trust: RawTrust,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// "text" or "json".
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -764,3 +764,48 @@ async fn silent_client_inside_data_times_out() {
 }
 
 mod lockstep;
+
+#[tokio::test]
+async fn refusals_count_toward_max_errors() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], "[limits]\nmax_errors = 5\n"), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    // Relay probing, pipelined: the fifth refusal ends the session.
+    let burst: String = (0..2000).map(|i| format!("RCPT TO:<u{i}@remote.test>\r\n")).collect();
+    c.send(&burst).await;
+    for _ in 0..5 {
+        assert!(c.reply().await.starts_with("550 5.7.1"));
+    }
+    assert!(c.reply().await.starts_with("421 4.7.0"));
+    assert_eq!(c.reply().await, "<closed>");
+    assert!(!backend.lines().iter().any(|l| l.contains("remote.test")));
+
+    // Out of sequence and bad syntax count too; a delivered message starts over.
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], "[limits]\nmax_errors = 3\n"), OUTSIDER).await;
+    c.cmd("DATA", "503 5.5.1").await;
+    c.cmd("RCPT TO:<a@remote.test>", "503 5.5.1").await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<u@example.com>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: x\r\n\r\nhi\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    c.cmd("MAIL FROM:<s@example.org> FOO=1", "555 5.5.4").await;
+    c.cmd("MAIL FROM:s@example.org", "501 5.5.4").await;
+    c.send("AUTH FOO\r\n").await;
+    assert!(c.reply().await.starts_with("502 5.5.1"));
+    assert!(c.reply().await.starts_with("421 4.7.0"));
+}
+
+#[tokio::test]
+async fn tls_handshake_timeout_is_the_configured_one() {
+    let secrets = Secrets::new();
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = tls_config(backend.addr, &secrets, "tls = \"implicit\"", "[limits]\ntls_handshake_timeout = \"1s\"");
+    let mut c = Client::start(cfg, OUTSIDER);
+    let started = tokio::time::Instant::now();
+    // A client that never starts its handshake is closed after a second, not a minute.
+    let mut buf = [0u8; 16];
+    let n = timeout(Duration::from_secs(10), c.io.read(&mut buf)).await.expect("closed in time").unwrap();
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
