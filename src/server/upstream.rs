@@ -440,7 +440,7 @@ impl Upstream {
 
 /// Whether backend `i` may take sessions that failed over to it: it must tell the
 /// backend as much about the client as every backend before it, or allow less.
-pub fn usable(backends: &[Backend], i: usize) -> bool {
+fn usable(backends: &[Backend], i: usize) -> bool {
     let floor = backends[..i].iter().map(|b| b.identity.tells()).max().unwrap_or(0);
     backends[i].identity.tells() >= floor || backends[i].allow_identity_downgrade
 }
