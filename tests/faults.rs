@@ -24,19 +24,7 @@ fn attempt(fault: Fault, mark: &str) -> Vec<String> {
     let link = FaultyLink::start(pf.plain, fault);
     let proxy = proxy_via(&link);
     let mut c = Smtp::hello("127.0.0.77", proxy.addr("mx"));
-    let mut replies = Vec::new();
-    for line in ["MAIL FROM:<s@example.org>", "RCPT TO:<u@example.com>", "DATA"] {
-        c.send(&format!("{line}\r\n"));
-        let reply = c.reply();
-        let go_on = reply.starts_with('2') || reply.starts_with('3');
-        replies.push(reply);
-        if !go_on {
-            return replies;
-        }
-    }
-    c.send(&format!("Subject: {mark}\r\n\r\nhalf-way\r\n{}\r\n.\r\n", "x".repeat(5000)));
-    replies.push(c.reply());
-    replies
+    c.try_message(&format!("Subject: {mark}\r\n\r\nhalf-way\r\n{}", "x".repeat(5000)))
 }
 
 fn assert_retry_later(replies: &[String]) {

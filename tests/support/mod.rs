@@ -360,6 +360,24 @@ impl Smtp {
         c
     }
 
+    /// MAIL from s@example.org, RCPT to u@example.com, DATA, then `body` and the final
+    /// dot, stopping at the first refusal; returns every reply received.
+    pub fn try_message(&mut self, body: &str) -> Vec<String> {
+        let mut replies = Vec::new();
+        for line in ["MAIL FROM:<s@example.org>", "RCPT TO:<u@example.com>", "DATA"] {
+            self.send(&format!("{line}\r\n"));
+            let reply = self.reply();
+            let go_on = reply.starts_with('2') || reply.starts_with('3');
+            replies.push(reply);
+            if !go_on {
+                return replies;
+            }
+        }
+        self.send(&format!("{body}\r\n.\r\n"));
+        replies.push(self.reply());
+        replies
+    }
+
     /// A whole message; returns the reply to end of data.
     pub fn message(&mut self, from: &str, rcpts: &[&str], body: &str) -> String {
         self.cmd(&format!("MAIL FROM:<{from}>"), "250");
