@@ -11,10 +11,14 @@
 //! - [`tls`]: certificates, backend verification, the plain-then-TLS stream.
 //! - [`auth`]: SMTP AUTH mechanisms and the users file.
 //! - [`addr`]: address newtypes that keep the peer and the local address apart.
+//! - [`explain`]: what the server would do with one client, for `portcullis explain`.
+//! - [`admin`]: the admin endpoint (metrics, health) and the metrics themselves.
 
 pub mod addr;
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod explain;
 pub mod identity;
 pub mod policy;
 pub mod server;

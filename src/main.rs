@@ -1,9 +1,9 @@
-//! The `portcullis` command line: `run` and `check`.
+//! The `portcullis` command line: `run`, `check`, `explain`, `health`, `hash-password`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::config;
-use portcullis::server::Server;
+use portcullis::server::{Reloader, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve: listen, filter, forward (SIGTERM or Ctrl-C: stop accepting, drain, exit).
+    /// Serve: listen, filter, forward (SIGHUP: reload the config; SIGTERM or Ctrl-C:
+    /// stop accepting, drain, exit).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -26,6 +27,40 @@ enum Cmd {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// What would happen to one client: the connection verdict and its rule, the relay
+    /// verdict for each recipient, and what the first backend would be told.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's address (IP or IP:PORT).
+        #[arg(long, value_parser = parse_client)]
+        client: std::net::SocketAddr,
+        /// The listener it connects to (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
+        /// The local address it connected to (default: the listener's bind).
+        #[arg(long)]
+        local: Option<std::net::SocketAddr>,
+        /// The user it authenticated as.
+        #[arg(long)]
+        user: Option<String>,
+        /// The name it gives in EHLO.
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        /// Recipients to judge.
+        #[arg(long, num_args = 1..)]
+        rcpt: Vec<String>,
+    },
+    /// Exit 0 when the admin endpoint says the server is ready (/readyz), 1 otherwise;
+    /// for container health checks.
+    Health {
+        /// The admin endpoint's address ([admin] bind).
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: std::net::SocketAddr,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Read a password on standard input (one line) and print `USER:HASH` for the
     /// users file ([auth] users_file).
@@ -40,6 +75,11 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::HashPassword { user } => hash_password(&user),
+        Cmd::Health { admin, timeout } => health(admin, timeout),
+        Cmd::Explain { config, client, listener, local, user, helo, rcpt } => {
+            let question = portcullis::explain::Question { client, listener, local, user, helo, rcpts: rcpt };
+            explain(&config, &question)
+        }
         Cmd::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -47,6 +87,53 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn parse_client(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 0)))
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
+}
+
+fn explain(path: &std::path::Path, question: &portcullis::explain::Question) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            println!("{e}");
+            println!("{}: {} error(s)", path.display(), e.problems.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    match portcullis::explain::explain(&loaded.config, question) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(admin: std::net::SocketAddr, limit: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(portcullis::admin::check_ready(admin, limit)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -123,28 +210,35 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Signals are watched by a small runtime of their own; the workers have theirs.
     let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let token = shutdown.clone();
+    let (token, reloader, path) = (shutdown.clone(), server.reloader(), path.to_path_buf());
     std::thread::Builder::new()
         .name("portcullis-signals".into())
-        .spawn(move || signals.block_on(stop_on_signal(token)))
+        .spawn(move || signals.block_on(watch_signals(token, reloader, path)))
         .context("starting the signal thread")?;
     server.run(shutdown)?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGHUP reloads `path`; SIGTERM or Ctrl-C starts the drain.
+async fn watch_signals(shutdown: CancellationToken, reloader: Reloader, path: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
+    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM and SIGHUP");
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                // Errors are logged by the reloader; the running config stays.
+                let _ = reloader.reload_file(&path);
+            }
+        }
     }
     tracing::info!("shutdown requested: no new connections, draining sessions");
     shutdown.cancel();

@@ -1,6 +1,8 @@
 //! Configuration: the raw TOML ([`raw`]) validated into the runtime [`Config`]. Every
 //! error is collected with the key that holds it, so `check` can list them all at once.
 
+pub mod diff;
+mod lints;
 mod net;
 pub mod raw;
 
@@ -9,6 +11,7 @@ pub use net::parse_network;
 use crate::auth::Users;
 use crate::identity::Identity;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
+use crate::server::health::{BackendHealth, HealthCheck};
 use crate::smtp::BareLf;
 use crate::tls::{self as tlsconf, Verify};
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
@@ -48,6 +51,13 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backend connection stays open while its session has no recipient.
 pub const DEFAULT_BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Backend health checks: HAProxy's rise and fall, a slower interval (each check is a
+/// connection the backend logs).
+pub const DEFAULT_CHECK: HealthCheck =
+    HealthCheck { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), rise: 2, fall: 3 };
+
+/// The config in force: replaced whole by a reload, read at every decision.
+pub type Live = arc_swap::ArcSwap<Config>;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,7 +66,7 @@ pub struct Config {
     pub workers: usize,
     /// After SIGTERM, how long sessions may go on before they get 421.
     pub drain_timeout: Duration,
-    pub listeners: Vec<Listener>,
+    pub listeners: Vec<Arc<Listener>>,
     pub relay: RelayPolicy,
     pub backends: Vec<Backend>,
     pub limits: Limits,
@@ -66,6 +76,14 @@ pub struct Config {
     /// Load balancers whose PROXY headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log_format: LogFormat,
+    /// Where /metrics, /healthz and /readyz are served; none when absent.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Config {
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
 }
 
 /// How log lines are written (on standard error). Client-controlled values are
@@ -153,6 +171,9 @@ pub struct Backend {
     /// Sessions may fail over to this backend even though one listed before it tells
     /// the backend more about the client.
     pub allow_identity_downgrade: bool,
+    pub check: HealthCheck,
+    /// What the health checks found; carried over by a reload for the same address.
+    pub health: Arc<BackendHealth>,
 }
 
 /// The slowest a message body may arrive, against byte trickling. Checked once the
@@ -240,7 +261,7 @@ impl Validator {
     }
 
     fn run(mut self, raw: RawConfig) -> Result<Loaded, ConfigError> {
-        let hostname = match raw.server.hostname {
+        let hostname = match raw.server.hostname.clone() {
             Some(h) => {
                 if let Err(e) =
                     check_domain(&h).and_then(|_| if h.starts_with('.') { Err("leading dot") } else { Ok(()) })
@@ -301,6 +322,15 @@ impl Validator {
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )
             .unwrap_or(LogFormat::Text);
+        let admin = raw.admin.as_ref().and_then(|a| {
+            a.bind
+                .parse::<SocketAddr>()
+                .map_err(|_| {
+                    self.error("admin.bind", format!("{:?} is not an address:port (IPv6: [addr]:port)", a.bind))
+                })
+                .ok()
+        });
+        self.lint(&raw, &listeners, &relay, &backends, &trusted_proxies);
         for (i, l) in listeners.iter().enumerate() {
             let key = format!("listener[{i}]");
             if l.tls != ListenerTls::None && raw.tls.is_none() {
@@ -330,7 +360,7 @@ impl Validator {
                 hostname,
                 workers,
                 drain_timeout,
-                listeners,
+                listeners: listeners.into_iter().map(Arc::new).collect(),
                 relay,
                 backends,
                 limits,
@@ -338,6 +368,7 @@ impl Validator {
                 auth,
                 trusted_proxies,
                 log_format,
+                admin,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
@@ -550,6 +581,27 @@ impl Validator {
             DEFAULT_BACKEND_IDLE_TIMEOUT,
             false,
         );
+        let check = HealthCheck {
+            interval: self.duration(
+                &format!("{key}.check_interval"),
+                raw.check_interval.as_deref(),
+                DEFAULT_CHECK.interval,
+                true,
+            ),
+            timeout: self.duration(
+                &format!("{key}.check_timeout"),
+                raw.check_timeout.as_deref(),
+                DEFAULT_CHECK.timeout,
+                false,
+            ),
+            rise: raw.rise.unwrap_or(DEFAULT_CHECK.rise),
+            fall: raw.fall.unwrap_or(DEFAULT_CHECK.fall),
+        };
+        for (name, n) in [("rise", check.rise), ("fall", check.fall)] {
+            if n == 0 {
+                self.error(format!("{key}.{name}"), "must be at least 1");
+            }
+        }
         Some(Backend {
             address: raw.address.clone(),
             identity: identity?,
@@ -563,6 +615,8 @@ impl Validator {
             queue_timeout,
             idle_timeout,
             allow_identity_downgrade: raw.allow_identity_downgrade,
+            check,
+            health: Arc::new(BackendHealth::default()),
         })
         .filter(|_| address_ok)
     }

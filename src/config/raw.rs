@@ -22,6 +22,14 @@ pub struct RawConfig {
     pub trust: RawTrust,
     #[serde(default)]
     pub log: RawLog,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where /metrics, /healthz and /readyz are served.
+    pub bind: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +128,10 @@ pub struct RawRelay {
     pub local_addresses: Vec<String>,
     #[serde(default)]
     pub never: Vec<String>,
+    /// Networks in `networks` that hold public addresses, repeated here to say that
+    /// relaying for them is meant (an open relay otherwise).
+    #[serde(default)]
+    pub public_networks_acknowledged: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -135,6 +147,7 @@ impl Default for RawRelay {
             networks: Vec::new(),
             local_addresses: Vec::new(),
             never: Vec::new(),
+            public_networks_acknowledged: Vec::new(),
         }
     }
 }
@@ -159,6 +172,12 @@ pub struct RawBackend {
     pub idle_timeout: Option<String>,
     #[serde(default)]
     pub allow_identity_downgrade: bool,
+    /// Health checks: how often ("0s": never), how long one may take, and how many in a
+    /// row bring the backend up (rise) or take it down (fall).
+    pub check_interval: Option<String>,
+    pub check_timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
 }
 
 fn xclient() -> String {

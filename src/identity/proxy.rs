@@ -114,12 +114,35 @@ pub fn v2_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
         .expect("a v2 header with two addresses and no TLVs is far below its size limit")
 }
 
+/// The header of a connection that is the proxy's own (a health check): v1 `UNKNOWN`,
+/// which the spec tells receivers to treat as their own connection.
+pub fn v1_local() -> Vec<u8> {
+    b"PROXY UNKNOWN\r\n".to_vec()
+}
+
+/// v2 `LOCAL`: the connection is the proxy's own (a health check).
+pub fn v2_local() -> Vec<u8> {
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Local,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    .expect("an empty v2 header is far below its size limit")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pair(c: &str, l: &str) -> (ClientAddr, LocalAddr) {
         (ClientAddr::new(c.parse().unwrap()), LocalAddr::new(l.parse().unwrap()))
+    }
+
+    #[test]
+    fn health_check_headers_decode_as_local() {
+        assert_eq!(decode(&v1_local()), Ok(Some((Proxied::Unknown, 15))));
+        assert_eq!(decode(&v2_local()), Ok(Some((Proxied::Local, 16))));
     }
 
     #[test]

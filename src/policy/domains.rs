@@ -52,6 +52,13 @@ impl DomainSet {
     }
 
     /// `domain` must be a plain DNS name (no trailing dot, no literal).
+    /// Every entry as configured (lower-case), sorted: exact names, `.suffix` entries.
+    pub fn entries(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.exact.iter().chain(&self.subdomains_of).cloned().collect();
+        all.sort();
+        all
+    }
+
     pub fn contains(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
         self.exact.contains(&domain) || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))

@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The caps can be changed by a reload; connections already over a lowered cap stay.
 #[derive(Debug)]
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     counts: Mutex<Counts>,
 }
 
@@ -44,16 +46,25 @@ pub struct Permit {
 
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self { max_total, max_per_ip, counts: Mutex::new(Counts::default()) })
+        Arc::new(Self {
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    pub fn set(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Exceeded> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.total >= self.max_total {
+        if counts.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(Exceeded::Total);
         }
         let mine = counts.per_ip.entry(ip).or_insert(0);
-        if *mine >= self.max_per_ip {
+        if *mine >= self.max_per_ip.load(Ordering::Relaxed) {
             return Err(Exceeded::PerIp);
         }
         *mine += 1;

@@ -1,25 +1,33 @@
 //! Listeners and workers: bind every configured address, then run one single-threaded
 //! runtime per worker thread, each accepting from every listener socket (like nginx's
 //! workers). Each accepted client is judged by the listener's connection rules on the
-//! real peer and, if accepted, gets a session on the worker that accepted it.
+//! real peer, with the config in force at that moment, and if accepted gets a session
+//! on the worker that accepted it. A control thread runs the admin endpoint and the
+//! backend health checks; [`Reloader`] swaps in a new config.
 
 use super::limits::{ConnectionLimits, Permit};
+use super::log_limit::LogLimit;
 use super::proxy_header;
+use super::reload::Reloader;
 use super::session::Session;
 use crate::addr::{ClientAddr, LocalAddr};
-use crate::config::{Config, Listener};
+use crate::admin::{Status, metrics};
+use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
 use crate::policy::Action;
 use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// After the drain deadline, how long sessions get to say 421 and go.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +38,8 @@ const BACKLOG: i32 = 1024;
 pub enum ServerError {
     #[error("listener {name:?}: cannot listen on {addr}: {source}")]
     Bind { name: String, addr: SocketAddr, source: io::Error },
+    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    Admin { addr: SocketAddr, source: io::Error },
     #[error("cannot start worker thread: {0}")]
     Worker(io::Error),
     #[error(
@@ -39,77 +49,166 @@ pub enum ServerError {
     Transparent(io::Error),
 }
 
-struct Bound {
-    listener: Arc<Listener>,
-    socket: std::net::TcpListener,
+/// One listening socket, shared by every worker. A reload that keeps a listener keeps
+/// its `Bound`; one that removes it cancels `stop`, which ends its accept loops (not
+/// its sessions).
+pub(crate) struct Bound {
+    pub(crate) name: String,
+    /// The address as configured (port 0 stays 0), to recognise it in a new config.
+    pub(crate) configured: SocketAddr,
+    pub(crate) socket: std::net::TcpListener,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Bound {
+    pub(crate) fn new(name: &str, configured: SocketAddr) -> Result<Self, ServerError> {
+        let socket = listen(configured).map_err(|source| ServerError::Bind {
+            name: name.to_string(),
+            addr: configured,
+            source,
+        })?;
+        Ok(Self { name: name.to_string(), configured, socket, stop: CancellationToken::new() })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket has an address")
+    }
+}
+
+pub(crate) type ListenerSet = Arc<Vec<Arc<Bound>>>;
+
+/// What the workers, the control thread and reloads share.
+pub(crate) struct Shared {
+    pub(crate) live: Arc<Live>,
+    pub(crate) limits: Arc<ConnectionLimits>,
+    pub(crate) listeners: watch::Sender<ListenerSet>,
+    pub(crate) status: Arc<Status>,
+    /// One reload at a time.
+    pub(crate) reloading: std::sync::Mutex<()>,
 }
 
 pub struct Server {
-    config: Arc<Config>,
-    bound: Vec<Bound>,
-    limits: Arc<ConnectionLimits>,
+    shared: Arc<Shared>,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Server {
-    /// Binds every listener, or fails naming the one that could not be bound.
+    /// Binds every listener and the admin endpoint, or fails naming the one that could
+    /// not be bound.
     pub fn bind(config: Config) -> Result<Self, ServerError> {
+        metrics::handle();
         if config.backends.iter().any(|b| b.identity == crate::identity::Identity::Transparent) {
             super::transparent::check_permitted().map_err(ServerError::Transparent)?;
         }
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            let socket = listen(listener.bind).map_err(|source| ServerError::Bind {
-                name: listener.name.clone(),
-                addr: listener.bind,
-                source,
-            })?;
-            bound.push(Bound { listener: Arc::new(listener.clone()), socket });
+            bound.push(Arc::new(Bound::new(&listener.name, listener.bind)?));
         }
+        let admin = match config.admin {
+            Some(addr) => Some(listen(addr).map_err(|source| ServerError::Admin { addr, source })?),
+            None => None,
+        };
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
-        Ok(Self { config: Arc::new(config), bound, limits })
+        let live = Arc::new(Live::from_pointee(config));
+        let shared = Arc::new(Shared {
+            status: Status::new(live.clone()),
+            live,
+            limits,
+            listeners: watch::Sender::new(Arc::new(bound)),
+            reloading: std::sync::Mutex::new(()),
+        });
+        Ok(Self { shared, admin })
     }
 
     /// Each listener's name and the address it really listens on (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.bound
-            .iter()
-            .map(|b| (b.listener.name.clone(), b.socket.local_addr().expect("bound socket has an address")))
-            .collect()
+        self.shared.listeners.borrow().iter().map(|b| (b.name.clone(), b.local_addr())).collect()
+    }
+
+    /// Where the admin endpoint listens, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// A handle that applies a new config to the running server (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.shared.clone())
     }
 
     /// Serves on `config.workers` threads until `shutdown` is cancelled, then lets
     /// sessions finish for up to `server.drain_timeout`; those still open then get 421.
+    /// A control thread runs the admin endpoint and the backend health checks.
     /// Blocks until every worker is done.
     pub fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let config = self.shared.live.load_full();
         for (name, addr) in self.local_addrs() {
-            tracing::info!(listener = %name, %addr, workers = self.config.workers, "listening");
+            tracing::info!(listener = %name, %addr, workers = config.workers, "listening");
         }
         let mut threads = Vec::new();
-        for i in 0..self.config.workers {
-            let sockets = self
-                .bound
-                .iter()
-                .map(|b| Ok((b.listener.clone(), b.socket.try_clone()?)))
-                .collect::<io::Result<Vec<_>>>()
-                .map_err(ServerError::Worker)?;
+        for i in 0..config.workers {
             let ctx = Arc::new(WorkerCtx {
-                config: self.config.clone(),
-                limits: self.limits.clone(),
+                live: self.shared.live.clone(),
+                limits: self.shared.limits.clone(),
                 sessions: TaskTracker::new(),
                 stop: CancellationToken::new(),
             });
-            let shutdown = shutdown.clone();
+            let (listeners, shutdown) = (self.shared.listeners.subscribe(), shutdown.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{i}"))
-                .spawn(move || worker(ctx, sockets, shutdown))
+                .spawn(move || worker(ctx, listeners, shutdown))
                 .map_err(ServerError::Worker)?;
             threads.push(thread);
         }
+        let control_stop = CancellationToken::new();
+        let control = {
+            let (shared, admin, shutdown, stop) =
+                (self.shared.clone(), self.admin, shutdown.clone(), control_stop.clone());
+            std::thread::Builder::new()
+                .name("portcullis-control".into())
+                .spawn(move || control(shared, admin, shutdown, stop))
+                .map_err(ServerError::Worker)?
+        };
+        self.shared.status.serving.store(true, Ordering::Relaxed);
         for t in threads {
             let _ = t.join();
         }
+        control_stop.cancel();
+        let _ = control.join();
         Ok(())
     }
+}
+
+/// The control thread: admin endpoint and health checks, on a runtime of their own so
+/// that busy workers never delay a health check or a scrape. Readiness ends when the
+/// drain starts; the endpoint answers until the workers are done.
+fn control(
+    shared: Arc<Shared>,
+    admin: Option<std::net::TcpListener>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "control runtime failed to start: no admin endpoint, no health checks");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(admin) = admin {
+            match TcpListener::from_std(admin) {
+                Ok(admin) => {
+                    tracing::info!(addr = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint listening");
+                    tokio::spawn(crate::admin::serve(admin, shared.status.clone(), stop.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the admin socket"),
+            }
+        }
+        tokio::spawn(super::health::run(shared.live.clone(), shutdown.clone()));
+        shutdown.cancelled().await;
+        shared.status.serving.store(false, Ordering::Relaxed);
+        stop.cancelled().await;
+    });
 }
 
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -124,15 +223,16 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// What one worker's accept loops and sessions share.
 struct WorkerCtx {
-    config: Arc<Config>,
+    live: Arc<Live>,
     limits: Arc<ConnectionLimits>,
     sessions: TaskTracker,
     /// Cancelled at the drain deadline: open sessions answer 421 and end.
     stop: CancellationToken,
 }
 
-/// One worker: a single-threaded runtime accepting on every listener.
-fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Arc<Listener>, std::net::TcpListener)>, shutdown: CancellationToken) {
+/// One worker: a single-threaded runtime accepting on every listener, starting accept
+/// loops for listeners a reload adds.
+fn worker(ctx: Arc<WorkerCtx>, mut listeners: watch::Receiver<ListenerSet>, shutdown: CancellationToken) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -143,23 +243,35 @@ fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Arc<Listener>, std::net::TcpListene
     };
     runtime.block_on(async move {
         let accept_loops = TaskTracker::new();
-        for (listener, socket) in sockets {
-            match TcpListener::from_std(socket) {
-                Ok(socket) => {
-                    let b = Accepting { listener, socket };
-                    accept_loops.spawn(accept_loop(b, ctx.clone(), shutdown.clone()));
+        let mut started: Vec<Arc<Bound>> = Vec::new();
+        loop {
+            let set = listeners.borrow_and_update().clone();
+            started.retain(|b| !b.stop.is_cancelled());
+            let new: Vec<Arc<Bound>> =
+                set.iter().filter(|b| !started.iter().any(|s| Arc::ptr_eq(s, b))).cloned().collect();
+            for bound in new {
+                match bound.socket.try_clone().and_then(TcpListener::from_std) {
+                    Ok(socket) => {
+                        accept_loops.spawn(accept_loop(bound.clone(), socket, ctx.clone(), shutdown.clone()));
+                        started.push(bound.clone());
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %bound.name, error = %e, "cannot use listener socket; stopping");
+                        shutdown.cancel();
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(listener = %listener.name, error = %e, "cannot use listener socket; stopping");
-                    shutdown.cancel();
-                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = listeners.changed() => if changed.is_err() { break },
             }
         }
         accept_loops.close();
         accept_loops.wait().await;
         let sessions = &ctx.sessions;
         sessions.close();
-        if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait()).await.is_err() {
+        let drain_timeout = ctx.live.load().drain_timeout;
+        if tokio::time::timeout(drain_timeout, sessions.wait()).await.is_err() {
             tracing::warn!(open = sessions.len(), "sessions still open at the drain deadline; telling them 421");
             ctx.stop.cancel();
             let _ = tokio::time::timeout(FAREWELL_TIMEOUT, sessions.wait()).await;
@@ -167,56 +279,62 @@ fn worker(ctx: Arc<WorkerCtx>, sockets: Vec<(Arc<Listener>, std::net::TcpListene
     });
 }
 
-/// A listener socket registered with one worker's runtime.
-struct Accepting {
-    listener: Arc<Listener>,
-    socket: TcpListener,
-}
-
-async fn accept_loop(b: Accepting, ctx: Arc<WorkerCtx>, shutdown: CancellationToken) {
+async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = b.socket.accept() => accepted,
+            _ = bound.stop.cancelled() => return,
+            accepted = socket.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::error!(listener = %b.listener.name, error = %e, "accept failed");
+                tracing::error!(listener = %bound.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(local) = stream.local_addr() else { continue };
+        // The policy of the moment: a reload applies from the next connection on.
+        let config = ctx.live.load_full();
+        let Some(listener) = config.listener(&bound.name).cloned() else { continue };
         let (peer, local) = (ClientAddr::new(peer), LocalAddr::new(local));
-        if !b.listener.proxy_protocol {
+        if !listener.proxy_protocol {
             // The common case stays in the accept loop: no task unless accepted.
-            if let Some((session, permit)) = admit(&ctx, &b.listener, stream, peer, local) {
-                ctx.sessions.spawn(async move {
-                    session.run().await;
-                    drop(permit);
-                });
+            if let Some((session, permit)) = admit(&ctx, config, &listener, stream, peer, local) {
+                ctx.sessions.spawn(run_session(session, permit));
             }
             continue;
         }
-        let (ctx2, listener) = (ctx.clone(), b.listener.clone());
+        let ctx2 = ctx.clone();
         ctx.sessions.spawn(async move {
             let ctx = ctx2;
-            let Some((stream, peer, local, input, known)) =
-                behind_proxy(&ctx.config, &listener, stream, peer, local).await
+            let Some((stream, peer, local, input, known)) = behind_proxy(&config, &listener, stream, peer, local).await
             else {
                 return;
             };
-            if let Some((mut session, permit)) = admit(&ctx, &listener, stream, peer, local) {
+            if let Some((mut session, permit)) = admit(&ctx, config, &listener, stream, peer, local) {
                 session = session.with_input(input);
                 if !known {
                     session = session.with_unknown_address();
                 }
-                session.run().await;
-                drop(permit);
+                run_session(session, permit).await;
             }
         });
+    }
+}
+
+async fn run_session(session: Session<TcpStream>, permit: Permit) {
+    let span = tracing::info_span!("session", id = %session.id());
+    session.run().instrument(span).await;
+    drop(permit);
+}
+
+/// Logs a refused connection, at most once a second per kind (see [`LogLimit`]).
+fn log_refusal(kind: &'static str, peer: ClientAddr, listener: &str, rule: &str) {
+    if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
+        tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");
     }
 }
 
@@ -224,6 +342,7 @@ async fn accept_loop(b: Accepting, ctx: Arc<WorkerCtx>, shutdown: CancellationTo
 /// place in the connection count, or a refusal.
 fn admit(
     ctx: &WorkerCtx,
+    config: Arc<Config>,
     listener: &Arc<Listener>,
     stream: TcpStream,
     peer: ClientAddr,
@@ -231,21 +350,27 @@ fn admit(
 ) -> Option<(Session<TcpStream>, Permit)> {
     let verdict = listener.rules.decide(peer.ip());
     if verdict.action == Action::Reject {
-        tracing::info!(%peer, %local, listener = %listener.name, rule = verdict.rule, "connection refused");
+        metrics::connection(&listener.name, "rejected", verdict.rule);
+        log_refusal("by rule", peer, &listener.name, verdict.rule);
         tokio::spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
         return None;
     }
     let permit = match ctx.limits.try_acquire(peer.ip()) {
         Ok(p) => p,
         Err(limit) => {
-            tracing::warn!(%peer, listener = %listener.name, limit = limit.as_str(), "connection refused: over the limit");
+            metrics::connection(&listener.name, "limited", verdict.rule);
+            metrics::limit_refused(limit.as_str());
+            log_refusal("over the limit", peer, &listener.name, limit.as_str());
             tokio::spawn(say_and_close(stream, b"421 4.7.0 Too many connections, try again later\r\n"));
             return None;
         }
     };
+    metrics::connection(&listener.name, "accepted", verdict.rule);
     tracing::debug!(%peer, listener = %listener.name, rule = verdict.rule, "connection accepted");
     let _ = stream.set_nodelay(true);
-    let session = Session::new(ctx.config.clone(), listener.clone(), stream, peer, local).with_stop(ctx.stop.clone());
+    let session = Session::new(config, listener.clone(), stream, peer, local)
+        .with_live(ctx.live.clone())
+        .with_stop(ctx.stop.clone());
     Some((session, permit))
 }
 
@@ -260,7 +385,8 @@ async fn behind_proxy(
     local: LocalAddr,
 ) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, bool)> {
     if !config.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
-        tracing::warn!(%peer, listener = %listener.name, "connection from outside [trust] proxies on a PROXY listener; refused");
+        metrics::connection(&listener.name, "untrusted", "trust.proxies");
+        log_refusal("not from a trusted proxy (PROXY listener)", peer, &listener.name, "trust.proxies");
         say_and_close(stream, b"554 5.7.1 Access denied\r\n").await;
         return None;
     }

@@ -14,7 +14,8 @@ mod starttls;
 
 use super::upstream::{Upstream, UpstreamError};
 use crate::addr::{ClientAddr, LocalAddr};
-use crate::config::{AuthPolicy, Config, Listener, ListenerTls};
+use crate::admin::metrics;
+use crate::config::{AuthPolicy, Config, Listener, ListenerTls, Live};
 use crate::identity::ClientFacts;
 use crate::policy::{RelayClient, RelayVerdict, address};
 use crate::smtp::command::{self, Command, CommandError, Param};
@@ -22,7 +23,8 @@ use crate::smtp::{Asked, Capabilities, DataScanner, Reply, Scan, mail};
 use crate::tls::MaybeTls;
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A short fixed name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Quit => "quit",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::ClientClosedInData => "client_closed_in_data",
+            Outcome::Timeout => "timeout",
+            Outcome::BackendClosing => "backend_closing",
+            Outcome::WriteFailed => "write_failed",
+            Outcome::TlsFailed => "tls_failed",
+            Outcome::AuthFailures => "auth_failures",
+            Outcome::TooManyErrors => "too_many_errors",
+            Outcome::NotSmtp => "not_smtp",
+            Outcome::Pregreet => "pregreet",
+            Outcome::Shutdown => "shutdown",
+            Outcome::Pipelining => "pipelining",
+            Outcome::TooSlow => "too_slow",
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Quit => "quit",
@@ -99,6 +121,19 @@ struct Stats {
     /// Errors since the last delivered message; `limits.max_errors` of them end the
     /// session (Postfix's hard error limit: errors "without delivering mail").
     errors_since_delivery: u32,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Session ids: unique in the process and, being seeded with the start time, across
+/// restarts; every log line of a session carries its id.
+fn next_session_id() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = BASE.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() << 24)
+    });
+    base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 struct Helo {
@@ -112,7 +147,12 @@ type Step = Result<(), Outcome>;
 type Line = Result<BytesMut, &'static str>;
 
 pub struct Session<S> {
+    id: u64,
+    started: Instant,
+    /// The config this session follows; `live`, when set, replaces it with the one in
+    /// force before every command.
     config: Arc<Config>,
+    live: Option<Arc<Live>>,
     listener: Arc<Listener>,
     client: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
     peer: ClientAddr,
@@ -137,7 +177,10 @@ pub struct Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn new(config: Arc<Config>, listener: Arc<Listener>, client: S, peer: ClientAddr, local: LocalAddr) -> Self {
         Self {
+            id: next_session_id(),
+            started: Instant::now(),
             config,
+            live: None,
             listener,
             client: MaybeTls::Plain(client),
             peer,
@@ -154,6 +197,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             stats: Stats::default(),
             stop: CancellationToken::new(),
         }
+    }
+
+    /// Follow the config in force: a reload applies from the next command on.
+    pub fn with_live(mut self, live: Arc<Live>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// The id every log line of this session carries.
+    pub fn id(&self) -> String {
+        format!("{:016x}", self.id)
+    }
+
+    /// Takes up the config in force if a reload replaced it. The listener is found by
+    /// name; a session whose listener was removed goes on under its old settings.
+    fn refresh(&mut self) {
+        let Some(live) = &self.live else { return };
+        let current = live.load();
+        if Arc::ptr_eq(&current, &self.config) {
+            return;
+        }
+        let config = arc_swap::Guard::into_inner(current);
+        if let Some(listener) = config.listener(&self.listener.name) {
+            self.listener = listener.clone();
+        }
+        self.config = config;
     }
 
     /// The token that, once cancelled, ends the session with 421 at its next read.
@@ -175,6 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     pub async fn run(mut self) {
+        metrics::session_opened();
         let served = async {
             if self.listener.tls == ListenerTls::Implicit {
                 Box::pin(self.handshake()).await?;
@@ -208,9 +278,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             rcpt_accepted = self.stats.rcpt_accepted,
             rcpt_refused = self.stats.rcpt_refused,
             errors = self.stats.errors,
+            bytes_in = self.stats.bytes_in,
+            bytes_out = self.stats.bytes_out,
+            duration_ms = self.started.elapsed().as_millis() as u64,
             outcome = outcome.as_str(),
             "session closed"
         );
+        metrics::session_closed(&self.listener.name, outcome.label(), self.stats.bytes_in, self.stats.bytes_out);
     }
 
     /// A client must wait for the greeting (RFC 5321 3.1). With a `greeting_delay`
@@ -248,6 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     continue;
                 }
             };
+            self.refresh();
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             match command::parse(text) {
@@ -432,6 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let verdict = self.config.relay.decide(&client, &destination);
         if let RelayVerdict::Denied(rule) = verdict {
             self.stats.rcpt_refused += 1;
+            metrics::relay_refused(&self.listener.name, rule);
             let form = match destination {
                 address::Destination::Routed(form) => form,
                 _ => "plain",
@@ -454,11 +530,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if reply.is_positive() {
             self.stats.rcpt_accepted += 1;
+            metrics::recipient("accepted");
             if let Some(tx) = &mut self.tx {
                 tx.recipients += 1;
             }
         } else {
             self.stats.rcpt_refused += 1;
+            metrics::recipient("refused");
         }
         self.relay_reply(&reply)?;
         // Unknown recipients count like our own refusals (address harvesting).
@@ -590,9 +668,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size = scanner.size(),
                 "message refused"
             );
+            metrics::message("rejected");
             return self.refuse(v.reply());
         }
         if let Some(e) = upstream_error {
+            metrics::message("failed");
             return self.upstream_failed(e, "message body");
         }
         let up = self.upstream.as_mut().expect("DATA needs an upstream");
@@ -601,10 +681,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if reply.is_positive() {
                     self.stats.messages += 1;
                     self.stats.errors_since_delivery = 0;
+                    metrics::message("delivered");
+                } else {
+                    metrics::message("refused");
                 }
                 self.relay_reply(&reply)
             }
-            Err(e) => self.upstream_failed(e, "end of data"),
+            Err(e) => {
+                metrics::message("failed");
+                self.upstream_failed(e, "end of data")
+            }
         }
     }
 
@@ -693,8 +779,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The backend failed: drop it and the transaction, tell the client to retry. Not
     /// the client's error, so not counted.
-    fn upstream_failed(&mut self, error: UpstreamError, step: &str) -> Step {
+    fn upstream_failed(&mut self, error: UpstreamError, step: &'static str) -> Step {
         let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
+        if !backend.is_empty() {
+            metrics::backend_error(&backend, step, error.kind());
+        }
         self.tx = None;
         tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
         self.reply(error.client_reply());
@@ -725,7 +814,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             read = timeout(limit, self.client.read_buf(&mut self.inbuf)) => Ok(match read {
                 Err(_) => Read::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
-                Ok(Ok(_)) => Read::Data,
+                Ok(Ok(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    Read::Data
+                }
             }),
             _ = self.stop.cancelled() => {
                 let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
@@ -745,6 +837,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
+        self.stats.bytes_out += self.out.len() as u64;
         let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
         self.out.clear();
         if self.out.capacity() > 4096 {

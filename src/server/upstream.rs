@@ -8,6 +8,7 @@
 //! dangerous (a message body could be read as commands), so it is reported as
 //! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
+use crate::admin::metrics as admin_metrics;
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::smtp::{Asked, Capabilities, Reply, ReplyError, ReplyParser};
@@ -72,6 +73,21 @@ impl UpstreamError {
         matches!(self, UpstreamError::OutOfStep { .. } | UpstreamError::BadReply(_))
     }
 
+    /// A short fixed name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "unreachable",
+            UpstreamError::Busy(_) => "busy",
+            UpstreamError::IdentityRefused { .. } => "identity_refused",
+            UpstreamError::ClientValueRefused { .. } => "client_value_refused",
+            UpstreamError::OutOfStep { .. } | UpstreamError::BadReply(_) => "out_of_step",
+            UpstreamError::Io(_) => "io",
+            UpstreamError::Closed => "closed",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Tls(_) => "tls",
+        }
+    }
+
     /// A failure after which a fresh connection may do better, as long as nothing of
     /// the transaction was acknowledged yet: out of step, or closed under us (a reused
     /// connection the backend dropped while idle).
@@ -95,17 +111,20 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Replies the backend owes, oldest first.
     owed: VecDeque<Asked>,
-    /// One of the backend's `max_connections`, given back when this is dropped.
-    _slot: OwnedSemaphorePermit,
+    /// One of the backend's `max_connections`, given back when this is dropped (none
+    /// for a health check).
+    _slot: Option<OwnedSemaphorePermit>,
+    reply_timer: metrics::Histogram,
 }
 
 impl Upstream {
     /// Tries each backend in order; the first that greets and accepts the identity step
     /// wins. Backends named in `skip` (out of step earlier in this transaction) are
     /// passed over, and so are backends that learn less about the client than one
-    /// before them, unless they allow it (`allow_identity_downgrade`). When every
-    /// usable backend is at its connection limit, waits up to the first one's
-    /// `queue_timeout` for a free connection.
+    /// before them, unless they allow it (`allow_identity_downgrade`). Backends whose
+    /// health checks fail are passed over too, unless no backend is up: then they are
+    /// tried anyway. When every usable backend is at its connection limit, waits up to
+    /// the first one's `queue_timeout` for a free connection.
     pub async fn connect(
         backends: &[Backend],
         facts: &ClientFacts,
@@ -115,15 +134,20 @@ impl Upstream {
         let mut failures = Vec::new();
         let mut identity_refused = false;
         let mut full = Vec::new();
+        let any_up = backends.iter().any(|b| b.health.is_up());
         for (i, backend) in backends.iter().enumerate() {
-            if skip.contains(&backend.address) || !usable(backends, i) {
+            if skip.contains(&backend.address) || !usable(backends, i) || (any_up && !backend.health.is_up()) {
                 continue;
             }
             let Ok(slot) = backend.slots.clone().try_acquire_owned() else {
                 full.push(backend);
                 continue;
             };
-            match Self::connect_one(backend, slot, facts, hostname).await {
+            let result = Self::connect_one(backend, slot, facts, hostname).await;
+            if let Err(e) = &result {
+                admin_metrics::backend_error(&backend.address, "connect", e.kind());
+            }
+            match result {
                 Ok(upstream) => return Ok(upstream),
                 Err(e @ UpstreamError::ClientValueRefused { .. }) => return Err(e),
                 Err(UpstreamError::IdentityRefused { backend, detail }) => {
@@ -179,6 +203,33 @@ impl Upstream {
             super::transparent::connect(client, target).await
         };
         let stream = timeout(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;
+        let mut up = Self::greeted(backend, stream, Some(slot), hostname, |identity| match identity {
+            Identity::ProxyV1 => Some(proxy::v1_header(facts.addr, facts.local)),
+            Identity::ProxyV2 => Some(proxy::v2_header(facts.addr, facts.local)),
+            _ => None,
+        })
+        .await?;
+        if backend.tls != BackendTls::None {
+            up.starttls(backend, hostname).await?;
+        }
+        if backend.identity == Identity::Xclient {
+            up.xclient(facts).await?;
+        }
+        if backend.identity == Identity::Xforward && up.caps.xforward.is_none() {
+            return Err(up.refused("XFORWARD is not offered in the EHLO reply"));
+        }
+        Ok(up)
+    }
+
+    /// A fresh connection up to the backend's reply to our EHLO: the PROXY header
+    /// (`header`) when the identity sends one, the greeting, EHLO.
+    async fn greeted(
+        backend: &Backend,
+        stream: TcpStream,
+        slot: Option<OwnedSemaphorePermit>,
+        hostname: &str,
+        header: impl FnOnce(Identity) -> Option<Vec<u8>>,
+    ) -> Result<Self, UpstreamError> {
         stream.set_nodelay(true)?;
         let mut up = Upstream {
             stream: MaybeTls::Plain(stream),
@@ -191,27 +242,34 @@ impl Upstream {
             idle_timeout: backend.idle_timeout,
             owed: VecDeque::from([Asked::Greeting]),
             _slot: slot,
+            reply_timer: admin_metrics::backend_reply_timer(&backend.address),
         };
-        match backend.identity {
-            Identity::ProxyV1 => up.write(&proxy::v1_header(facts.addr, facts.local)).await?,
-            Identity::ProxyV2 => up.write(&proxy::v2_header(facts.addr, facts.local)).await?,
-            _ => {}
+        if let Some(header) = header(backend.identity) {
+            up.write(&header).await?;
         }
         let greeting = up.read_reply().await?;
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
         up.hello(hostname).await?;
-        if backend.tls != BackendTls::None {
-            up.starttls(backend, hostname).await?;
-        }
-        if backend.identity == Identity::Xclient {
-            up.xclient(facts).await?;
-        }
-        if backend.identity == Identity::Xforward && up.caps.xforward.is_none() {
-            return Err(up.refused("XFORWARD is not offered in the EHLO reply"));
-        }
         Ok(up)
+    }
+
+    /// A health check: connect from our own address, the PROXY header of a connection
+    /// that is ours (v1 UNKNOWN, v2 LOCAL) when the identity sends one, greeting, EHLO,
+    /// QUIT. Takes none of the backend's `max_connections`.
+    pub async fn probe(backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
+        let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        let up = Self::greeted(backend, stream, None, hostname, |identity| match identity {
+            Identity::ProxyV1 => Some(proxy::v1_local()),
+            Identity::ProxyV2 => Some(proxy::v2_local()),
+            _ => None,
+        })
+        .await?;
+        up.quit().await;
+        Ok(())
     }
 
     /// EHLO; HELO only for identities that need no extension. With a PROXY header, a
@@ -407,6 +465,7 @@ impl Upstream {
             return Err(self.out_of_step("a reply was awaited with no command outstanding".into()));
         };
         let limit = if asked == Asked::EndOfData { self.data_timeout } else { self.reply_timeout };
+        let started = std::time::Instant::now();
         let read = async {
             loop {
                 if let Some(reply) = ReplyParser::parse(&mut self.buf)? {
@@ -419,6 +478,7 @@ impl Upstream {
             }
         };
         let reply = timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)??;
+        admin_metrics::record_reply(&self.reply_timer, started.elapsed());
         if !asked.allows(reply.code) {
             return Err(self.out_of_step(format!("answered {} with {:?}", asked.name(), reply.first_line())));
         }

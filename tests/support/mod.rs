@@ -15,6 +15,33 @@ use tokio_util::sync::CancellationToken;
 
 /// True if `program` is installed. Missing peers fail the test under CI and skip it
 /// (loudly) elsewhere.
+/// Whether Python can import `module`; like [`have`], a failure under CI.
+pub fn have_python_module(module: &str) -> bool {
+    let found =
+        Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("python3 module {module} is required under CI but is not installed");
+        }
+        eprintln!(
+            "SKIPPED: python3 module {module} is not installed (pip install it, or run under CI=1 to make this a failure)"
+        );
+    }
+    found
+}
+
+/// A plain HTTP GET: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (code, body)
+}
+
 pub fn have(program: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
@@ -274,6 +301,9 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: &str) {
 /// Portcullis running in-process on its own runtime; stopped on drop.
 pub struct Proxy {
     pub addrs: Vec<(String, SocketAddr)>,
+    /// The admin endpoint, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
+    pub reloader: portcullis::server::Reloader,
     shutdown: CancellationToken,
 }
 
@@ -281,11 +311,17 @@ impl Proxy {
     pub fn start(config_text: &str) -> Proxy {
         let config = portcullis::config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}")).config;
         let server = Server::bind(config).unwrap();
-        let addrs = server.local_addrs();
+        let (addrs, admin, reloader) = (server.local_addrs(), server.admin_addr(), server.reloader());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         std::thread::spawn(move || server.run(token).unwrap());
-        Proxy { addrs, shutdown }
+        Proxy { addrs, admin, reloader, shutdown }
+    }
+
+    /// Applies a new config to the running proxy; returns the changes it logged.
+    pub fn reload(&self, config_text: &str) -> Vec<String> {
+        let loaded = portcullis::config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+        self.reloader.apply(loaded).unwrap()
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {

@@ -3,6 +3,7 @@
 //! `auth.max_failures`, end the session with 421. Passwords are never logged or kept.
 
 use super::{Outcome, Session, Step};
+use crate::admin::metrics;
 use crate::auth::mechanism::{self, AuthError, Mechanism};
 use crate::auth::verifier;
 use crate::config::{Auth, AuthPolicy, AuthSource};
@@ -58,6 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         match verdict {
             Verdict::Accepted(user) => {
+                metrics::auth(&self.listener.name, "success");
                 tracing::info!(peer = %self.peer, listener = %self.listener.name, user = ?user, "authenticated");
                 self.authenticated = Some(user);
                 if !backend_mode {
@@ -67,6 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(())
             }
             Verdict::Refused(user) => {
+                metrics::auth(&self.listener.name, "failure");
                 self.auth_failures += 1;
                 tracing::info!(
                     peer = %self.peer, listener = %self.listener.name, user = ?user, failures = self.auth_failures,
@@ -129,6 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let valid = match verifier::verify(users.clone(), user.clone(), password).await {
             Ok(valid) => valid,
             Err(e) => {
+                metrics::auth(&self.listener.name, "deferred");
+                metrics::limit_refused("auth verifier threads");
                 tracing::warn!(peer = %self.peer, listener = %self.listener.name, error = %e, "authentication deferred");
                 self.reply("454 4.7.0 Temporary authentication failure, try again later");
                 return Ok(Verdict::Answered);

@@ -1,6 +1,7 @@
 //! STARTTLS (RFC 3207) toward the client, and the handshake of implicit-TLS listeners.
 
 use super::{Outcome, Session, Step};
+use crate::admin::metrics;
 use crate::config::ListenerTls;
 use crate::tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -48,13 +49,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             Ok(Ok(stream)) => {
                 self.client = MaybeTls::Tls(Box::new(stream));
+                metrics::tls_handshake(&self.listener.name, "ok");
                 Ok(())
             }
             Ok(Err(e)) => {
+                metrics::tls_handshake(&self.listener.name, "failed");
                 tracing::info!(peer = %self.peer, listener = %self.listener.name, error = %e, "TLS handshake failed");
                 Err(Outcome::TlsFailed)
             }
             Err(_) => {
+                metrics::tls_handshake(&self.listener.name, "timeout");
                 tracing::info!(peer = %self.peer, listener = %self.listener.name, "TLS handshake timed out");
                 Err(Outcome::TlsFailed)
             }

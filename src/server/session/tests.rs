@@ -119,7 +119,7 @@ struct Client {
 impl Client {
     fn start(config: Arc<Config>, peer: &str) -> Self {
         let (io, server) = tokio::io::duplex(256 * 1024);
-        let listener = Arc::new(config.listeners[0].clone());
+        let listener = config.listeners[0].clone();
         let session = Session::new(
             config,
             listener,
@@ -688,7 +688,7 @@ async fn shutdown_deadline_says_421() {
     let config = limited_config("", "");
     let (io, server) = tokio::io::duplex(64 * 1024);
     let stop = tokio_util::sync::CancellationToken::new();
-    let listener = Arc::new(config.listeners[0].clone());
+    let listener = config.listeners[0].clone();
     let session = Session::new(
         config,
         listener,
@@ -725,7 +725,7 @@ async fn data_pipelined_before_354_is_refused() {
 async fn idle_session_state_stays_small() {
     let cfg = limited_config("", "");
     let (_io, server) = tokio::io::duplex(64);
-    let listener = Arc::new(cfg.listeners[0].clone());
+    let listener = cfg.listeners[0].clone();
     let peer = ClientAddr::new(OUTSIDER.parse().unwrap());
     let session = Session::new(cfg, listener, server, peer, LocalAddr::new("192.0.2.25:25".parse().unwrap()));
     let future = session.run();

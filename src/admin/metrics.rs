@@ -1,0 +1,160 @@
+//! The metrics Portcullis keeps, in one place: their names, help texts and labels, and
+//! the Prometheus recorder that renders them for `/metrics`.
+//!
+//! Labels are low-cardinality by design: listener and backend names come from the
+//! config, reasons and results from fixed sets; no client address is ever a label.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const CONNECTIONS: &str = "portcullis_connections_total";
+pub const SESSIONS_OPEN: &str = "portcullis_sessions_open";
+pub const SESSIONS: &str = "portcullis_sessions_total";
+pub const RELAY_REFUSALS: &str = "portcullis_relay_refusals_total";
+pub const MESSAGES: &str = "portcullis_messages_total";
+pub const RECIPIENTS: &str = "portcullis_recipients_total";
+pub const BYTES: &str = "portcullis_client_bytes_total";
+pub const BACKEND_ERRORS: &str = "portcullis_backend_errors_total";
+pub const BACKEND_UP: &str = "portcullis_backend_up";
+pub const BACKEND_CHECKS: &str = "portcullis_backend_checks_total";
+pub const BACKEND_REPLY_SECONDS: &str = "portcullis_backend_reply_seconds";
+pub const RELOADS: &str = "portcullis_reloads_total";
+pub const LIMIT_REFUSALS: &str = "portcullis_limit_refusals_total";
+pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+pub const AUTH: &str = "portcullis_auth_total";
+pub const LOG_SUPPRESSED: &str = "portcullis_log_lines_suppressed_total";
+
+/// Backend reply latency buckets, in seconds: a local MTA answers in well under a
+/// millisecond, a content-scanning one at end of data in seconds.
+const REPLY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The process-wide recorder, installed on first use. Metrics recorded before it is
+/// installed are lost, so the server installs it before it accepts anything.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(BACKEND_REPLY_SECONDS.into()), REPLY_BUCKETS)
+            .expect("the bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program's); then
+        // ours renders nothing, which is better than failing to serve.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+/// The page `/metrics` serves, in Prometheus' text format.
+pub fn render() -> String {
+    let handle = handle();
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    describe_counter!(
+        CONNECTIONS,
+        "Client connections by listener, verdict (accepted, rejected, limited, untrusted) and deciding rule"
+    );
+    describe_gauge!(SESSIONS_OPEN, "Client sessions open now");
+    describe_counter!(SESSIONS, "Client sessions ended, by listener and how they ended");
+    describe_counter!(RELAY_REFUSALS, "Recipients refused by the relay policy, by listener and deciding reason");
+    describe_counter!(
+        MESSAGES,
+        "Messages by outcome: delivered (backend accepted), refused (by the backend), rejected (by us), failed (backend trouble)"
+    );
+    describe_counter!(RECIPIENTS, "Recipients by outcome: accepted or refused by the backend");
+    describe_counter!(BYTES, Unit::Bytes, "Bytes read from (in) and written to (out) clients");
+    describe_counter!(
+        BACKEND_ERRORS,
+        "Backend failures by backend, stage (connect, MAIL, RCPT, DATA, end of data, ...) and error (unreachable, out_of_step, timeout, closed, ...)"
+    );
+    describe_gauge!(BACKEND_UP, "1 when the backend's health checks pass, 0 when it is considered down");
+    describe_counter!(BACKEND_CHECKS, "Backend health checks by backend and result");
+    describe_histogram!(BACKEND_REPLY_SECONDS, Unit::Seconds, "Time from a command to the backend's reply, by backend");
+    describe_counter!(RELOADS, "Configuration reloads by result (ok, failed)");
+    describe_counter!(LIMIT_REFUSALS, "Refusals by the limit that was reached");
+    describe_counter!(TLS_HANDSHAKES, "Client TLS handshakes by listener and result");
+    describe_counter!(AUTH, "SMTP AUTH attempts by listener and result (success, failure, deferred)");
+    describe_counter!(LOG_SUPPRESSED, "Repeated log lines left out by the log rate limit");
+}
+
+// === recording, one function per event so names and labels stay consistent ===
+
+pub fn connection(listener: &str, verdict: &'static str, rule: &str) {
+    counter!(CONNECTIONS, "listener" => listener.to_string(), "verdict" => verdict, "rule" => rule.to_string())
+        .increment(1);
+}
+
+pub fn session_opened() {
+    gauge!(SESSIONS_OPEN).increment(1.0);
+}
+
+pub fn session_closed(listener: &str, outcome: &'static str, bytes_in: u64, bytes_out: u64) {
+    gauge!(SESSIONS_OPEN).decrement(1.0);
+    counter!(SESSIONS, "listener" => listener.to_string(), "outcome" => outcome).increment(1);
+    counter!(BYTES, "direction" => "in").increment(bytes_in);
+    counter!(BYTES, "direction" => "out").increment(bytes_out);
+}
+
+pub fn relay_refused(listener: &str, reason: &str) {
+    counter!(RELAY_REFUSALS, "listener" => listener.to_string(), "reason" => reason.to_string()).increment(1);
+}
+
+pub fn message(outcome: &'static str) {
+    counter!(MESSAGES, "outcome" => outcome).increment(1);
+}
+
+pub fn recipient(outcome: &'static str) {
+    counter!(RECIPIENTS, "outcome" => outcome).increment(1);
+}
+
+pub fn backend_error(backend: &str, stage: &'static str, error: &'static str) {
+    counter!(BACKEND_ERRORS, "backend" => backend.to_string(), "stage" => stage, "error" => error).increment(1);
+}
+
+pub fn backend_up(backend: &str, up: bool) {
+    gauge!(BACKEND_UP, "backend" => backend.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn backend_check(backend: &str, ok: bool) {
+    counter!(BACKEND_CHECKS, "backend" => backend.to_string(), "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+}
+
+/// A handle for one backend connection's reply times: looked up once per connection,
+/// not per reply.
+pub fn backend_reply_timer(backend: &str) -> metrics::Histogram {
+    histogram!(BACKEND_REPLY_SECONDS, "backend" => backend.to_string())
+}
+
+pub fn record_reply(timer: &metrics::Histogram, took: Duration) {
+    timer.record(took.as_secs_f64());
+}
+
+pub fn reload(ok: bool) {
+    counter!(RELOADS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+pub fn limit_refused(limit: &'static str) {
+    counter!(LIMIT_REFUSALS, "limit" => limit).increment(1);
+}
+
+pub fn tls_handshake(listener: &str, result: &'static str) {
+    counter!(TLS_HANDSHAKES, "listener" => listener.to_string(), "result" => result).increment(1);
+}
+
+pub fn auth(listener: &str, result: &'static str) {
+    counter!(AUTH, "listener" => listener.to_string(), "result" => result).increment(1);
+}
+
+pub fn log_suppressed(n: u64) {
+    counter!(LOG_SUPPRESSED).increment(n);
+}

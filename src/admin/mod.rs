@@ -1,0 +1,141 @@
+//! The admin endpoint (`[admin] bind`): `/metrics` in Prometheus' text format,
+//! `/healthz` (the process answers) and `/readyz` (listeners bound and at least one
+//! backend up), over plain HTTP/1.1 for scrapers and container health checks. It only
+//! reads; nothing here changes the running server.
+
+pub mod metrics;
+
+use crate::config::Live;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long one admin connection may last (a scrape is one request).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What readiness is judged on.
+pub struct Status {
+    pub live: Arc<Live>,
+    /// Set once every listener is bound and the workers run; cleared when draining.
+    pub serving: AtomicBool,
+}
+
+impl Status {
+    pub fn new(live: Arc<Live>) -> Arc<Self> {
+        Arc::new(Self { live, serving: AtomicBool::new(false) })
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err("not serving (starting or draining)");
+        }
+        if !self.live.load().backends.iter().any(|b| b.health.is_up()) {
+            return Err("no backend is up");
+        }
+        Ok(())
+    }
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &status);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection failed"),
+                Err(_) => tracing::debug!(%peer, "admin connection timed out"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, metrics::render());
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match status.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response
+}
+
+#[derive(Debug, Error)]
+pub enum HealthError {
+    #[error("cannot reach the admin endpoint at {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("admin endpoint at {0}: {1}")]
+    Http(SocketAddr, hyper::Error),
+    #[error("admin endpoint at {0} did not answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// `portcullis health`: asks `/readyz` at `addr`; `Ok` with its text when ready.
+pub async fn check_ready(addr: SocketAddr, limit: Duration) -> Result<String, HealthError> {
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| HealthError::Connect(addr, e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| HealthError::Http(addr, e))?;
+        tokio::spawn(connection);
+        let request = Request::get("/readyz")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("a static request is valid");
+        let response = sender.send_request(request).await.map_err(|e| HealthError::Http(addr, e))?;
+        let code = response.status();
+        let body = response.into_body().collect().await.map_err(|e| HealthError::Http(addr, e))?.to_bytes();
+        let body = String::from_utf8_lossy(&body).trim().to_string();
+        if code == StatusCode::OK { Ok(body) } else { Err(HealthError::NotReady(format!("{code}: {body}"))) }
+    };
+    tokio::time::timeout(limit, ask).await.map_err(|_| HealthError::Timeout(addr, limit))?
+}

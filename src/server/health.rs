@@ -1,0 +1,159 @@
+//! Active backend health checks, HAProxy's way: every `check_interval` a probe
+//! connects, reads the greeting, says EHLO and QUIT; `fall` failures in a row take a
+//! backend down, `rise` successes bring it back. Sessions pass over down backends
+//! (see `Upstream::connect`), so an outage costs clients no connect timeout.
+//!
+//! The state lives in [`BackendHealth`], shared by the [`crate::config::Backend`]
+//! across reloads (same address, same state), so a reload neither forgets an outage
+//! nor marks a down backend up.
+
+use super::upstream::Upstream;
+use crate::admin::metrics;
+use crate::config::{Config, Live};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often the checker looks for backends that are due.
+const TICK: Duration = Duration::from_millis(250);
+
+/// When and how a backend is checked. `interval` zero: never (always up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// One backend's health: up or down, and how many checks in a row went the other way.
+#[derive(Debug)]
+pub struct BackendHealth {
+    up: AtomicBool,
+    /// Consecutive check results that disagree with `up`.
+    streak: AtomicU32,
+    probing: AtomicBool,
+    next_check: Mutex<Option<Instant>>,
+}
+
+impl Default for BackendHealth {
+    /// Up until checks say otherwise, as HAProxy starts its servers.
+    fn default() -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            next_check: Mutex::new(None),
+        }
+    }
+}
+
+impl BackendHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Counts one check result; returns the new state when it changed.
+    pub fn record(&self, ok: bool, check: &HealthCheck) -> Option<bool> {
+        if ok == self.is_up() {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if ok { check.rise } else { check.fall };
+        if streak < needed {
+            return None;
+        }
+        self.streak.store(0, Ordering::Relaxed);
+        self.up.store(ok, Ordering::Relaxed);
+        Some(ok)
+    }
+
+    /// Claims the next check if it is due; false when not due or already running.
+    fn claim(&self, interval: Duration, now: Instant) -> bool {
+        let mut next = self.next_check.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_some_and(|t| t > now) || self.probing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *next = Some(now + interval);
+        true
+    }
+}
+
+/// Checks every backend of the live config until `shutdown`; backends added by a reload
+/// are picked up at the next tick.
+pub async fn run(live: std::sync::Arc<Live>, shutdown: CancellationToken) {
+    loop {
+        let config = live.load_full();
+        let now = Instant::now();
+        for (i, backend) in config.backends.iter().enumerate() {
+            if backend.check.interval.is_zero() || !backend.health.claim(backend.check.interval, now) {
+                continue;
+            }
+            let config = config.clone();
+            tokio::spawn(async move { check(&config, i).await });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn check(config: &Config, i: usize) {
+    let backend = &config.backends[i];
+    let result = match tokio::time::timeout(backend.check.timeout, Upstream::probe(backend, &config.hostname)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", backend.check.timeout)),
+    };
+    backend.health.probing.store(false, Ordering::Release);
+    metrics::backend_check(&backend.address, result.is_ok());
+    match (backend.health.record(result.is_ok(), &backend.check), &result) {
+        (Some(true), _) => {
+            tracing::info!(backend = %backend.address, rise = backend.check.rise, "backend is up: health checks pass");
+        }
+        (Some(false), Err(e)) => {
+            tracing::warn!(backend = %backend.address, fall = backend.check.fall, error = ?e, "backend is down: health checks fail; sessions pass it over");
+        }
+        (None, Err(e)) => tracing::debug!(backend = %backend.address, error = ?e, "health check failed"),
+        _ => {}
+    }
+    metrics::backend_up(&backend.address, backend.health.is_up());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHECK: HealthCheck =
+        HealthCheck { interval: Duration::from_secs(1), timeout: Duration::from_secs(1), rise: 2, fall: 3 };
+
+    #[test]
+    fn down_after_fall_failures_up_after_rise_successes() {
+        let h = BackendHealth::default();
+        assert_eq!(h.record(false, &CHECK), None);
+        assert_eq!(h.record(false, &CHECK), None);
+        // A success in between starts the count again.
+        assert_eq!(h.record(true, &CHECK), None);
+        assert_eq!(h.record(false, &CHECK), None);
+        assert_eq!(h.record(false, &CHECK), None);
+        assert_eq!(h.record(false, &CHECK), Some(false));
+        assert!(!h.is_up());
+        assert_eq!(h.record(false, &CHECK), None);
+        assert_eq!(h.record(true, &CHECK), None);
+        assert_eq!(h.record(true, &CHECK), Some(true));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn one_check_at_a_time_and_only_when_due() {
+        let h = BackendHealth::default();
+        let now = Instant::now();
+        assert!(h.claim(CHECK.interval, now));
+        assert!(!h.claim(CHECK.interval, now + Duration::from_secs(5)), "still probing");
+        h.probing.store(false, Ordering::Release);
+        assert!(!h.claim(CHECK.interval, now + Duration::from_millis(500)), "not due");
+        assert!(h.claim(CHECK.interval, now + Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,69 @@
+//! Rate limit for repeated log lines: a flood of identical refusals (one address
+//! opening thousands of connections) writes one line per kind and second, and the
+//! next line that gets through says how many were left out.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct LogLimit {
+    kinds: Mutex<HashMap<&'static str, Slot>>,
+}
+
+struct Slot {
+    logged_at: Instant,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// The process-wide limit.
+    pub fn global() -> &'static LogLimit {
+        static LIMIT: OnceLock<LogLimit> = OnceLock::new();
+        LIMIT.get_or_init(LogLimit::default)
+    }
+
+    /// `Some(n)` when a line of `kind` may be written now, `n` being how many were left
+    /// out since the last one; `None` when this one is left out.
+    pub fn allow(&self, kind: &'static str, now: Instant) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        match kinds.get_mut(kind) {
+            Some(slot) if now.duration_since(slot.logged_at) < WINDOW => {
+                slot.suppressed += 1;
+                None
+            }
+            Some(slot) => {
+                slot.logged_at = now;
+                let n = std::mem::take(&mut slot.suppressed);
+                if n > 0 {
+                    crate::admin::metrics::log_suppressed(n);
+                }
+                Some(n)
+            }
+            None => {
+                kinds.insert(kind, Slot { logged_at: now, suppressed: 0 });
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_a_second_per_kind_then_the_count() {
+        let limit = LogLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(limit.allow("refused", t0), Some(0));
+        assert_eq!(limit.allow("over limit", t0), Some(0), "kinds are counted apart");
+        for i in 1..=99 {
+            assert_eq!(limit.allow("refused", t0 + Duration::from_millis(i * 5)), None);
+        }
+        assert_eq!(limit.allow("refused", t0 + WINDOW), Some(99));
+        assert_eq!(limit.allow("refused", t0 + WINDOW * 3), Some(0));
+    }
+}

@@ -1,0 +1,168 @@
+//! The admin endpoint against real peers: after a known sequence of sessions through
+//! Portcullis to Postfix, `/metrics` parsed by Prometheus' own Python parser holds the
+//! expected counts; `/readyz` and `portcullis health` follow the backend health checks.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+fn config(backend: &str, extra_backend: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "proxy.test"
+[[listener]]
+name = "metered"
+bind = "127.0.0.1:0"
+rules = [{{ name = "blocked", action = "reject", from = ["127.0.0.62/32"] }}]
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "{backend}"
+identity = "xforward"
+{extra_backend}
+[admin]
+bind = "127.0.0.1:0"
+"#
+    )
+}
+
+/// `/metrics` as Prometheus reads it: (name, sorted labels) -> value.
+fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    let (code, page) = http_get(addr, "/metrics");
+    assert_eq!(code, 200, "{page}");
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value}")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), page.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the page:\n{}\n{page}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn value(metrics: &HashMap<String, f64>, key: &str) -> f64 {
+    *metrics.get(key).unwrap_or_else(|| {
+        let mut keys: Vec<_> = metrics.keys().filter(|k| k.starts_with(key.split('{').next().unwrap())).collect();
+        keys.sort();
+        panic!("no sample {key}; samples of that name: {keys:#?}")
+    })
+}
+
+fn health(admin: std::net::SocketAddr) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["health", "--admin", &admin.to_string(), "--timeout", "5s"])
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn metrics_count_a_known_sequence_of_sessions() {
+    if !have("postfix") || !have_python_module("prometheus_client") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&pf.plain.to_string(), ""));
+    let (mx, admin) = (proxy.addr("metered"), proxy.admin.unwrap());
+
+    // Refused by a rule, from 127.0.0.62.
+    let mut refused = Smtp::connect_from("127.0.0.62", mx);
+    assert!(refused.reply().starts_with("554 5.7.1"));
+    // One message delivered, one relay attempt refused.
+    let mark = marker("metrics");
+    let mut c = Smtp::hello("127.0.0.61", mx);
+    let reply = c.message("s@example.org", &["user@example.com"], &format!("Subject: {mark}\r\n\r\nhello"));
+    assert!(reply.starts_with("250"), "{reply}");
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<x@elsewhere.test>", "550 5.7.1");
+    c.cmd("QUIT", "221");
+    pf.delivered(&mark);
+
+    let mut m = HashMap::new();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            m = scrape(admin);
+            m.get("portcullis_sessions_total{listener=metered,outcome=quit}") == Some(&1.0)
+        },
+        "the session to be counted",
+    );
+    assert_eq!(value(&m, "portcullis_connections_total{listener=metered,rule=blocked,verdict=rejected}"), 1.0);
+    assert_eq!(value(&m, "portcullis_connections_total{listener=metered,rule=default,verdict=accepted}"), 1.0);
+    assert_eq!(value(&m, "portcullis_relay_refusals_total{listener=metered,reason=no relay rule matched}"), 1.0);
+    assert_eq!(value(&m, "portcullis_messages_total{outcome=delivered}"), 1.0);
+    assert_eq!(value(&m, "portcullis_recipients_total{outcome=accepted}"), 1.0);
+    assert_eq!(value(&m, "portcullis_sessions_open{}"), 0.0);
+    assert!(value(&m, "portcullis_client_bytes_total{direction=in}") > 100.0);
+    let backend = format!("backend={}", pf.plain);
+    // Greeting, EHLO, XFORWARD, MAIL, RCPT, DATA, end of data, XFORWARD, MAIL: at least 8.
+    assert!(value(&m, &format!("portcullis_backend_reply_seconds_count{{{backend}}}")) >= 8.0);
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            m = scrape(admin);
+            m.get(&format!("portcullis_backend_up{{{backend}}}")) == Some(&1.0)
+        },
+        "a health check to find Postfix up",
+    );
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    assert_eq!(http_get(admin, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(health(admin), (true, "ready".to_string()));
+    assert_eq!(http_get(admin, "/nothing-here").0, 404);
+}
+
+#[test]
+fn readiness_follows_the_backend_health_checks() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    // A backend that is down: nothing listens there.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let checks = "check_interval = \"200ms\"\ncheck_timeout = \"1s\"\nrise = 2\nfall = 2\nconnect_timeout = \"1s\"";
+    let proxy = Proxy::start(&config(&dead, checks));
+    let admin = proxy.admin.unwrap();
+    wait_until(Duration::from_secs(10), || http_get(admin, "/readyz").0 == 503, "/readyz to say 503");
+    assert_eq!(http_get(admin, "/readyz").1, "not ready: no backend is up\n");
+    let (ok, text) = health(admin);
+    assert!(!ok && text.contains("503"), "{text}");
+    assert_eq!(http_get(admin, "/healthz").0, 200, "alive, though not ready");
+
+    // The backend comes back (a reload points at Postfix): ready again after `rise` checks.
+    let pf = Postfix::shared();
+    let changes = proxy.reload(&config(&pf.plain.to_string(), checks));
+    assert!(changes.iter().any(|c| c.contains(&format!("backend {} added", pf.plain))), "{changes:?}");
+    wait_until(Duration::from_secs(10), || http_get(admin, "/readyz").0 == 200, "/readyz to say 200");
+    assert!(health(admin).0);
+
+    // Nothing listens on the admin address after the proxy stops.
+    drop(proxy);
+    wait_until(Duration::from_secs(10), || !health(admin).0, "the admin endpoint to go away");
+}
