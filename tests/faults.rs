@@ -1,6 +1,7 @@
 //! Faults between Portcullis and a real Postfix, injected by a relay that cuts or
 //! stalls the backend connection at each step: the client always gets a 4xx (and can
-//! retry), and Postfix never delivers a message the client was told failed.
+//! retry), and Postfix never delivers a message the client was told failed. A backend
+//! that hangs is found by the health checks and passed over.
 
 mod support;
 
@@ -74,4 +75,65 @@ fn hanging_backend_times_out_with_4xx() {
     assert_retry_later(&replies);
     std::thread::sleep(Duration::from_millis(500));
     assert!(pf.count(&mark) <= 1);
+}
+
+/// A backend that accepts connections and never says a word; holds them open.
+fn silent_backend() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_backend_down_by_its_health_checks_is_passed_over() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    // First a backend that hangs: without health checks every session would wait its
+    // whole reply timeout (longer than the test client's 30 s read timeout) before
+    // failing over.
+    let hanging = silent_backend();
+    let text = format!(
+        r#"
+[[listener]]
+name = "passover"
+bind = "127.0.0.1:0"
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "{hanging}"
+identity = "xforward"
+reply_timeout = "120s"
+check_interval = "100ms"
+check_timeout = "300ms"
+fall = 1
+[[backend]]
+address = "{}"
+identity = "xforward"
+[admin]
+bind = "127.0.0.1:0"
+"#,
+        pf.plain
+    );
+    let proxy = Proxy::start(&text);
+    let admin = proxy.admin.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || http_get(admin, "/metrics").1.contains(&format!("portcullis_backend_up{{backend=\"{hanging}\"}} 0")),
+        "the hanging backend to be marked down",
+    );
+    assert_eq!(http_get(admin, "/readyz").0, 200, "one backend is still up");
+    let mark = marker("passover");
+    let mut c = Smtp::hello("127.0.0.63", proxy.addr("passover"));
+    let reply = c.message("s@example.org", &["user@example.com"], &format!("Subject: {mark}\r\n\r\nhi"));
+    assert!(reply.starts_with("250"), "{reply}");
+    pf.delivered(&mark);
 }

@@ -417,6 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 if size > self.config.limits.max_message_size {
                     tracing::info!(peer = %self.peer, size, "message refused: declared SIZE over the limit");
+                    metrics::limit_refused("limits.max_message_size");
                     return self.refuse("552 5.3.4 Message size exceeds fixed limit");
                 }
             } else if !(p.keyword.eq_ignore_ascii_case("BODY")
@@ -496,6 +497,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if tx.recipients >= self.config.limits.max_recipients {
             self.stats.rcpt_refused += 1;
+            metrics::limit_refused("limits.max_recipients");
             return self.refuse("452 4.5.3 Error: too many recipients");
         }
         let client = RelayClient {
@@ -634,6 +636,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
                     let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
                     self.reply(&text);
+                    metrics::limit_refused("limits.min_data_rate");
                     return Err(Outcome::TooSlow);
                 }
             }
@@ -772,6 +775,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::info!(peer = %self.peer, listener = %self.listener.name, errors = self.stats.errors, "too many errors; closed");
             let text = format!("421 4.7.0 {} Error: too many errors", self.config.hostname);
             self.reply(&text);
+            metrics::limit_refused("limits.max_errors");
             return Err(Outcome::TooManyErrors);
         }
         Ok(())
@@ -828,6 +832,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn timed_out<T>(&mut self) -> Result<T, Outcome> {
+        metrics::limit_refused("timeout");
         let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
         self.reply(&text);
         Err(Outcome::Timeout)
@@ -877,6 +882,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if !self.discarding {
                     self.discarding = true;
                     tracing::info!(peer = %self.peer, "line too long; refused");
+                    metrics::limit_refused("limits.max_line_length");
                     return Ok(Err("500 5.5.2 Error: line too long"));
                 }
             }
