@@ -247,3 +247,40 @@ fn reloads_during_a_load_lose_no_session_and_no_message() {
     eprintln!("{reloads} reloads during {messages} messages in {:?}, none lost", started.elapsed());
     assert!(reloads >= 5, "too few reloads ({reloads}) to show anything");
 }
+
+#[test]
+fn a_reload_reads_the_users_file_again() {
+    if !have("postfix") {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let text = format!(
+        "[[listener]]\nname = \"sub\"\nbind = \"127.0.0.1:0\"\nauth = \"optional\"\nauth_plaintext = true\n\
+         [auth]\nmode = \"file\"\nusers_file = \"{}\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
+         [[backend]]\naddress = \"{}\"\nidentity = \"xclient\"\n",
+        users.display(),
+        pf.plain
+    );
+    let set_password = |password: &str| {
+        let hash = portcullis::auth::users::hash_password(password).unwrap();
+        std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+    };
+    let login = |addr, password: &str, expect: &str| {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{password}"));
+        let mut c = Smtp::hello("127.0.0.78", addr);
+        c.cmd(&format!("AUTH PLAIN {token}"), expect);
+        c.cmd("QUIT", "221");
+    };
+    set_password("first");
+    let proxy = Proxy::start(&text);
+    login(proxy.addr("sub"), "first", "235");
+    set_password("second");
+    login(proxy.addr("sub"), "second", "535");
+    proxy.reload(&text);
+    login(proxy.addr("sub"), "second", "235");
+    login(proxy.addr("sub"), "first", "535");
+}
