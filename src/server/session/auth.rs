@@ -38,13 +38,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.client.is_tls() && !self.listener.auth_plaintext {
             return self.refuse("538 5.7.11 Encryption required for requested authentication mechanism");
         }
-        if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+        if !self.phase.helo().is_some_and(|h| h.esmtp) {
             return self.refuse("503 5.5.1 Error: send EHLO first");
         }
         if self.authenticated.is_some() {
             return self.refuse("503 5.5.1 Error: already authenticated");
         }
-        if self.tx.is_some() {
+        if self.phase.transaction().is_some() {
             return self.refuse("503 5.5.1 Error: MAIL transaction in progress");
         }
         let (mechanism, initial) = match mechanism::parse_command(args) {

@@ -1,6 +1,6 @@
 //! STARTTLS (RFC 3207) toward the client, and the handshake of implicit-TLS listeners.
 
-use super::{Outcome, Session, Step};
+use super::{Outcome, Phase, Session, Step};
 use crate::admin::metrics;
 use crate::config::ListenerTls;
 use crate::tls::MaybeTls;
@@ -15,7 +15,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.client.is_tls() {
             return self.refuse("503 5.5.1 Error: TLS already active");
         }
-        if self.tx.is_some() {
+        if self.phase.transaction().is_some() {
             return self.refuse("503 5.5.1 Error: MAIL transaction in progress");
         }
         self.reply("220 2.0.0 Ready to start TLS");
@@ -32,7 +32,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.discarding = false;
         self.handshake().await?;
         // RFC 3207: forget everything learnt before TLS; the client must EHLO again.
-        self.helo = None;
+        self.phase = Phase::Connected;
         self.authenticated = None;
         self.upstream = None;
         Ok(())

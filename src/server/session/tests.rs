@@ -5,8 +5,11 @@ use super::*;
 use crate::smtp::ReplyParser;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 use tokio::net::TcpListener;
+use tokio::time::timeout;
 
 const POSTFIX_CAPS: &str = "250-PIPELINING\r\n250-SIZE 10240000\r\n\
     250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n\

@@ -1,0 +1,82 @@
+//! The session's backend connection: opened with the client's facts, given back while
+//! the client idles without a recipient, dropped when the backend fails.
+
+use super::{Session, Step};
+use crate::admin::metrics;
+use crate::identity::ClientFacts;
+use crate::server::upstream::{Upstream, UpstreamError};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) fn facts(&self) -> ClientFacts {
+        let helo = self.phase.helo().expect("MAIL and AUTH require HELO");
+        ClientFacts {
+            addr: self.peer,
+            local: self.local,
+            helo: helo.name.clone(),
+            esmtp: helo.esmtp,
+            login: self.authenticated.clone(),
+        }
+    }
+
+    /// Opens the backend connection if there is none, passing over the backends in
+    /// `skip`; failures are logged here.
+    pub(super) async fn connect_upstream(&mut self, skip: &[String]) -> Result<(), UpstreamError> {
+        if self.upstream.is_some() {
+            return Ok(());
+        }
+        let facts = self.facts();
+        match Upstream::connect(&self.config.backends, &facts, &self.config.hostname, skip).await {
+            Ok(up) => {
+                self.upstream = Some(up);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    peer = %self.peer, listener = %self.listener.name, error = ?e.to_string(),
+                    "no backend for this session"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The backend failed: drop it and the transaction, tell the client to retry. Not
+    /// the client's error, so not counted.
+    pub(super) fn upstream_failed(&mut self, error: UpstreamError, step: &'static str) -> Step {
+        let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
+        if !backend.is_empty() {
+            metrics::backend_error(&backend, step, error.kind());
+        }
+        self.phase.end_transaction();
+        tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
+        self.reply(error.client_reply());
+        Ok(())
+    }
+
+    /// How long the backend connection may wait on this client: only while it carries
+    /// no accepted recipient (and no login made at the backend), so that sessions that
+    /// have sent nothing worth delivering cannot hold the backend's connections.
+    pub(super) fn idle_backend_timeout(&self) -> Option<Duration> {
+        let up = self.upstream.as_ref()?;
+        let logged_in_at_backend = self.authenticated.is_some()
+            && self.config.auth.as_ref().is_some_and(|a| matches!(a.source, crate::config::AuthSource::Backend));
+        let has_recipients = self.phase.transaction().is_some_and(|tx| tx.recipients > 0);
+        (!has_recipients && !logged_in_at_backend).then_some(up.idle_timeout)
+    }
+
+    /// Closes an idle backend connection; an open transaction (MAIL accepted, no
+    /// recipient yet) is taken up again on a new connection at the next RCPT.
+    pub(super) async fn release_idle_upstream(&mut self) {
+        let Some(up) = self.upstream.take() else { return };
+        tracing::debug!(
+            peer = %self.peer, backend = %up.address,
+            "client idle without a recipient; backend connection given back"
+        );
+        if let Some(tx) = self.phase.transaction_mut() {
+            tx.released = true;
+        }
+        up.quit().await;
+    }
+}

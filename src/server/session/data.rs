@@ -1,0 +1,126 @@
+//! DATA: the body is streamed to the backend as it arrives, through the scanner that
+//! finds its end and enforces size and line-ending rules; the reply to the final dot is
+//! the backend's.
+
+use super::{DATA_CHUNK, Outcome, Read, Session, Step};
+use crate::admin::metrics;
+use crate::server::upstream::UpstreamError;
+use crate::smtp::{Asked, DataScanner, Scan};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn data(&mut self) -> Step {
+        match self.phase.transaction() {
+            None => return self.refuse("503 5.5.1 Error: need MAIL command"),
+            Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
+            Some(_) => {}
+        }
+        if !self.inbuf.is_empty() {
+            // RFC 2920: DATA ends a pipelined group; the client must wait for 354. Bytes
+            // already here are a message sent blind, the shape of a smuggling attempt.
+            tracing::warn!(
+                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                "data sent before the 354 to DATA; refused, closed"
+            );
+            self.inbuf.clear();
+            self.reply("554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)");
+            return Err(Outcome::Pipelining);
+        }
+        let Some(up) = self.upstream.as_mut() else {
+            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            return Ok(());
+        };
+        let reply = match up.command(b"DATA\r\n", Asked::Data).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(e, "DATA"),
+        };
+        if !reply.is_intermediate() {
+            return self.relay_reply(&reply);
+        }
+        self.relay_reply(&reply)?;
+        self.body().await
+    }
+
+    /// Streams the body to the backend chunk by chunk, as received, up to CRLF.CRLF.
+    pub(super) async fn body(&mut self) -> Step {
+        let limits = &self.config.limits;
+        let mut scanner = DataScanner::new(limits.max_message_size, limits.bare_lf);
+        let mut upstream_error: Option<UpstreamError> = None;
+        // Normalize mode forwards rewritten bytes; the other modes the client's own.
+        let mut rewritten = Vec::new();
+        let started = tokio::time::Instant::now();
+        loop {
+            if self.inbuf.is_empty() {
+                self.flush().await?;
+                self.inbuf.reserve(DATA_CHUNK);
+                match self.read_client(self.config.limits.data_timeout).await? {
+                    Read::Data => {}
+                    Read::Closed => return Err(Outcome::ClientClosedInData),
+                    Read::TimedOut => return self.timed_out(),
+                }
+                let received = scanner.size() + self.inbuf.len() as u64;
+                if self.config.limits.min_data_rate.too_slow(received, started.elapsed()) {
+                    tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
+                    let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
+                    self.reply(&text);
+                    metrics::limit_refused("limits.min_data_rate");
+                    return Err(Outcome::TooSlow);
+                }
+            }
+            let scan = if scanner.rewrites() {
+                rewritten.clear();
+                scanner.normalize(&self.inbuf, &mut rewritten)
+            } else {
+                scanner.feed(&self.inbuf)
+            };
+            let n = match scan {
+                Scan::End(n) => n,
+                Scan::More => self.inbuf.len(),
+            };
+            let chunk = self.inbuf.split_to(n);
+            // A chunk holding a violation is never forwarded; neither is anything after it.
+            if scanner.violation().is_none() && upstream_error.is_none() {
+                let up = self.upstream.as_mut().expect("DATA needs an upstream");
+                let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
+                if let Err(e) = up.send_body(bytes).await {
+                    upstream_error = Some(e);
+                }
+            }
+            if matches!(scan, Scan::End(_)) {
+                break;
+            }
+        }
+        self.phase.end_transaction();
+        if let Some(v) = scanner.violation() {
+            // Abandon the backend transaction: close without the final dot.
+            self.upstream = None;
+            tracing::info!(
+                peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size = scanner.size(),
+                "message refused"
+            );
+            metrics::message("rejected");
+            return self.refuse(v.reply());
+        }
+        if let Some(e) = upstream_error {
+            metrics::message("failed");
+            return self.upstream_failed(e, "message body");
+        }
+        let up = self.upstream.as_mut().expect("DATA needs an upstream");
+        match up.end_of_data().await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.stats.messages += 1;
+                    self.stats.errors_since_delivery = 0;
+                    metrics::message("delivered");
+                } else {
+                    metrics::message("refused");
+                }
+                self.relay_reply(&reply)
+            }
+            Err(e) => {
+                metrics::message("failed");
+                self.upstream_failed(e, "end of data")
+            }
+        }
+    }
+}

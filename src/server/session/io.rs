@@ -1,0 +1,129 @@
+//! Talking to the client: replies queued and flushed in one write per pipelined group,
+//! lines read with their limits and timeouts, and the shutdown that can cut a read short.
+
+use super::{COMMAND_CHUNK, Line, Outcome, Read, Session, Step};
+use crate::admin::metrics;
+use crate::smtp::Reply;
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Passes the backend's reply on unchanged. A 421 means the backend is closing:
+    /// the session ends after relaying it.
+    pub(super) fn relay_reply(&mut self, reply: &Reply) -> Step {
+        self.out.extend_from_slice(reply.as_bytes());
+        if reply.code == 421 {
+            self.upstream = None;
+            self.phase.end_transaction();
+            return Err(Outcome::BackendClosing);
+        }
+        Ok(())
+    }
+
+    pub(super) fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Reads more client bytes into `inbuf`, unless `limit` passes first or the server
+    /// is shutting down (then the client gets 421).
+    pub(super) async fn read_client(&mut self, limit: Duration) -> Result<Read, Outcome> {
+        tokio::select! {
+            read = timeout(limit, self.client.read_buf(&mut self.inbuf)) => Ok(match read {
+                Err(_) => Read::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+                Ok(Ok(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    Read::Data
+                }
+            }),
+            _ = self.stop.cancelled() => {
+                let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
+                self.reply(&text);
+                Err(Outcome::Shutdown)
+            }
+        }
+    }
+
+    pub(super) fn timed_out<T>(&mut self) -> Result<T, Outcome> {
+        metrics::limit_refused("timeout");
+        let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
+        self.reply(&text);
+        Err(Outcome::Timeout)
+    }
+
+    pub(super) async fn flush(&mut self) -> Step {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.stats.bytes_out += self.out.len() as u64;
+        let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
+        self.out.clear();
+        if self.out.capacity() > 4096 {
+            self.out = Vec::new();
+        }
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Outcome::WriteFailed),
+        }
+    }
+
+    /// The next complete line, CRLF included, or the reply for a malformed one. Replies
+    /// are flushed only when no further line is buffered, so pipelined commands get
+    /// their replies in one write, in order.
+    pub(super) async fn next_line(&mut self) -> Result<Line, Outcome> {
+        self.read_line(true).await
+    }
+
+    /// [`Self::next_line`]; with `release_idle`, a backend connection that serves no
+    /// recipient is given back while waiting (not inside an AUTH exchange with the
+    /// backend, which lives on that connection).
+    pub(super) async fn read_line(&mut self, release_idle: bool) -> Result<Line, Outcome> {
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
+                let line = self.inbuf.split_to(nl + 1);
+                if std::mem::take(&mut self.discarding) {
+                    continue;
+                }
+                if nl == 0 || line[nl - 1] != b'\r' {
+                    tracing::info!(peer = %self.peer, "line ended by bare LF; refused");
+                    return Ok(Err("500 5.5.2 Error: command line must end with CRLF"));
+                }
+                return Ok(Ok(line));
+            }
+            if self.inbuf.len() >= self.config.limits.max_line_length {
+                self.inbuf.clear();
+                if !self.discarding {
+                    self.discarding = true;
+                    tracing::info!(peer = %self.peer, "line too long; refused");
+                    metrics::limit_refused("limits.max_line_length");
+                    return Ok(Err("500 5.5.2 Error: line too long"));
+                }
+            }
+            self.flush().await?;
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 4 * COMMAND_CHUNK {
+                // Let go of a large DATA buffer while idle.
+                self.inbuf = BytesMut::new();
+            }
+            self.inbuf.reserve(COMMAND_CHUNK);
+            let limit = self.config.limits.command_timeout;
+            let read = match self.idle_backend_timeout().filter(|idle| release_idle && *idle < limit) {
+                Some(idle) => match self.read_client(idle).await? {
+                    Read::TimedOut => {
+                        Box::pin(self.release_idle_upstream()).await;
+                        self.read_client(limit - idle).await?
+                    }
+                    read => read,
+                },
+                None => self.read_client(limit).await?,
+            };
+            match read {
+                Read::Data => {}
+                Read::Closed => return Err(Outcome::ClientClosed),
+                Read::TimedOut => return self.timed_out(),
+            }
+        }
+    }
+}

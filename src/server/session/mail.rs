@@ -1,0 +1,130 @@
+//! MAIL: the listener's conditions (TLS, AUTH), the parameters, then the backend's own
+//! verdict on the sender, on a backend connection opened (or opened again) here.
+
+use super::{Outcome, Session, Step, Transaction};
+use crate::admin::metrics;
+use crate::config::AuthPolicy;
+use crate::server::upstream::UpstreamError;
+use crate::smtp::command::{self, Command, Param};
+use crate::smtp::{Capabilities, Reply, mail};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn mail(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
+        let Some(helo) = self.phase.helo() else {
+            return self.refuse("503 5.5.1 Error: send HELO/EHLO first");
+        };
+        if self.phase.transaction().is_some() {
+            return self.refuse("503 5.5.1 Error: nested MAIL command");
+        }
+        if !helo.esmtp && !params.is_empty() {
+            return self.refuse("555 5.5.4 Error: MAIL parameters need EHLO");
+        }
+        if self.listener.require_tls && !self.client.is_tls() {
+            return self.refuse("530 5.7.0 Must issue a STARTTLS command first");
+        }
+        if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
+            return self.refuse("530 5.7.0 Authentication required");
+        }
+        for p in params {
+            let value = p.value.unwrap_or("");
+            if p.keyword.eq_ignore_ascii_case("SIZE") {
+                let Ok(size) = value.parse::<u64>() else {
+                    return self.refuse("501 5.5.4 Error: bad SIZE parameter");
+                };
+                if size > self.config.limits.max_message_size {
+                    tracing::info!(peer = %self.peer, size, "message refused: declared SIZE over the limit");
+                    metrics::limit_refused("limits.max_message_size");
+                    return self.refuse("552 5.3.4 Message size exceeds fixed limit");
+                }
+            } else if !(p.keyword.eq_ignore_ascii_case("BODY")
+                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME")))
+                // RFC 4954 AUTH=: accepted, not passed on (the backend did not see our AUTH).
+                && !(p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some())
+            {
+                return self.refuse("555 5.5.4 Error: unsupported MAIL parameter");
+            }
+        }
+
+        let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e) => return self.upstream_failed(e, "MAIL"),
+        };
+        if reply.is_positive() {
+            self.phase.begin_transaction(Transaction { mail_line: line.to_vec(), ..Transaction::default() });
+        }
+        self.relay_reply(&reply)?;
+        if reply.code >= 500 {
+            return self.count_error();
+        }
+        Ok(())
+    }
+
+    /// Sends MAIL (`line`, given the backend's capabilities) on the backend connection,
+    /// opening one if needed. Nothing of the transaction is acknowledged yet, so when
+    /// the connection fails here a fresh one may do better: once more, or on the next
+    /// backend when this one broke the protocol.
+    pub(super) async fn start_backend_transaction(
+        &mut self,
+        line: impl Fn(&Capabilities) -> Vec<u8>,
+    ) -> Result<Reply, UpstreamError> {
+        let mut skip = Vec::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.connect_upstream(&skip).await?;
+            let facts = self.facts();
+            let up = self.upstream.as_mut().expect("connected above");
+            let forward = line(up.capabilities());
+            match up.mail(&facts, &forward).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if e.worth_reconnecting() && attempts <= self.config.backends.len() => {
+                    let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
+                    tracing::warn!(
+                        peer = %self.peer, backend = %address, error = ?e.to_string(),
+                        "backend failed at MAIL; connection closed, trying a new one"
+                    );
+                    if e.is_out_of_step() {
+                        skip.push(address);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A transaction whose backend connection was given back while the client was idle
+    /// gets a new one, and its MAIL again. False when that failed; the client has its
+    /// reply and the transaction is over.
+    pub(super) async fn resume_transaction(&mut self) -> Result<bool, Outcome> {
+        let client_line = self.phase.transaction().map(|tx| tx.mail_line.clone()).unwrap_or_default();
+        let text = &client_line[..client_line.len().saturating_sub(2)];
+        let Ok(Command::Mail { path, params }) = command::parse(text) else {
+            self.phase.end_transaction();
+            self.reply("451 4.3.0 Transaction lost, try again later");
+            return Ok(false);
+        };
+        match self.start_backend_transaction(|caps| mail::for_backend(caps, &client_line, path, &params)).await {
+            Ok(reply) if reply.is_positive() => {
+                if let Some(tx) = self.phase.transaction_mut() {
+                    tx.released = false;
+                }
+                Ok(true)
+            }
+            Ok(reply) => {
+                tracing::warn!(
+                    peer = %self.peer, reply = ?reply.first_line(),
+                    "backend refused the MAIL sent again after an idle pause; transaction ended"
+                );
+                self.phase.end_transaction();
+                self.reply("451 4.3.0 Transaction lost, try again later");
+                Ok(false)
+            }
+            Err(e) => {
+                self.upstream_failed(e, "MAIL again")?;
+                Ok(false)
+            }
+        }
+    }
+}

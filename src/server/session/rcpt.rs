@@ -1,0 +1,82 @@
+//! RCPT: syntax, the recipient limit and the relay policy first (a refused recipient
+//! never reaches the backend), then the backend's verdict.
+
+use super::{Session, Step};
+use crate::admin::metrics;
+use crate::policy::{RelayClient, RelayVerdict, address};
+use crate::smtp::Asked;
+use crate::smtp::command::Param;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
+        let Some(tx) = self.phase.transaction() else {
+            return self.refuse("503 5.5.1 Error: need MAIL command");
+        };
+        if self.upstream.is_none() && !tx.released {
+            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            return Ok(());
+        }
+        if !params.is_empty() {
+            return self.refuse("555 5.5.4 Error: unsupported RCPT parameter");
+        }
+        let destination = match address::classify(path) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
+                return self.refuse("501 5.1.3 Bad recipient address syntax");
+            }
+        };
+        if tx.recipients >= self.config.limits.max_recipients {
+            self.stats.rcpt_refused += 1;
+            metrics::limit_refused("limits.max_recipients");
+            return self.refuse("452 4.5.3 Error: too many recipients");
+        }
+        let client = RelayClient {
+            ip: self.peer.ip(),
+            local_ip: self.local.ip(),
+            authenticated: self.authenticated.is_some(),
+            address_known: self.address_known,
+        };
+        let verdict = self.config.relay.decide(&client, &destination);
+        if let RelayVerdict::Denied(rule) = verdict {
+            self.stats.rcpt_refused += 1;
+            metrics::relay_refused(&self.listener.name, rule);
+            let form = match destination {
+                address::Destination::Routed(form) => form,
+                _ => "plain",
+            };
+            tracing::info!(
+                peer = %self.peer, local = %self.local, listener = %self.listener.name,
+                user = ?self.authenticated.as_deref().unwrap_or(""),
+                rcpt = ?path, address_form = form, rule, "relay refused"
+            );
+            let reply = format!("550 5.7.1 <{path}>: Relay access denied");
+            return self.refuse(&reply);
+        }
+        if self.upstream.is_none() && !self.resume_transaction().await? {
+            return Ok(());
+        }
+        let up = self.upstream.as_mut().expect("checked above");
+        let reply = match up.command(line, Asked::Rcpt).await {
+            Ok(r) => r,
+            Err(e) => return self.upstream_failed(e, "RCPT"),
+        };
+        if reply.is_positive() {
+            self.stats.rcpt_accepted += 1;
+            metrics::recipient("accepted");
+            if let Some(tx) = self.phase.transaction_mut() {
+                tx.recipients += 1;
+            }
+        } else {
+            self.stats.rcpt_refused += 1;
+            metrics::recipient("refused");
+        }
+        self.relay_reply(&reply)?;
+        // Unknown recipients count like our own refusals (address harvesting).
+        if reply.code >= 500 {
+            return self.count_error();
+        }
+        Ok(())
+    }
+}

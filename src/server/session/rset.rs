@@ -1,0 +1,33 @@
+//! RSET and the end of a transaction at the backend.
+
+use super::{Session, Step};
+use crate::smtp::Asked;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn rset(&mut self) -> Step {
+        self.reset_transaction().await?;
+        self.reply("250 2.0.0 Ok");
+        Ok(())
+    }
+
+    /// Ends any open transaction here and at the backend.
+    pub(super) async fn reset_transaction(&mut self) -> Step {
+        if self.phase.end_transaction().is_some()
+            && let Some(up) = self.upstream.as_mut()
+        {
+            match up.command(b"RSET\r\n", Asked::Rset).await {
+                Ok(r) if r.is_positive() => {}
+                Ok(r) => {
+                    tracing::warn!(backend = %up.address, reply = ?r.first_line(), "backend refused RSET; reconnecting later");
+                    self.upstream = None;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %up.address, error = ?e.to_string(), "backend failed at RSET; reconnecting later");
+                    self.upstream = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}
