@@ -15,6 +15,34 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Where the client address of a session comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The TCP peer is the client (or a trusted proxy's own connection, PROXY LOCAL).
+    Direct,
+    /// A trusted proxy at `proxy` named the client in its PROXY header.
+    Proxied { proxy: ClientAddr },
+    /// A trusted proxy at `proxy` did not say who the client is (v1 UNKNOWN, a v2
+    /// family without addresses): the session's address is the proxy's own, which must
+    /// never be taken for a client's, so it never relays.
+    Unknown { proxy: ClientAddr },
+}
+
+impl Origin {
+    /// Whether the session's client address is really the client's.
+    pub fn address_known(&self) -> bool {
+        !matches!(self, Origin::Unknown { .. })
+    }
+
+    /// The proxy the connection came through, if any.
+    pub fn proxy(&self) -> Option<ClientAddr> {
+        match self {
+            Origin::Direct => None,
+            Origin::Proxied { proxy } | Origin::Unknown { proxy } => Some(*proxy),
+        }
+    }
+}
+
 /// The client as Portcullis judges it: the TCP peer of an accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(SocketAddr);

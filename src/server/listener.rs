@@ -10,7 +10,7 @@ use super::log_limit::LogLimit;
 use super::proxy_header;
 use super::reload::Reloader;
 use super::session::Session;
-use crate::addr::{ClientAddr, LocalAddr};
+use crate::addr::{ClientAddr, LocalAddr, Origin};
 use crate::admin::{Status, metrics};
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
@@ -310,15 +310,14 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
         let ctx2 = ctx.clone();
         ctx.sessions.spawn(async move {
             let ctx = ctx2;
-            let Some((stream, peer, local, input, known)) = behind_proxy(&config, &listener, stream, peer, local).await
+            let Some((stream, peer, local, input, origin)) =
+                behind_proxy(&config, &listener, stream, peer, local).await
             else {
                 return;
             };
             if let Some((mut session, permit)) = admit(&ctx, config, &listener, stream, peer, local) {
                 session = session.with_input(input);
-                if !known {
-                    session = session.with_unknown_address();
-                }
+                session = session.with_origin(origin);
                 run_session(session, permit).await;
             }
         });
@@ -376,14 +375,14 @@ fn admit(
 
 /// On a `proxy_protocol` listener: only trusted proxies may connect, and what their
 /// header says replaces the socket addresses. Returns the stream, the client, the
-/// local address, bytes read after the header, and whether the client is known.
+/// local address, bytes read after the header, and where the client address came from.
 async fn behind_proxy(
     config: &Config,
     listener: &Listener,
     mut stream: TcpStream,
     peer: ClientAddr,
     local: LocalAddr,
-) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, bool)> {
+) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, Origin)> {
     if !config.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
         metrics::connection(&listener.name, "untrusted", "trust.proxies");
         log_refusal("not from a trusted proxy (PROXY listener)", peer, &listener.name, "trust.proxies");
@@ -393,13 +392,13 @@ async fn behind_proxy(
     let mut input = BytesMut::new();
     match proxy_header::read(&mut stream, &mut input).await {
         Ok(Proxied::Tcp { source, destination }) => {
-            Some((stream, ClientAddr::new(source), LocalAddr::new(destination), input, true))
+            Some((stream, ClientAddr::new(source), LocalAddr::new(destination), input, Origin::Proxied { proxy: peer }))
         }
         // Health checks: the connection is the proxy's own.
-        Ok(Proxied::Local) => Some((stream, peer, local, input, true)),
+        Ok(Proxied::Local) => Some((stream, peer, local, input, Origin::Direct)),
         Ok(Proxied::Unknown) => {
             tracing::info!(%peer, listener = %listener.name, "PROXY header without a client address; no relay for it");
-            Some((stream, peer, local, input, false))
+            Some((stream, peer, local, input, Origin::Unknown { proxy: peer }))
         }
         Err(e) => {
             tracing::warn!(%peer, listener = %listener.name, error = %e, "bad PROXY header; connection closed");

@@ -24,7 +24,7 @@ mod rset;
 mod starttls;
 
 use super::upstream::Upstream;
-use crate::addr::{ClientAddr, LocalAddr};
+use crate::addr::{ClientAddr, LocalAddr, Origin};
 use crate::admin::metrics;
 use crate::config::{Config, Listener, ListenerTls, Live};
 use crate::smtp::command::{self, Command, CommandError};
@@ -227,8 +227,8 @@ pub struct Session<S> {
     /// The user name, once AUTH succeeded.
     authenticated: Option<String>,
     auth_failures: u32,
-    /// False when a PROXY header said UNKNOWN: never relay for such a client.
-    address_known: bool,
+    /// Whether the client address is the TCP peer, named by a PROXY header, or unknown.
+    origin: Origin,
     upstream: Option<Upstream>,
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
@@ -252,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             phase: Phase::Connected,
             authenticated: None,
             auth_failures: 0,
-            address_known: true,
+            origin: Origin::Direct,
             upstream: None,
             stats: Stats::default(),
             stop: CancellationToken::new(),
@@ -297,9 +297,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self
     }
 
-    /// Marks the client address as unknown (PROXY UNKNOWN): no relay.
-    pub fn with_unknown_address(mut self) -> Self {
-        self.address_known = false;
+    /// Where the client address came from (a PROXY header); direct by default.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
         self
     }
 
@@ -331,6 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             peer = %self.peer,
             local = %self.local,
             listener = %self.listener.name,
+            proxy = self.origin.proxy().map(|p| p.to_string()).unwrap_or_default(),
             tls = self.client.is_tls(),
             user = self.authenticated.as_deref().unwrap_or(""),
             helo = self.phase.helo().map(|h| h.name.as_str()).unwrap_or(""),

@@ -1,10 +1,13 @@
 //! SMTP protocol pieces, free of I/O: command parsing, replies, backend capabilities,
-//! the DATA scanner, xtext, and which replies fit which command.
+//! what a client is offered (EHLO), MAIL and RCPT parameters, the DATA scanner, xtext,
+//! and which replies fit which command.
 
 pub mod capabilities;
 pub mod command;
 pub mod data;
+pub mod ehlo;
 pub mod mail;
+pub mod rcpt;
 pub mod reply;
 pub mod sequence;
 pub mod xtext;

@@ -3,6 +3,7 @@
 
 use super::{Helo, Phase, Session, Step};
 use crate::config::ListenerTls;
+use crate::smtp::ehlo::{self, Offer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -10,22 +11,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reset_transaction().await?;
         self.phase = Phase::Greeted(Helo { name: name.to_string(), esmtp });
         if esmtp {
-            let mut ehlo = format!(
-                "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n",
-                self.config.hostname, self.config.limits.max_message_size
-            );
-            if self.listener.tls == ListenerTls::StartTls && !self.client.is_tls() {
-                ehlo.push_str("250-STARTTLS\r\n");
-            }
-            if self.auth_offered() {
-                ehlo.push_str("250-AUTH PLAIN LOGIN\r\n");
-            }
-            ehlo.push_str("250 ENHANCEDSTATUSCODES");
+            let ehlo = ehlo::reply(&self.config.hostname, &self.offer());
             self.reply(&ehlo);
         } else {
             let helo = format!("250 {}", self.config.hostname);
             self.reply(&helo);
         }
         Ok(())
+    }
+
+    /// What this client is offered now.
+    pub(super) fn offer(&self) -> Offer {
+        Offer {
+            max_size: self.config.limits.max_message_size,
+            starttls: self.listener.tls == ListenerTls::StartTls && !self.client.is_tls(),
+            auth: self.auth_offered(),
+        }
     }
 }

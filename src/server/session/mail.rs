@@ -11,14 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn mail(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
-        let Some(helo) = self.phase.helo() else {
+        let Some(esmtp) = self.phase.helo().map(|h| h.esmtp) else {
             return self.refuse("503 5.5.1 Error: send HELO/EHLO first");
         };
         if self.phase.transaction().is_some() {
             return self.refuse("503 5.5.1 Error: nested MAIL command");
-        }
-        if !helo.esmtp && !params.is_empty() {
-            return self.refuse("555 5.5.4 Error: MAIL parameters need EHLO");
         }
         if self.listener.require_tls && !self.client.is_tls() {
             return self.refuse("530 5.7.0 Must issue a STARTTLS command first");
@@ -26,24 +23,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
             return self.refuse("530 5.7.0 Authentication required");
         }
-        for p in params {
-            let value = p.value.unwrap_or("");
-            if p.keyword.eq_ignore_ascii_case("SIZE") {
-                let Ok(size) = value.parse::<u64>() else {
-                    return self.refuse("501 5.5.4 Error: bad SIZE parameter");
-                };
-                if size > self.config.limits.max_message_size {
-                    tracing::info!(peer = %self.peer, size, "message refused: declared SIZE over the limit");
-                    metrics::limit_refused("limits.max_message_size");
-                    return self.refuse("552 5.3.4 Message size exceeds fixed limit");
-                }
-            } else if !(p.keyword.eq_ignore_ascii_case("BODY")
-                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME")))
-                // RFC 4954 AUTH=: accepted, not passed on (the backend did not see our AUTH).
-                && !(p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some())
-            {
-                return self.refuse("555 5.5.4 Error: unsupported MAIL parameter");
+        if let Err(refusal) = mail::check(params, esmtp, &self.offer()) {
+            if refusal == mail::MailRefusal::TooBig {
+                tracing::info!(peer = %self.peer, "message refused: declared SIZE over the limit");
+                metrics::limit_refused("limits.max_message_size");
             }
+            return self.refuse(&refusal.reply());
         }
 
         let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;

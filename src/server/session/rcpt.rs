@@ -4,8 +4,8 @@
 use super::{Session, Step};
 use crate::admin::metrics;
 use crate::policy::{RelayClient, RelayVerdict, address};
-use crate::smtp::Asked;
 use crate::smtp::command::Param;
+use crate::smtp::{Asked, rcpt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -17,8 +17,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
             return Ok(());
         }
-        if !params.is_empty() {
-            return self.refuse("555 5.5.4 Error: unsupported RCPT parameter");
+        if let Err(refusal) = rcpt::check(params, &self.offer()) {
+            return self.refuse(&refusal.reply());
         }
         let destination = match address::classify(path) {
             Ok(d) => d,
@@ -36,7 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ip: self.peer.ip(),
             local_ip: self.local.ip(),
             authenticated: self.authenticated.is_some(),
-            address_known: self.address_known,
+            address_known: self.origin.address_known(),
         };
         let verdict = self.config.relay.decide(&client, &destination);
         if let RelayVerdict::Denied(rule) = verdict {

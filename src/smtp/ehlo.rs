@@ -1,0 +1,52 @@
+//! What a session offers its client, and the EHLO reply that says so.
+
+/// The extensions offered to one client: what Portcullis supports, narrowed to what
+/// the listener allows now (STARTTLS before TLS, AUTH where configured) and to what
+/// the backend supports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offer {
+    /// Advertised with SIZE and enforced on `SIZE=` and on the real bytes.
+    pub max_size: u64,
+    pub starttls: bool,
+    pub auth: bool,
+}
+
+/// The EHLO reply, without the final CRLF.
+pub fn reply(hostname: &str, offer: &Offer) -> String {
+    let mut lines = vec![hostname.to_string(), "PIPELINING".into(), format!("SIZE {}", offer.max_size)];
+    lines.push("8BITMIME".into());
+    if offer.starttls {
+        lines.push("STARTTLS".into());
+    }
+    if offer.auth {
+        lines.push("AUTH PLAIN LOGIN".into());
+    }
+    lines.push("ENHANCEDSTATUSCODES".into());
+    let last = lines.len() - 1;
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        out.push_str(if i == last { "250 " } else { "250-" });
+        out.push_str(line);
+        if i != last {
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_what_is_offered_and_nothing_else() {
+        let offer = Offer { max_size: 1000, starttls: true, auth: false };
+        assert_eq!(
+            reply("mx.test", &offer),
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES"
+        );
+        let offer = Offer { max_size: 5, starttls: false, auth: true };
+        assert!(reply("mx.test", &offer).contains("250-AUTH PLAIN LOGIN\r\n"));
+        assert!(!reply("mx.test", &offer).contains("STARTTLS"));
+    }
+}
