@@ -12,22 +12,42 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Why TLS material from the config cannot be used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{path}: {error}")]
+    Pem { path: String, error: rustls::pki_types::pem::Error },
+    #[error("{0}: no certificate in the file")]
+    NoCertificate(String),
+    #[error("certificate and private key do not go together: {0}")]
+    KeyMismatch(rustls::Error),
+    #[error("no trusted root certificates found on this system (install ca-certificates, or set ca_file)")]
+    NoSystemRoots,
+    #[error("{0}: no usable CA certificate")]
+    NoCaCertificate(String),
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+fn pem(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |error| TlsError::Pem { path: path.display().to_string(), error }
+}
+
 /// Builds the server side config from a PEM certificate chain and a PEM private key.
-pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| format!("{}: {e}", certificate.display()))?
+        .map_err(pem(certificate))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+        .map_err(pem(certificate))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in the file", certificate.display()));
+        return Err(TlsError::NoCertificate(certificate.display().to_string()));
     }
-    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| format!("{}: {e}", private_key.display()))?;
-    let config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate and private key do not go together: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(private_key).map_err(pem(private_key))?;
+    let config =
+        ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).map_err(TlsError::KeyMismatch)?;
     Ok(Arc::new(config))
 }
 
@@ -42,7 +62,7 @@ pub enum Verify {
     Nothing,
 }
 
-pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder();
     let config = match verify {
         Verify::Nothing => {
@@ -53,22 +73,19 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, String> {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(
-                    "no trusted root certificates found on this system (install ca-certificates, or set ca_file)"
-                        .into(),
-                );
+                return Err(TlsError::NoSystemRoots);
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Verify::CaFile(path) => {
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(pem(path))?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(pem(path))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(format!("{}: no usable CA certificate", path.display()));
+                return Err(TlsError::NoCaCertificate(path.display().to_string()));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -77,9 +94,9 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, String> {
 }
 
 /// The name to verify a backend's certificate against: its host part.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a valid TLS server name"))
+    ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))
 }
 
 /// Accepts any certificate: for a backend on the same host, where the connection never

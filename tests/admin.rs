@@ -84,7 +84,7 @@ fn health(admin: std::net::SocketAddr) -> (bool, String) {
 
 #[test]
 fn metrics_count_a_known_sequence_of_sessions() {
-    if !have("postfix") || !have_python_module("prometheus_client") {
+    if !need(&["postfix"]) || !have_python_module("prometheus_client") {
         return;
     }
     init_logs();
@@ -140,7 +140,7 @@ fn metrics_count_a_known_sequence_of_sessions() {
 
 #[test]
 fn readiness_follows_the_backend_health_checks() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();

@@ -16,7 +16,7 @@ fn proxy(backends: &str) -> Proxy {
 
 #[test]
 fn idle_sessions_do_not_hold_the_backend() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -62,7 +62,7 @@ fn idle_sessions_do_not_hold_the_backend() {
 
 #[test]
 fn a_refusal_caused_by_the_client_never_fails_over() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -85,7 +85,7 @@ fn a_refusal_caused_by_the_client_never_fails_over() {
 
 #[test]
 fn failover_never_goes_to_a_weaker_identity_unless_allowed() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();

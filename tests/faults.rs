@@ -35,7 +35,7 @@ fn assert_retry_later(replies: &[String]) {
 
 #[test]
 fn backend_gone_at_each_step_gives_4xx_and_no_message() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -59,7 +59,7 @@ fn backend_gone_at_each_step_gives_4xx_and_no_message() {
 
 #[test]
 fn hanging_backend_times_out_with_4xx() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -92,7 +92,7 @@ fn silent_backend() -> std::net::SocketAddr {
 
 #[test]
 fn a_backend_down_by_its_health_checks_is_passed_over() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();

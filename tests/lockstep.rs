@@ -27,7 +27,7 @@ fn smuggle_attempt(proxy: &Proxy, mark: &str) -> Vec<String> {
 
 #[test]
 fn proxy_headers_to_a_postfix_that_does_not_expect_them() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -45,7 +45,7 @@ fn proxy_headers_to_a_postfix_that_does_not_expect_them() {
 
 #[test]
 fn a_backend_out_of_step_at_connect_fails_over_to_the_next() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -60,7 +60,7 @@ fn a_backend_out_of_step_at_connect_fails_over_to_the_next() {
 
 #[test]
 fn proxy_header_to_smtp_sink() {
-    if !have("smtp-sink") {
+    if !need(&["smtp-sink"]) {
         return;
     }
     let port = free_port();

@@ -43,7 +43,7 @@ fn client_seen_by_postfix(identity: &str) -> (String, String) {
 
 /// Postfix logs the client as 127.0.0.77 and puts it in `Received:`.
 fn real_client_reaches_postfix(identity: &str) {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let (logged, received) = client_seen_by_postfix(identity);
@@ -68,7 +68,7 @@ fn proxy_v2_passes_the_real_client() {
 
 #[test]
 fn xforward_passes_the_real_client() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     // XFORWARD is for logging: Postfix records the real client as orig_client, while
@@ -79,7 +79,7 @@ fn xforward_passes_the_real_client() {
 
 #[test]
 fn identity_none_shows_the_proxy() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let (logged, received) = client_seen_by_postfix("none");
@@ -89,7 +89,7 @@ fn identity_none_shows_the_proxy() {
 
 #[test]
 fn relay_rules_on_the_real_peer() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -157,7 +157,7 @@ never = ["127.0.0.90/32"]"#;
 
 #[test]
 fn relay_disabled_refuses_all_relay() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -172,7 +172,7 @@ fn relay_disabled_refuses_all_relay() {
 
 #[test]
 fn connection_rules_per_listener() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -203,7 +203,7 @@ bind = "127.0.0.1:0"
 
 #[test]
 fn first_backend_down_second_used_all_down_4xx() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -225,7 +225,7 @@ fn first_backend_down_second_used_all_down_4xx() {
 
 #[test]
 fn bare_lf_never_reaches_postfix() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -255,7 +255,7 @@ fn bare_lf_never_reaches_postfix() {
 
 #[test]
 fn normalize_mode_delivers_one_message_never_a_smuggled_one() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -294,7 +294,7 @@ fn normalize_mode_delivers_one_message_never_a_smuggled_one() {
 
 #[test]
 fn client_disconnect_mid_data_delivers_nothing() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();

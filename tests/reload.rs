@@ -33,7 +33,7 @@ max_recipients = 1000
 
 #[test]
 fn every_rcpt_follows_the_policy_of_the_moment() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -78,7 +78,7 @@ fn every_rcpt_follows_the_policy_of_the_moment() {
 
 #[test]
 fn listeners_come_and_go_without_disturbing_open_sessions() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -177,7 +177,7 @@ fn file_config(port: u16, admin: u16, backend: std::net::SocketAddr, networks: &
 
 #[test]
 fn sighup_with_a_broken_or_unsafe_file_keeps_the_running_policy() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -212,7 +212,7 @@ fn sighup_with_a_broken_or_unsafe_file_keeps_the_running_policy() {
 
 #[test]
 fn reloads_during_a_load_lose_no_session_and_no_message() {
-    if !have("postfix") || !have("smtp-source") {
+    if !need(&["postfix", "smtp-source"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -250,7 +250,7 @@ fn reloads_during_a_load_lose_no_session_and_no_message() {
 
 #[test]
 fn a_reload_reads_the_users_file_again() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();

@@ -76,7 +76,7 @@ fn start_scanner(mta: std::net::SocketAddr) -> Scanner {
 
 #[test]
 fn real_client_through_a_scanner_and_eicar_stopped() {
-    if !have("postfix") || !have("swaks") || !have("clamd") || !have("clamsmtpd") {
+    if !need(&["postfix", "swaks", "clamd", "clamsmtpd"]) {
         return;
     }
     init_logs();

@@ -61,7 +61,7 @@ fn xclient_backend(pf: &Postfix) -> String {
 
 #[test]
 fn starttls_and_auth_plain_deliver_with_the_real_client() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -77,7 +77,7 @@ fn starttls_and_auth_plain_deliver_with_the_real_client() {
 
 #[test]
 fn implicit_tls_and_auth_login() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -91,7 +91,7 @@ fn implicit_tls_and_auth_login() {
 
 #[test]
 fn wrong_password_is_refused() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -109,7 +109,7 @@ fn wrong_password_is_refused() {
 
 #[test]
 fn relay_needs_auth_and_never_still_wins() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -147,7 +147,7 @@ fn relay_needs_auth_and_never_still_wins() {
 
 #[test]
 fn starttls_toward_postfix_keeps_the_real_client() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -169,7 +169,7 @@ fn starttls_toward_postfix_keeps_the_real_client() {
 
 #[test]
 fn starttls_required_toward_a_backend_without_it_gives_4xx() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     let pf = Postfix::shared();
@@ -184,7 +184,7 @@ fn starttls_required_toward_a_backend_without_it_gives_4xx() {
 
 #[test]
 fn auth_passed_through_to_a_backend_that_checks_it() {
-    if !have("postfix") || !have("swaks") || !have("dovecot") {
+    if !need(&["postfix", "swaks", "dovecot"]) {
         return;
     }
     let pf = Postfix::shared();

@@ -9,7 +9,7 @@ use support::*;
 
 #[test]
 fn loopback_client_reaches_postfix_as_itself() {
-    if !have("postfix") || !have("swaks") {
+    if !need(&["postfix", "swaks"]) {
         return;
     }
     init_logs();
@@ -31,7 +31,7 @@ fn loopback_client_reaches_postfix_as_itself() {
 /// The README's routing recipe, in namespaces this test makes and removes.
 #[test]
 fn ip_transparent_across_namespaces() {
-    if !have("ip") || !have("smtp-sink") || !have("swaks") {
+    if !need(&["ip", "smtp-sink", "swaks"]) {
         return;
     }
     if !nix_is_root() {

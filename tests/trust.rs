@@ -39,7 +39,7 @@ bind = "127.0.0.1:0"
 
 #[test]
 fn haproxy_headers_carry_the_real_client_to_rules_relay_and_postfix() {
-    if !have("postfix") || !have("haproxy") || !have("swaks") {
+    if !need(&["postfix", "haproxy", "swaks"]) {
         return;
     }
     init_logs();
@@ -68,7 +68,7 @@ fn haproxy_headers_carry_the_real_client_to_rules_relay_and_postfix() {
 
 #[test]
 fn proxy_headers_from_untrusted_or_broken_sources_are_refused() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -99,7 +99,7 @@ fn proxy_headers_from_untrusted_or_broken_sources_are_refused() {
 
 #[test]
 fn clients_cannot_claim_another_identity() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     init_logs();
@@ -119,7 +119,7 @@ fn clients_cannot_claim_another_identity() {
 
 #[test]
 fn ipv6_client_is_passed_on() {
-    if !have("postfix") {
+    if !need(&["postfix"]) {
         return;
     }
     if std::net::TcpListener::bind("[::1]:0").is_err() {

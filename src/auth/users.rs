@@ -10,26 +10,54 @@ use std::collections::HashMap;
 use std::path::Path;
 use thiserror::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Error)]
 pub enum UsersError {
-    #[error("{0}: {1}")]
-    Read(String, String),
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: String, error: Box<UsersError> },
     #[error("line {0}: {1}")]
-    Line(usize, String),
-    #[error("{0}")]
+    Line(usize, LineError),
+    #[error("cannot hash the password: {0}")]
     Hash(String),
 }
 
+/// What is wrong with one line of the users file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LineError {
+    #[error("expected name:hash")]
+    NoColon,
+    #[error("{0:?}: {1}")]
+    Name(String, NameError),
+    #[error("the hash of {0:?} is not a PHC argon2 string")]
+    NotArgon2(String),
+    #[error("user {0:?} listed twice")]
+    Twice(String),
+}
+
+/// Why a name cannot be a user name in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("a user name may not be empty")]
+    Empty,
+    #[error("a user name may not start with '#' (the line would be a comment)")]
+    Comment,
+    #[error("a user name may not hold ':'")]
+    Colon,
+    #[error("a user name may not hold whitespace or control characters")]
+    Space,
+}
+
 /// Why `name` cannot be a user name in the file, if it cannot.
-pub fn check_name(name: &str) -> Result<(), &'static str> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        Err("a user name may not be empty")
+        Err(NameError::Empty)
     } else if name.starts_with('#') {
-        Err("a user name may not start with '#' (the line would be a comment)")
+        Err(NameError::Comment)
     } else if name.contains(':') {
-        Err("a user name may not hold ':'")
+        Err(NameError::Colon)
     } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Err("a user name may not hold whitespace or control characters")
+        Err(NameError::Space)
     } else {
         Ok(())
     }
@@ -42,9 +70,9 @@ pub struct Users {
 
 impl Users {
     pub fn load(path: &Path) -> Result<Self, UsersError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| UsersError::Read(path.display().to_string(), e.to_string()))?;
-        Self::parse(&text).map_err(|e| UsersError::Read(path.display().to_string(), e.to_string()))
+        let path_text = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read { path: path_text(), source })?;
+        Self::parse(&text).map_err(|error| UsersError::Parse { path: path_text(), error: Box::new(error) })
     }
 
     pub fn parse(text: &str) -> Result<Self, UsersError> {
@@ -54,16 +82,16 @@ impl Users {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |what: String| UsersError::Line(n + 1, what);
+            let bad = |what: LineError| UsersError::Line(n + 1, what);
             let Some((name, hash)) = line.split_once(':') else {
-                return Err(bad("expected name:hash".into()));
+                return Err(bad(LineError::NoColon));
             };
-            check_name(name).map_err(|e| bad(format!("{name:?}: {e}")))?;
+            check_name(name).map_err(|e| bad(LineError::Name(name.to_string(), e)))?;
             if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
-                return Err(bad(format!("the hash of {name:?} is not a PHC argon2 string")));
+                return Err(bad(LineError::NotArgon2(name.to_string())));
             }
             if hashes.insert(name.to_string(), hash.to_string()).is_some() {
-                return Err(bad(format!("user {name:?} listed twice")));
+                return Err(bad(LineError::Twice(name.to_string())));
             }
         }
         Ok(Self { hashes })

@@ -3,23 +3,41 @@
 
 use ipnet::IpNet;
 use std::net::IpAddr;
+use thiserror::Error;
 
-pub fn parse_network(text: &str) -> Result<IpNet, &'static str> {
+/// Why a network in the config is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum NetError {
+    #[error("not an address or network")]
+    NotAnAddress,
+    #[error("not an address before '/'")]
+    BadAddress,
+    #[error("mask is not an address")]
+    BadMask,
+    #[error("mask does not fit the address family")]
+    FamilyMismatch,
+    #[error("mask is not contiguous")]
+    NotContiguous,
+    #[error("not a network (CIDR or address/mask)")]
+    NotANetwork,
+}
+
+pub fn parse_network(text: &str) -> Result<IpNet, NetError> {
     let net = match text.split_once('/') {
         None => {
-            let ip: IpAddr = text.parse().map_err(|_| "not an address or network")?;
+            let ip: IpAddr = text.parse().map_err(|_| NetError::NotAnAddress)?;
             IpNet::from(ip)
         }
         Some((addr, mask)) if mask.contains(['.', ':']) => {
-            let addr: IpAddr = addr.parse().map_err(|_| "not an address before '/'")?;
-            let mask: IpAddr = mask.parse().map_err(|_| "mask is not an address")?;
+            let addr: IpAddr = addr.parse().map_err(|_| NetError::BadAddress)?;
+            let mask: IpAddr = mask.parse().map_err(|_| NetError::BadMask)?;
             if addr.is_ipv4() != mask.is_ipv4() {
-                return Err("mask does not fit the address family");
+                return Err(NetError::FamilyMismatch);
             }
-            let prefix = ipnet::ip_mask_to_prefix(mask).map_err(|_| "mask is not contiguous")?;
-            IpNet::new(addr, prefix).map_err(|_| "mask does not fit the address family")?
+            let prefix = ipnet::ip_mask_to_prefix(mask).map_err(|_| NetError::NotContiguous)?;
+            IpNet::new(addr, prefix).map_err(|_| NetError::FamilyMismatch)?
         }
-        Some(_) => text.parse::<IpNet>().map_err(|_| "not a network (CIDR or address/mask)")?,
+        Some(_) => text.parse::<IpNet>().map_err(|_| NetError::NotANetwork)?,
     };
     if let IpNet::V6(v6) = net
         && let Some(v4) = v6.addr().to_ipv4_mapped()

@@ -73,6 +73,7 @@ impl ConnectionLimits {
     }
 
     /// Connections open now (total, from `ip`).
+    #[cfg(test)]
     pub fn open(&self, ip: IpAddr) -> (usize, usize) {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         (counts.total, counts.per_ip.get(&ip).copied().unwrap_or(0))

@@ -3,15 +3,15 @@
 //! backend through an [`upstream::Upstream`]. [`health`] checks the backends,
 //! [`reload`] applies a new config to the running server.
 
-pub mod health;
-pub mod limits;
-pub mod listener;
+pub(crate) mod health;
+pub(crate) mod limits;
+pub(crate) mod listener;
 mod log_limit;
-pub mod proxy_header;
-pub mod reload;
-pub mod session;
-pub mod transparent;
-pub mod upstream;
+pub(crate) mod proxy_header;
+pub(crate) mod reload;
+pub(crate) mod session;
+pub(crate) mod transparent;
+pub(crate) mod upstream;
 
 pub use listener::{Server, ServerError};
 pub use reload::{ReloadError, Reloader};

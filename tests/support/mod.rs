@@ -42,6 +42,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// Whether every program a test needs is installed; each missing one prints a
+/// `SKIPPED:` line, and under CI a missing one fails the test instead.
+pub fn need(programs: &[&str]) -> bool {
+    programs.iter().fold(true, |all, p| have(p) && all)
+}
+
 pub fn have(program: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
