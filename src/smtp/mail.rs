@@ -47,12 +47,13 @@ pub fn check(params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Result<MailPar
                 return Err(MailRefusal::TooBig);
             }
             out.size = Some(size);
-        } else if p.keyword.eq_ignore_ascii_case("BODY")
-            && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
-        {
-        } else if p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some() {
         } else {
-            return Err(MailRefusal::Unsupported);
+            let body = p.keyword.eq_ignore_ascii_case("BODY")
+                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"));
+            let auth = p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some();
+            if !body && !auth {
+                return Err(MailRefusal::Unsupported);
+            }
         }
     }
     Ok(out)

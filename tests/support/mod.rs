@@ -45,7 +45,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Whether every program a test needs is installed; each missing one prints a
 /// `SKIPPED:` line, and under CI a missing one fails the test instead.
 pub fn need(programs: &[&str]) -> bool {
-    programs.iter().fold(true, |all, p| have(p) && all)
+    // Every program is checked, so that each missing one is named.
+    let missing = programs.iter().filter(|p| !have(p)).count();
+    missing == 0
 }
 
 pub fn have(program: &str) -> bool {
