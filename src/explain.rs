@@ -105,7 +105,8 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
         RelayClient { authenticated: who.authenticated && listener.auth != crate::config::AuthPolicy::Off, ..who };
     for rcpt in &q.rcpts {
         let path = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
-        let destination = match address::classify(path) {
+        let classified = if path.is_ascii() { address::classify(path) } else { address::classify_utf8(path) };
+        let destination = match classified {
             Ok(d) => d,
             Err(e) => {
                 let _ =

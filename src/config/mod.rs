@@ -13,6 +13,7 @@ use crate::identity::Identity;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
 use crate::server::health::{BackendHealth, HealthCheck};
 use crate::smtp::BareLf;
+use crate::smtp::capabilities::Learned;
 use crate::tls::{self as tlsconf, Verify};
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
 use rustls::pki_types::ServerName;
@@ -83,6 +84,17 @@ pub struct Config {
 impl Config {
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// What the backend a new session would most likely reach supports: the first one
+    /// up, as it last showed itself. Nothing learned yet: no extension.
+    pub fn expected_capabilities(&self) -> crate::smtp::Capabilities {
+        self.backends
+            .iter()
+            .find(|b| b.health.is_up())
+            .or(self.backends.first())
+            .and_then(|b| b.capabilities.get())
+            .unwrap_or_default()
     }
 }
 
@@ -174,6 +186,8 @@ pub struct Backend {
     pub check: HealthCheck,
     /// What the health checks found; carried over by a reload for the same address.
     pub health: Arc<BackendHealth>,
+    /// The extensions it offered last; carried over like `health`.
+    pub capabilities: Arc<Learned>,
 }
 
 /// The slowest a message body may arrive, against byte trickling. Checked once the
@@ -617,6 +631,7 @@ impl Validator {
             allow_identity_downgrade: raw.allow_identity_downgrade,
             check,
             health: Arc::new(BackendHealth::default()),
+            capabilities: Arc::new(Learned::default()),
         })
         .filter(|_| address_ok)
     }

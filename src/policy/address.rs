@@ -32,14 +32,39 @@ pub enum PathError {
     BadDomain,
 }
 
-/// Classifies the text between `<` and `>` of a RCPT path.
+/// Look-alikes of the routing characters `@ % ! : ,` (full-width and small forms):
+/// a backend or a later hop that normalises Unicode (NFKC) turns them into the real
+/// ones, so an address holding one is judged as routed.
+const ROUTING_LOOK_ALIKES: &[char] = &[
+    '\u{FF20}', '\u{FE6B}', '\u{FF05}', '\u{FE6A}', '\u{FF01}', '\u{FE57}', '\u{FF1A}', '\u{FE55}', '\u{FF0C}',
+    '\u{FE50}',
+];
+
+/// Classifies the text between `<` and `>` of a RCPT path of an ASCII transaction.
 pub fn classify(path: &str) -> Result<Destination, PathError> {
+    classify_with(path, false)
+}
+
+/// Classifies a RCPT path of an SMTPUTF8 transaction (RFC 6531): UTF-8 is allowed in
+/// the local part and the domain; a U-label domain is judged by its A-label (IDNA), so
+/// `bücher.example` and `xn--bcher-kva.example` are the same domain.
+pub fn classify_utf8(path: &str) -> Result<Destination, PathError> {
+    classify_with(path, true)
+}
+
+fn classify_with(path: &str, utf8: bool) -> Result<Destination, PathError> {
     if path.is_empty() {
         return Err(PathError::Empty);
     }
-    if path.bytes().any(|b| b < 0x21 && b != b' ' || b == 0x7f || b >= 0x80) {
-        // Controls anywhere, and 8-bit without SMTPUTF8 (which we do not offer).
+    if path.bytes().any(|b| b < 0x21 && b != b' ' || b == 0x7f || (b >= 0x80 && !utf8)) {
+        // Controls anywhere, and 8-bit outside an SMTPUTF8 transaction.
         return Err(PathError::BadCharacter);
+    }
+    if path.chars().any(char::is_control) {
+        return Err(PathError::BadCharacter);
+    }
+    if path.chars().any(|c| ROUTING_LOOK_ALIKES.contains(&c)) {
+        return Ok(Destination::Routed("look-alike of a routing character"));
     }
     if path.starts_with('@') {
         // <@relay1,@relay2:user@host>: RFC 5321 says ignore the route, old servers follow it.
@@ -81,10 +106,15 @@ pub fn classify(path: &str) -> Result<Destination, PathError> {
     if rest.ends_with('.') {
         return Ok(Destination::Routed("trailing dot in domain"));
     }
-    if crate::policy::domains::check_domain(rest).is_err() || rest.starts_with('.') {
+    let domain = if rest.is_ascii() {
+        rest.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(rest).map_err(|_| PathError::BadDomain)?
+    };
+    if crate::policy::domains::check_domain(&domain).is_err() || domain.starts_with('.') {
         return Err(PathError::BadDomain);
     }
-    Ok(Destination::Domain(rest.to_ascii_lowercase()))
+    Ok(Destination::Domain(domain))
 }
 
 /// Splits at the `@` that ends the local part, honouring a quoted local part.
@@ -165,6 +195,7 @@ mod tests {
         assert_eq!(classify("user@.example.com"), Err(PathError::BadDomain));
         assert_eq!(classify("user@example..com"), Err(PathError::BadDomain));
         assert_eq!(classify("usér@example.com"), Err(PathError::BadCharacter));
+        assert_eq!(classify("user@bücher.example"), Err(PathError::BadCharacter));
         assert_eq!(classify("user\t@example.com"), Err(PathError::BadCharacter));
         assert_eq!(classify("\"a\"b@example.com"), Err(PathError::BadCharacter));
     }
@@ -173,5 +204,26 @@ mod tests {
     fn quoted_escape_does_not_end_the_quote() {
         assert_eq!(classify("\"a\\\"b\"@example.com"), Ok(Domain("example.com".into())));
         assert_eq!(classify("\"a\\\"@evil.net\"@example.com"), Ok(Routed("quoted local part holding a route")));
+    }
+
+    #[test]
+    fn utf8_addresses_judged_by_their_a_label_and_their_form() {
+        let a_label = Ok(Domain("xn--bcher-kva.example".into()));
+        assert_eq!(classify_utf8("jørn@bücher.example"), a_label);
+        assert_eq!(classify_utf8("jørn@BÜCHER.example"), a_label);
+        assert_eq!(classify_utf8("jørn@xn--bcher-kva.example"), a_label);
+        assert_eq!(classify_utf8("ü%evil.example@example.com"), Ok(Routed("percent hack")));
+        assert_eq!(classify_utf8("ü!evil.example@example.com"), Ok(Routed("bang path")));
+        assert_eq!(classify_utf8("\"ü@evil.example\"@example.com"), Ok(Routed("quoted local part holding a route")));
+        assert_eq!(
+            classify_utf8("user\u{FF20}evil.example@example.com"),
+            Ok(Routed("look-alike of a routing character"))
+        );
+        assert_eq!(
+            classify_utf8("user\u{FF05}evil.example@example.com"),
+            Ok(Routed("look-alike of a routing character"))
+        );
+        assert_eq!(classify_utf8("ü@bad_domain.example"), Err(PathError::BadDomain));
+        assert_eq!(classify_utf8("ü\u{0085}@example.com"), Err(PathError::BadCharacter));
     }
 }

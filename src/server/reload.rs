@@ -124,6 +124,7 @@ fn carry_over(old: &Config, new: &mut Config) -> Vec<String> {
     for b in &mut new.backends {
         if let Some(o) = old.backends.iter().find(|o| o.address == b.address) {
             b.health = o.health.clone();
+            b.capabilities = o.capabilities.clone();
             if o.max_connections == b.max_connections {
                 b.slots = o.slots.clone();
             }

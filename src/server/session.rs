@@ -15,6 +15,7 @@
 
 mod auth;
 mod backend;
+mod bdat;
 mod data;
 mod ehlo;
 mod io;
@@ -28,6 +29,7 @@ use crate::addr::{ClientAddr, LocalAddr, Origin};
 use crate::admin::metrics;
 use crate::config::{Config, Listener, ListenerTls, Live};
 use crate::smtp::command::{self, Command, CommandError};
+use crate::smtp::ehlo::Offer;
 use crate::tls::MaybeTls;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -59,6 +61,7 @@ pub enum Outcome {
     Shutdown,
     Pipelining,
     TooSlow,
+    BadBdat,
 }
 
 impl Outcome {
@@ -79,6 +82,7 @@ impl Outcome {
             Outcome::Shutdown => "shutdown",
             Outcome::Pipelining => "pipelining",
             Outcome::TooSlow => "too_slow",
+            Outcome::BadBdat => "bad_bdat",
         }
     }
 
@@ -98,6 +102,7 @@ impl Outcome {
             Outcome::Shutdown => "server shutting down",
             Outcome::Pipelining => "data sent before 354",
             Outcome::TooSlow => "message arriving too slowly",
+            Outcome::BadBdat => "BDAT without a readable size",
         }
     }
 }
@@ -118,6 +123,10 @@ struct Transaction {
     mail_line: Vec<u8>,
     /// The backend connection was given back while idle: reconnect at the next RCPT.
     released: bool,
+    /// MAIL said SMTPUTF8: addresses may be UTF-8.
+    smtputf8: bool,
+    /// The message is coming in BDAT chunks.
+    chunks: Option<bdat::Chunks>,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +233,8 @@ pub struct Session<S> {
     /// Inside an over-long line: drop bytes until its end.
     discarding: bool,
     phase: Phase,
+    /// What the last EHLO offered; MAIL and RCPT parameters are checked against it.
+    offered: Offer,
     /// The user name, once AUTH succeeded.
     authenticated: Option<String>,
     auth_failures: u32,
@@ -250,6 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             out: Vec::new(),
             discarding: false,
             phase: Phase::Connected,
+            offered: Offer::default(),
             authenticated: None,
             auth_failures: 0,
             origin: Origin::Direct,
@@ -387,6 +399,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             match command::parse(text) {
+                Err(CommandError::BadBdat) => {
+                    tracing::info!(peer = %self.peer, listener = %self.listener.name, "BDAT without a readable size; closed");
+                    self.reply(CommandError::BadBdat.reply());
+                    return Err(Outcome::BadBdat);
+                }
                 Err(CommandError::NotSmtp) => {
                     tracing::info!(peer = %self.peer, listener = %self.listener.name, "not an SMTP client (HTTP request); closed");
                     self.reply(CommandError::NotSmtp.reply());
@@ -400,6 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(Command::Mail { path, params }) => Box::pin(self.mail(&line, path, &params)).await?,
                 Ok(Command::Rcpt { path, params }) => Box::pin(self.rcpt(&line, path, &params)).await?,
                 Ok(Command::Data) => Box::pin(self.data()).await?,
+                Ok(Command::Bdat(chunk)) => Box::pin(self.bdat(chunk)).await?,
                 Ok(Command::Rset) => Box::pin(self.rset()).await?,
                 Ok(Command::Noop) => self.reply("250 2.0.0 Ok"),
                 Ok(Command::Vrfy) => {

@@ -218,6 +218,8 @@ impl Upstream {
         if backend.identity == Identity::Xforward && up.caps.xforward.is_none() {
             return Err(up.refused("XFORWARD is not offered in the EHLO reply"));
         }
+        // What the session will really deal with (after TLS and XCLIENT, EHLO again).
+        backend.capabilities.set(&up.caps);
         Ok(up)
     }
 
@@ -268,6 +270,7 @@ impl Upstream {
             _ => None,
         })
         .await?;
+        backend.capabilities.set(&up.caps);
         up.quit().await;
         Ok(())
     }
@@ -420,7 +423,18 @@ impl Upstream {
         Ok(())
     }
 
-    /// Writes message bytes after the 354 to DATA.
+    /// Starts a BDAT chunk (`header` is its command line); its bytes follow with
+    /// [`Upstream::send_body`], its reply with [`Upstream::chunk_reply`].
+    pub async fn bdat(&mut self, header: &[u8]) -> Result<(), UpstreamError> {
+        self.send_commands(header, [Asked::Bdat]).await
+    }
+
+    /// The reply to a BDAT chunk whose bytes were all sent.
+    pub async fn chunk_reply(&mut self) -> Result<Reply, UpstreamError> {
+        self.read_reply().await
+    }
+
+    /// Writes message bytes after the 354 to DATA, or inside a BDAT chunk.
     pub async fn send_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
         self.write(bytes).await

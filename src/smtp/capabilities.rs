@@ -1,7 +1,10 @@
 //! What a backend said it supports in its EHLO reply. Only the extensions Portcullis
-//! uses are kept; unknown keywords are ignored.
+//! uses are kept; unknown keywords are ignored. [`Learned`] keeps the latest list of
+//! one backend, so that a client can be offered what that backend supports before a
+//! connection to it is open.
 
 use super::Reply;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -11,6 +14,14 @@ pub struct Capabilities {
     /// `SIZE` was advertised (with or without a limit).
     pub size: bool,
     pub starttls: bool,
+    /// RFC 3461 delivery status notifications (NOTIFY, ORCPT, RET, ENVID).
+    pub dsn: bool,
+    /// RFC 6531 internationalized addresses.
+    pub smtputf8: bool,
+    /// RFC 3030 BDAT.
+    pub chunking: bool,
+    /// RFC 3030 BODY=BINARYMIME (needs CHUNKING).
+    pub binarymime: bool,
     /// AUTH mechanisms, upper-case; `None` if AUTH is not offered.
     pub auth: Option<Vec<String>>,
     /// XCLIENT attribute names, upper-case; `None` if XCLIENT is not offered.
@@ -33,6 +44,10 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SIZE" => caps.size = true,
                 "STARTTLS" => caps.starttls = true,
+                "DSN" => caps.dsn = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "CHUNKING" => caps.chunking = true,
+                "BINARYMIME" => caps.binarymime = true,
                 "AUTH" => caps.auth = Some(attrs()),
                 "XCLIENT" => caps.xclient = Some(attrs()),
                 "XFORWARD" => caps.xforward = Some(attrs()),
@@ -51,6 +66,23 @@ impl Capabilities {
     }
 }
 
+/// The capabilities a backend showed last (health check or session), if any yet.
+#[derive(Debug, Default)]
+pub struct Learned(Mutex<Option<Capabilities>>);
+
+impl Learned {
+    pub fn get(&self) -> Option<Capabilities> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, caps: &Capabilities) {
+        let mut learned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if learned.as_ref() != Some(caps) {
+            *learned = Some(caps.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,10 +95,11 @@ mod tests {
             "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n\
              250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n\
              250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n250-ENHANCEDSTATUSCODES\r\n\
-             250-8BITMIME\r\n250 SMTPUTF8\r\n",
+             250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
         );
         let caps = Capabilities::from_ehlo(&ReplyParser::parse(&mut buf).unwrap().unwrap());
         assert!(caps.pipelining && caps.size && caps.eight_bit_mime);
+        assert!(caps.dsn && caps.smtputf8 && caps.chunking && !caps.binarymime);
         assert!(caps.xclient_offers("ADDR") && caps.xclient_offers("DESTPORT"));
         assert!(caps.xforward_offers("SOURCE") && !caps.xforward_offers("LOGIN"));
     }

@@ -17,6 +17,8 @@ pub enum Command<'a> {
         params: Vec<Param<'a>>,
     },
     Data,
+    /// RFC 3030: a chunk of `size` bytes follows the command line.
+    Bdat(super::bdat::Chunk),
     Rset,
     Noop,
     Quit,
@@ -48,6 +50,10 @@ pub enum CommandError {
     NotSmtp,
     #[error("syntax error: {0}")]
     Syntax(&'static str),
+    /// BDAT whose size cannot be read: where its chunk ends is unknown, so nothing
+    /// after it can be read as a command; the session is closed.
+    #[error("BDAT without a readable size")]
+    BadBdat,
 }
 
 impl CommandError {
@@ -56,6 +62,7 @@ impl CommandError {
             CommandError::Unknown => "500 5.5.1 Error: command not recognized",
             CommandError::NotSmtp => "554 5.5.1 Error: this is an SMTP server",
             CommandError::Syntax(reply) => reply,
+            CommandError::BadBdat => "501 5.5.4 Syntax: BDAT chunk-size [LAST]",
         }
     }
 }
@@ -68,12 +75,21 @@ const PARAM_SYNTAX: &str = "501 5.5.4 Syntax error in parameters";
 const NO_ARGS: &str = "501 5.5.4 Syntax error: no arguments allowed";
 const NOT_TEXT: &str = "500 5.5.2 Error: command contains control or 8-bit characters";
 
+/// Parses one command line (without CRLF). Only MAIL and RCPT may hold 8-bit text, and
+/// only valid UTF-8 (their addresses under SMTPUTF8; the session decides whether the
+/// transaction allows it).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
-    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b >= 0x7f) {
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(CommandError::Syntax(NOT_TEXT));
     }
-    // Only printable ASCII and tab remain, so this cannot fail.
     let line = std::str::from_utf8(line).map_err(|_| CommandError::Syntax(NOT_TEXT))?;
+    if !line.is_ascii() {
+        let verb = line.get(..5).unwrap_or("");
+        let utf8_allowed = verb.eq_ignore_ascii_case("MAIL ") || verb.eq_ignore_ascii_case("RCPT ");
+        if !utf8_allowed || line.chars().any(char::is_control) {
+            return Err(CommandError::Syntax(NOT_TEXT));
+        }
+    }
     let (verb, args) = match line.find([' ', '\t']) {
         Some(i) => (&line[..i], line[i + 1..].trim_matches([' ', '\t'])),
         None => (line, ""),
@@ -134,7 +150,10 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
     if is("AUTH") {
         return Ok(Command::Auth(args));
     }
-    for name in ["EXPN", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"] {
+    if is("BDAT") {
+        return super::bdat::parse_args(args).map(Command::Bdat).ok_or(CommandError::BadBdat);
+    }
+    for name in ["EXPN", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"] {
         if is(name) {
             return Ok(Command::NotImplemented(name));
         }
@@ -276,7 +295,18 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1"), Err(CommandError::NotSmtp));
         assert_eq!(parse(b"CONNECT mx.example:25 HTTP/1.0"), Err(CommandError::NotSmtp));
         assert_eq!(err("GET something"), "500 5.5.1 Error: command not recognized");
-        assert_eq!(err("MAIL FROM:<a\u{e9}@b>"), NOT_TEXT);
+        assert_eq!(
+            ok("MAIL FROM:<a\u{e9}@b> SMTPUTF8"),
+            Command::Mail { path: "a\u{e9}@b", params: vec![Param { keyword: "SMTPUTF8", value: None }] }
+        );
+        assert_eq!(
+            ok("RCPT TO:<j\u{f8}rn@b\u{fc}cher.example>"),
+            Command::Rcpt { path: "j\u{f8}rn@b\u{fc}cher.example", params: vec![] }
+        );
+        assert_eq!(err("NOOP \u{e9}"), NOT_TEXT);
+        assert_eq!(err("EHLO h\u{e9}.example"), NOT_TEXT);
+        assert!(parse(b"MAIL FROM:<a\xff@b>").is_err(), "invalid UTF-8");
+        assert_eq!(err("RCPT TO:<a\u{85}@b>"), NOT_TEXT);
         assert_eq!(err("NOOP \0"), NOT_TEXT);
     }
 }

@@ -9,6 +9,17 @@ pub struct Offer {
     pub max_size: u64,
     pub starttls: bool,
     pub auth: bool,
+    pub dsn: bool,
+    pub smtputf8: bool,
+}
+
+impl Offer {
+    /// The extensions that depend on the backend, as far as `caps` shows them.
+    pub fn following(mut self, caps: &super::Capabilities) -> Self {
+        self.dsn = caps.dsn;
+        self.smtputf8 = caps.smtputf8;
+        self
+    }
 }
 
 /// The EHLO reply, without the final CRLF.
@@ -22,6 +33,13 @@ pub fn reply(hostname: &str, offer: &Offer) -> String {
         lines.push("AUTH PLAIN LOGIN".into());
     }
     lines.push("ENHANCEDSTATUSCODES".into());
+    lines.push("CHUNKING".into());
+    if offer.dsn {
+        lines.push("DSN".into());
+    }
+    if offer.smtputf8 {
+        lines.push("SMTPUTF8".into());
+    }
     let last = lines.len() - 1;
     let mut out = String::new();
     for (i, line) in lines.iter().enumerate() {
@@ -40,12 +58,14 @@ mod tests {
 
     #[test]
     fn lists_what_is_offered_and_nothing_else() {
-        let offer = Offer { max_size: 1000, starttls: true, auth: false };
+        let offer = Offer { max_size: 1000, starttls: true, ..Offer::default() };
         assert_eq!(
             reply("mx.test", &offer),
-            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES"
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250 CHUNKING"
         );
-        let offer = Offer { max_size: 5, starttls: false, auth: true };
+        let offer = Offer { max_size: 5, auth: true, dsn: true, ..Offer::default() };
+        assert!(reply("mx.test", &offer).ends_with("250-CHUNKING\r\n250 DSN"));
         assert!(reply("mx.test", &offer).contains("250-AUTH PLAIN LOGIN\r\n"));
         assert!(!reply("mx.test", &offer).contains("STARTTLS"));
     }

@@ -1,8 +1,9 @@
 //! The MAIL command's parameters: checked against what the client was offered, and
 //! the line as the backend gets it (the client's own bytes when the backend takes
-//! every parameter, otherwise rebuilt without what the backend did not offer).
+//! every parameter, otherwise rebuilt without what it did not offer and may be left
+//! out; a parameter that may not be left out is refused instead).
 
-use super::{Capabilities, Param, ehlo::Offer};
+use super::{Capabilities, Param, dsn, ehlo::Offer};
 use thiserror::Error;
 
 /// Why a MAIL command's parameters are refused; each has its complete reply.
@@ -16,6 +17,20 @@ pub enum MailRefusal {
     TooBig,
     #[error("555 5.5.4 Error: unsupported MAIL parameter")]
     Unsupported,
+    #[error("501 5.5.4 Error: MAIL parameter given twice")]
+    Duplicate,
+    #[error("501 5.5.4 Error: bad RET parameter")]
+    BadRet,
+    #[error("501 5.5.4 Error: bad ENVID parameter")]
+    BadEnvid,
+    #[error("555 5.5.4 Error: SMTPUTF8 takes no value")]
+    BadSmtpUtf8,
+    #[error("553 5.6.7 Error: a non-ASCII address needs SMTPUTF8")]
+    NeedSmtpUtf8,
+    /// The backend this session reached does not support what the client was offered
+    /// (it failed over to one that supports less): try again later.
+    #[error("451 4.3.0 Error: the mail server cannot take this transaction now, try again later")]
+    BackendLacks,
 }
 
 impl MailRefusal {
@@ -29,61 +44,108 @@ impl MailRefusal {
 pub struct MailParams {
     /// `SIZE=`, already checked against the limit.
     pub size: Option<u64>,
+    /// `SMTPUTF8`: addresses in this transaction may be UTF-8.
+    pub smtputf8: bool,
 }
 
 /// Checks MAIL parameters against what was offered: SIZE (within the limit), BODY=7BIT
-/// or 8BITMIME, and AUTH= (RFC 4954: accepted, not passed on). Anything else, or any
-/// parameter after HELO, is refused.
-pub fn check(params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Result<MailParams, MailRefusal> {
+/// or 8BITMIME, AUTH= (RFC 4954: accepted, not passed on), and when offered SMTPUTF8,
+/// RET and ENVID. Anything else, a parameter given twice, or any parameter after HELO,
+/// is refused. A non-ASCII `path` needs SMTPUTF8.
+pub fn check(path: &str, params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Result<MailParams, MailRefusal> {
     if !esmtp && !params.is_empty() {
         return Err(MailRefusal::NeedEhlo);
     }
     let mut out = MailParams::default();
-    for p in params {
+    for (i, p) in params.iter().enumerate() {
+        if params[..i].iter().any(|q| q.keyword.eq_ignore_ascii_case(p.keyword)) {
+            return Err(MailRefusal::Duplicate);
+        }
+        let is = |name: &str| p.keyword.eq_ignore_ascii_case(name);
         let value = p.value.unwrap_or("");
-        if p.keyword.eq_ignore_ascii_case("SIZE") {
+        if !value.is_ascii() {
+            return Err(MailRefusal::Unsupported);
+        }
+        if is("SIZE") {
             let size = value.parse::<u64>().map_err(|_| MailRefusal::BadSize)?;
             if size > offer.max_size {
                 return Err(MailRefusal::TooBig);
             }
             out.size = Some(size);
-        } else {
-            let body = p.keyword.eq_ignore_ascii_case("BODY")
-                && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"));
-            let auth = p.keyword.eq_ignore_ascii_case("AUTH") && p.value.is_some();
-            if !body && !auth {
-                return Err(MailRefusal::Unsupported);
+        } else if is("BODY") && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
+            || is("AUTH") && p.value.is_some()
+        {
+            // Taken as they are (see `fate` for what the backend gets).
+        } else if is("SMTPUTF8") && offer.smtputf8 {
+            if p.value.is_some() {
+                return Err(MailRefusal::BadSmtpUtf8);
             }
+            out.smtputf8 = true;
+        } else if is("RET") && offer.dsn {
+            if !dsn::ret_ok(value) {
+                return Err(MailRefusal::BadRet);
+            }
+        } else if is("ENVID") && offer.dsn {
+            if !dsn::envid_ok(value) {
+                return Err(MailRefusal::BadEnvid);
+            }
+        } else {
+            return Err(MailRefusal::Unsupported);
         }
+    }
+    if !path.is_ascii() && !out.smtputf8 {
+        return Err(MailRefusal::NeedSmtpUtf8);
     }
     Ok(out)
 }
 
-/// `line` is the client's MAIL line (CRLF included), already checked: its parameters
-/// are SIZE, BODY=7BIT|8BITMIME and AUTH=. AUTH= is never passed on (the backend did
-/// not see the client's AUTH); SIZE and BODY only when the backend offers them.
-pub fn for_backend(caps: &Capabilities, line: &[u8], path: &str, params: &[Param<'_>]) -> Vec<u8> {
-    let keep = |p: &Param<'_>| {
-        if p.keyword.eq_ignore_ascii_case("SIZE") {
-            caps.size
-        } else if p.keyword.eq_ignore_ascii_case("BODY") {
-            caps.eight_bit_mime
-        } else {
-            false
-        }
-    };
-    if params.iter().all(keep) {
-        return line.to_vec();
+/// What happens to a checked MAIL parameter toward a backend with `caps`.
+enum Fate {
+    Keep,
+    Drop,
+    /// It changes the meaning of the transaction and the backend cannot take it.
+    Refuse,
+}
+
+fn fate(caps: &Capabilities, p: &Param<'_>) -> Fate {
+    let is = |name: &str| p.keyword.eq_ignore_ascii_case(name);
+    let keep_or = |supported: bool, otherwise: Fate| if supported { Fate::Keep } else { otherwise };
+    if is("SIZE") {
+        keep_or(caps.size, Fate::Drop)
+    } else if is("BODY") {
+        keep_or(caps.eight_bit_mime, Fate::Drop)
+    } else if is("SMTPUTF8") {
+        keep_or(caps.smtputf8, Fate::Refuse)
+    } else if is("RET") || is("ENVID") {
+        // Left out, the backend would send full notifications we were asked not to.
+        keep_or(caps.dsn, Fate::Refuse)
+    } else {
+        // AUTH=: the backend did not see the client's AUTH.
+        Fate::Drop
+    }
+}
+
+/// The MAIL line for a backend with `caps`. `line` is the client's MAIL line (CRLF
+/// included) whose parameters passed [`check`].
+pub fn for_backend(caps: &Capabilities, line: &[u8], path: &str, params: &[Param<'_>]) -> Result<Vec<u8>, MailRefusal> {
+    let fates: Vec<Fate> = params.iter().map(|p| fate(caps, p)).collect();
+    if fates.iter().any(|f| matches!(f, Fate::Refuse)) {
+        return Err(MailRefusal::BackendLacks);
+    }
+    if fates.iter().all(|f| matches!(f, Fate::Keep)) {
+        return Ok(line.to_vec());
     }
     let mut out = format!("MAIL FROM:<{path}>");
-    for p in params.iter().filter(|p| keep(p)) {
+    for (p, _) in params.iter().zip(&fates).filter(|(_, f)| matches!(f, Fate::Keep)) {
         out.push(' ');
         out.push_str(p.keyword);
-        out.push('=');
-        out.push_str(p.value.unwrap_or(""));
+        if let Some(value) = p.value {
+            out.push('=');
+            out.push_str(value);
+        }
     }
     out.push_str("\r\n");
-    out.into_bytes()
+    Ok(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -94,19 +156,38 @@ mod tests {
         Param { keyword, value: Some(value) }
     }
 
-    const OFFER: Offer = Offer { max_size: 1000, starttls: false, auth: false };
+    const OFFER: Offer = Offer { max_size: 1000, starttls: false, auth: false, dsn: true, smtputf8: true };
 
     #[test]
     fn parameters_checked_against_the_offer() {
-        let ok = |params: &[Param<'_>]| check(params, true, &OFFER);
-        assert_eq!(ok(&[param("SIZE", "1000"), param("body", "8bitmime")]), Ok(MailParams { size: Some(1000) }));
+        let ok = |params: &[Param<'_>]| check("a@b", params, true, &OFFER);
+        assert_eq!(
+            ok(&[param("SIZE", "1000"), param("body", "8bitmime")]),
+            Ok(MailParams { size: Some(1000), smtputf8: false })
+        );
         assert_eq!(ok(&[param("SIZE", "1001")]), Err(MailRefusal::TooBig));
         assert_eq!(ok(&[param("SIZE", "-1")]), Err(MailRefusal::BadSize));
+        assert_eq!(ok(&[param("SIZE", "1"), param("size", "2")]), Err(MailRefusal::Duplicate));
         assert_eq!(ok(&[param("BODY", "BINARYMIME")]), Err(MailRefusal::Unsupported));
         assert_eq!(ok(&[param("AUTH", "<>")]), Ok(MailParams::default()));
         assert_eq!(ok(&[Param { keyword: "AUTH", value: None }]), Err(MailRefusal::Unsupported));
-        assert_eq!(check(&[param("SIZE", "1")], false, &OFFER), Err(MailRefusal::NeedEhlo));
-        assert_eq!(check(&[], false, &OFFER), Ok(MailParams::default()));
+        assert_eq!(check("a@b", &[param("SIZE", "1")], false, &OFFER), Err(MailRefusal::NeedEhlo));
+        assert_eq!(check("a@b", &[], false, &OFFER), Ok(MailParams::default()));
+    }
+
+    #[test]
+    fn dsn_and_smtputf8_only_when_offered_and_well_formed() {
+        let ok = |params: &[Param<'_>]| check("a@b", params, true, &OFFER);
+        assert!(ok(&[param("RET", "HDRS"), param("ENVID", "QQ314159")]).is_ok());
+        assert_eq!(ok(&[param("RET", "ALL")]), Err(MailRefusal::BadRet));
+        assert_eq!(ok(&[param("ENVID", "a+2")]), Err(MailRefusal::BadEnvid));
+        let utf8 = [Param { keyword: "SMTPUTF8", value: None }];
+        assert_eq!(check("jørn@b", &utf8, true, &OFFER), Ok(MailParams { size: None, smtputf8: true }));
+        assert_eq!(check("jørn@b", &[], true, &OFFER), Err(MailRefusal::NeedSmtpUtf8));
+        assert_eq!(ok(&[param("SMTPUTF8", "yes")]), Err(MailRefusal::BadSmtpUtf8));
+        let plain = Offer { dsn: false, smtputf8: false, ..OFFER };
+        assert_eq!(check("a@b", &[param("RET", "FULL")], true, &plain), Err(MailRefusal::Unsupported));
+        assert_eq!(check("a@b", &utf8, true, &plain), Err(MailRefusal::Unsupported));
     }
 
     #[test]
@@ -114,7 +195,7 @@ mod tests {
         let caps = Capabilities { size: true, eight_bit_mime: true, ..Capabilities::default() };
         let line = b"MAIL FROM:<a@b> size=10 BODY=8BITMIME\r\n";
         let params = [param("size", "10"), param("BODY", "8BITMIME")];
-        assert_eq!(for_backend(&caps, line, "a@b", &params), line.to_vec());
+        assert_eq!(for_backend(&caps, line, "a@b", &params), Ok(line.to_vec()));
     }
 
     #[test]
@@ -122,6 +203,24 @@ mod tests {
         let caps = Capabilities { size: true, ..Capabilities::default() };
         let params = [param("SIZE", "10"), param("BODY", "8BITMIME"), param("AUTH", "<>")];
         let line = b"MAIL FROM:<a@b> SIZE=10 BODY=8BITMIME AUTH=<>\r\n";
-        assert_eq!(for_backend(&caps, line, "a@b", &params), b"MAIL FROM:<a@b> SIZE=10\r\n".to_vec());
+        assert_eq!(for_backend(&caps, line, "a@b", &params), Ok(b"MAIL FROM:<a@b> SIZE=10\r\n".to_vec()));
+    }
+
+    #[test]
+    fn what_may_not_be_dropped_is_refused() {
+        let caps = Capabilities { dsn: true, ..Capabilities::default() };
+        let utf8 = [Param { keyword: "SMTPUTF8", value: None }, param("AUTH", "<>")];
+        let line = "MAIL FROM:<jørn@b> SMTPUTF8 AUTH=<>\r\n".as_bytes();
+        assert_eq!(for_backend(&caps, line, "jørn@b", &utf8), Err(MailRefusal::BackendLacks));
+        let with = Capabilities { smtputf8: true, ..caps.clone() };
+        assert_eq!(
+            for_backend(&with, line, "jørn@b", &utf8),
+            Ok("MAIL FROM:<jørn@b> SMTPUTF8\r\n".as_bytes().to_vec())
+        );
+        let ret = [param("RET", "HDRS")];
+        assert_eq!(
+            for_backend(&Capabilities::default(), b"MAIL FROM:<a@b> RET=HDRS\r\n", "a@b", &ret),
+            Err(MailRefusal::BackendLacks)
+        );
     }
 }

@@ -2,9 +2,11 @@
 //! what a client is offered (EHLO), MAIL and RCPT parameters, the DATA scanner, xtext,
 //! and which replies fit which command.
 
+pub mod bdat;
 pub mod capabilities;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod ehlo;
 pub mod mail;
 pub mod rcpt;

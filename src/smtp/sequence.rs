@@ -16,6 +16,8 @@ pub enum Asked {
     Data,
     EndOfData,
     Rset,
+    /// A BDAT chunk (RFC 3030): one reply per chunk, after all its bytes.
+    Bdat,
 }
 
 impl Asked {
@@ -32,6 +34,7 @@ impl Asked {
             Asked::Data => "DATA",
             Asked::EndOfData => "end of data",
             Asked::Rset => "RSET",
+            Asked::Bdat => "BDAT",
         }
     }
 
@@ -49,6 +52,7 @@ impl Asked {
             Asked::Xclient => code == 220 || code == 250,
             Asked::Auth => code == 235 || code == 334,
             Asked::Mail | Asked::Rcpt | Asked::EndOfData | Asked::Rset => (250..=252).contains(&code),
+            Asked::Bdat => code == 250,
             Asked::Data => code == 354,
         }
     }

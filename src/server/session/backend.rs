@@ -55,6 +55,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// The backend reached cannot take what the client was offered (a failover to a
+    /// backend that supports less): a temporary refusal, not the client's error.
+    pub(super) fn backend_lacks(&mut self, reply: &str, step: &'static str) -> Step {
+        let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+        tracing::warn!(peer = %self.peer, %backend, step, "the backend does not support what the client was offered; refused for now");
+        metrics::backend_error(&backend, step, "lacks_extension");
+        self.reply(reply);
+        Ok(())
+    }
+
     /// How long the backend connection may wait on this client: only while it carries
     /// no accepted recipient (and no login made at the backend), so that sessions that
     /// have sent nothing worth delivering cannot hold the backend's connections.

@@ -13,6 +13,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match self.phase.transaction() {
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
+            Some(tx) if tx.chunks.is_some() => return self.refuse("503 5.5.1 Error: DATA after BDAT"),
             Some(_) => {}
         }
         if !self.inbuf.is_empty() {

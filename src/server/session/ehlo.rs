@@ -10,8 +10,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn hello(&mut self, name: &str, esmtp: bool) -> Step {
         self.reset_transaction().await?;
         self.phase = Phase::Greeted(Helo { name: name.to_string(), esmtp });
+        self.offered = if esmtp { self.offer() } else { Offer::default() };
         if esmtp {
-            let ehlo = ehlo::reply(&self.config.hostname, &self.offer());
+            let ehlo = ehlo::reply(&self.config.hostname, &self.offered);
             self.reply(&ehlo);
         } else {
             let helo = format!("250 {}", self.config.hostname);
@@ -20,12 +21,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// What this client is offered now.
+    /// What this client is offered now: the extensions that depend on the backend
+    /// follow the one this session is connected to, or else the one it would reach.
     pub(super) fn offer(&self) -> Offer {
+        let caps = match &self.upstream {
+            Some(up) => up.capabilities().clone(),
+            None => self.config.expected_capabilities(),
+        };
         Offer {
             max_size: self.config.limits.max_message_size,
             starttls: self.listener.tls == ListenerTls::StartTls && !self.client.is_tls(),
             auth: self.auth_offered(),
+            ..Offer::default()
         }
+        .following(&caps)
     }
 }

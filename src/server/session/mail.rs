@@ -6,7 +6,8 @@ use crate::admin::metrics;
 use crate::config::AuthPolicy;
 use crate::server::upstream::UpstreamError;
 use crate::smtp::command::{self, Command, Param};
-use crate::smtp::{Capabilities, Reply, mail};
+use crate::smtp::mail::{self, MailRefusal};
+use crate::smtp::{Capabilities, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -23,21 +24,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
             return self.refuse("530 5.7.0 Authentication required");
         }
-        if let Err(refusal) = mail::check(params, esmtp, &self.offer()) {
-            if refusal == mail::MailRefusal::TooBig {
-                tracing::info!(peer = %self.peer, "message refused: declared SIZE over the limit");
-                metrics::limit_refused("limits.max_message_size");
+        let declared = match mail::check(path, params, esmtp, &self.offered) {
+            Ok(declared) => declared,
+            Err(refusal) => {
+                if refusal == MailRefusal::TooBig {
+                    tracing::info!(peer = %self.peer, "message refused: declared SIZE over the limit");
+                    metrics::limit_refused("limits.max_message_size");
+                }
+                return self.refuse(&refusal.reply());
             }
-            return self.refuse(&refusal.reply());
-        }
+        };
 
         let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
         let reply = match sent {
-            Ok(reply) => reply,
+            Ok(Ok(reply)) => reply,
+            Ok(Err(refusal)) => return self.backend_lacks(&refusal.reply(), "MAIL"),
             Err(e) => return self.upstream_failed(e, "MAIL"),
         };
         if reply.is_positive() {
-            self.phase.begin_transaction(Transaction { mail_line: line.to_vec(), ..Transaction::default() });
+            let tx = Transaction { mail_line: line.to_vec(), smtputf8: declared.smtputf8, ..Transaction::default() };
+            self.phase.begin_transaction(tx);
         }
         self.relay_reply(&reply)?;
         if reply.code >= 500 {
@@ -47,13 +53,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Sends MAIL (`line`, given the backend's capabilities) on the backend connection,
-    /// opening one if needed. Nothing of the transaction is acknowledged yet, so when
-    /// the connection fails here a fresh one may do better: once more, or on the next
-    /// backend when this one broke the protocol.
+    /// opening one if needed; the inner error when the backend cannot take the MAIL
+    /// the client sent (nothing was sent then). Nothing of the transaction is
+    /// acknowledged yet, so when the connection fails here a fresh one may do better:
+    /// once more, or on the next backend when this one broke the protocol.
     pub(super) async fn start_backend_transaction(
         &mut self,
-        line: impl Fn(&Capabilities) -> Vec<u8>,
-    ) -> Result<Reply, UpstreamError> {
+        line: impl Fn(&Capabilities) -> Result<Vec<u8>, MailRefusal>,
+    ) -> Result<Result<Reply, MailRefusal>, UpstreamError> {
         let mut skip = Vec::new();
         let mut attempts = 0;
         loop {
@@ -61,9 +68,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.connect_upstream(&skip).await?;
             let facts = self.facts();
             let up = self.upstream.as_mut().expect("connected above");
-            let forward = line(up.capabilities());
+            let forward = match line(up.capabilities()) {
+                Ok(forward) => forward,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             match up.mail(&facts, &forward).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => return Ok(Ok(reply)),
                 Err(e) if e.worth_reconnecting() && attempts <= self.config.backends.len() => {
                     let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
                     tracing::warn!(
@@ -91,13 +101,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(false);
         };
         match self.start_backend_transaction(|caps| mail::for_backend(caps, &client_line, path, &params)).await {
-            Ok(reply) if reply.is_positive() => {
+            Ok(Ok(reply)) if reply.is_positive() => {
                 if let Some(tx) = self.phase.transaction_mut() {
                     tx.released = false;
                 }
                 Ok(true)
             }
-            Ok(reply) => {
+            Ok(Err(refusal)) => {
+                self.phase.end_transaction();
+                self.backend_lacks(&refusal.reply(), "MAIL again")?;
+                Ok(false)
+            }
+            Ok(Ok(reply)) => {
                 tracing::warn!(
                     peer = %self.peer, reply = ?reply.first_line(),
                     "backend refused the MAIL sent again after an idle pause; transaction ended"

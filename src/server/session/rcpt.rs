@@ -13,14 +13,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(tx) = self.phase.transaction() else {
             return self.refuse("503 5.5.1 Error: need MAIL command");
         };
+        if tx.chunks.is_some() {
+            return self.refuse("503 5.5.1 Error: RCPT after BDAT");
+        }
         if self.upstream.is_none() && !tx.released {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
             return Ok(());
         }
-        if let Err(refusal) = rcpt::check(params, &self.offer()) {
+        if let Err(refusal) = rcpt::check(params, &self.offered) {
             return self.refuse(&refusal.reply());
         }
-        let destination = match address::classify(path) {
+        if !path.is_ascii() && !tx.smtputf8 {
+            return self.refuse("553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 in MAIL");
+        }
+        let classified = if tx.smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
+        let destination = match classified {
             Ok(d) => d,
             Err(e) => {
                 tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
@@ -56,6 +63,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if self.upstream.is_none() && !self.resume_transaction().await? {
             return Ok(());
+        }
+        let up = self.upstream.as_mut().expect("checked above");
+        if let Err(refusal) = rcpt::for_backend(up.capabilities(), params) {
+            return self.backend_lacks(&refusal.reply(), "RCPT");
         }
         let up = self.upstream.as_mut().expect("checked above");
         let reply = match up.command(line, Asked::Rcpt).await {

@@ -11,11 +11,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// Ends any open transaction here and at the backend.
+    /// Ends any open transaction here and at the backend. A backend inside a DATA body
+    /// (BDAT converted to DATA) would read RSET as message text: that connection is
+    /// dropped instead, which abandons the message.
     pub(super) async fn reset_transaction(&mut self) -> Step {
-        if self.phase.end_transaction().is_some()
-            && let Some(up) = self.upstream.as_mut()
-        {
+        let Some(tx) = self.phase.end_transaction() else { return Ok(()) };
+        if tx.chunks.as_ref().is_some_and(|c| c.holds_data_open()) {
+            self.upstream = None;
+            return Ok(());
+        }
+        if let Some(up) = self.upstream.as_mut() {
             match up.command(b"RSET\r\n", Asked::Rset).await {
                 Ok(r) if r.is_positive() => {}
                 Ok(r) => {

@@ -766,6 +766,7 @@ async fn silent_client_inside_data_times_out() {
     assert!(!backend.lines().iter().any(|l| l.starts_with("BODY:")), "no message may arrive");
 }
 
+mod bdat;
 mod lockstep;
 
 #[tokio::test]

@@ -1,0 +1,223 @@
+//! BDAT (RFC 3030 CHUNKING) from the client. Every chunk is read whole, whatever
+//! happens: its bytes are never taken for commands. Toward a backend that offers
+//! CHUNKING (and when no line end is rewritten) chunks are forwarded as they come;
+//! otherwise the message becomes a DATA body, dot-stuffed and held to the same
+//! smuggling rules as DATA. Our own `250` to a chunk acknowledges only its bytes; the
+//! reply to the last chunk is always the backend's.
+
+use super::{DATA_CHUNK, Outcome, Read, Session, Step};
+use crate::admin::metrics;
+use crate::server::upstream::UpstreamError;
+use crate::smtp::bdat::{Chunk, ChunkScanner};
+use crate::smtp::{Asked, BareLf};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The BDAT side of a transaction, from its first chunk on.
+#[derive(Debug)]
+pub(super) struct Chunks {
+    scanner: ChunkScanner,
+    /// The backend gets a DATA body (it lacks CHUNKING, or line ends are rewritten).
+    via_data: bool,
+}
+
+impl Chunks {
+    /// Whether the backend is inside a DATA body that only our final dot can end: no
+    /// other command may be sent on that connection.
+    pub(super) fn holds_data_open(&self) -> bool {
+        self.via_data
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn bdat(&mut self, chunk: Chunk) -> Step {
+        let refusal = match self.phase.transaction() {
+            None => Some("503 5.5.1 Error: need MAIL command"),
+            Some(tx) if tx.recipients == 0 => Some("503 5.5.1 Error: need RCPT command"),
+            Some(_) if self.upstream.is_none() => Some("451 4.4.2 Connection to the mail server lost, try again later"),
+            Some(tx) => {
+                let so_far = tx.chunks.as_ref().map_or(0, |c| c.scanner.size());
+                (so_far.saturating_add(chunk.size) > self.config.limits.max_message_size)
+                    .then_some("552 5.3.4 Message size exceeds fixed limit")
+            }
+        };
+        if let Some(reply) = refusal {
+            self.discard(chunk.size).await?;
+            if reply.starts_with("552") {
+                metrics::limit_refused("limits.max_message_size");
+                metrics::message("rejected");
+                self.upstream = None;
+                self.phase.end_transaction();
+            }
+            if reply.starts_with('4') {
+                self.phase.end_transaction();
+                self.reply(reply);
+                return Ok(());
+            }
+            return self.refuse(reply);
+        }
+        if self.phase.transaction().is_some_and(|tx| tx.chunks.is_none()) && !self.begin_chunks().await? {
+            return self.discard(chunk.size).await;
+        }
+        let via_data = self.phase.transaction().and_then(|tx| tx.chunks.as_ref()).is_some_and(|c| c.via_data);
+        let mut upstream_error: Option<UpstreamError> = None;
+        if !via_data {
+            let header = format!("BDAT {}{}\r\n", chunk.size, if chunk.last { " LAST" } else { "" });
+            let up = self.upstream.as_mut().expect("checked above");
+            if let Err(e) = up.bdat(header.as_bytes()).await {
+                upstream_error = Some(e);
+            }
+        }
+        let upstream_error = self.stream_chunk(chunk, upstream_error).await?;
+        self.end_chunk(chunk, via_data, upstream_error).await
+    }
+
+    /// The first chunk: DATA toward a backend without CHUNKING (or when line ends are
+    /// rewritten, which changes chunk sizes). False when the backend refused DATA; the
+    /// client has the backend's reply and the transaction is over.
+    async fn begin_chunks(&mut self) -> Result<bool, Outcome> {
+        let up = self.upstream.as_mut().expect("checked by the caller");
+        let policy = self.config.limits.bare_lf;
+        let via_data = !up.capabilities().chunking || policy == BareLf::Normalize;
+        if via_data {
+            let reply = match up.command(b"DATA\r\n", Asked::Data).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.upstream_failed(e, "DATA")?;
+                    return Ok(false);
+                }
+            };
+            if !reply.is_intermediate() {
+                self.phase.end_transaction();
+                self.relay_reply(&reply)?;
+                return Ok(false);
+            }
+        }
+        let scanner = ChunkScanner::new(self.config.limits.max_message_size, policy, via_data);
+        if let Some(tx) = self.phase.transaction_mut() {
+            tx.chunks = Some(Chunks { scanner, via_data });
+        }
+        Ok(true)
+    }
+
+    /// Reads the chunk's bytes, scans them and sends them on until a violation or a
+    /// backend failure; the rest is read and dropped. Returns the backend failure.
+    async fn stream_chunk(
+        &mut self,
+        chunk: Chunk,
+        mut upstream_error: Option<UpstreamError>,
+    ) -> Result<Option<UpstreamError>, Outcome> {
+        let mut remaining = chunk.size;
+        let mut out = Vec::new();
+        let started = tokio::time::Instant::now();
+        while remaining > 0 {
+            self.fill_chunk_buffer(started, chunk.size - remaining).await?;
+            let n = remaining.min(self.inbuf.len() as u64) as usize;
+            let part = self.inbuf.split_to(n);
+            remaining -= n as u64;
+            let Some(chunks) = self.phase.transaction_mut().and_then(|tx| tx.chunks.as_mut()) else { continue };
+            out.clear();
+            chunks.scanner.scan(&part, &mut out);
+            if chunks.scanner.violation().is_some() || upstream_error.is_some() {
+                continue;
+            }
+            if let Some(up) = self.upstream.as_mut()
+                && let Err(e) = up.send_body(&out).await
+            {
+                upstream_error = Some(e);
+            }
+        }
+        Ok(upstream_error)
+    }
+
+    /// After a chunk: a violation refuses the message (the backend connection is
+    /// dropped, so the backend keeps nothing); otherwise the backend's reply, or ours
+    /// to a chunk the backend has not seen the end of yet (DATA conversion).
+    async fn end_chunk(&mut self, chunk: Chunk, via_data: bool, upstream_error: Option<UpstreamError>) -> Step {
+        let Some(chunks) = self.phase.transaction_mut().and_then(|tx| tx.chunks.as_mut()) else {
+            return Ok(());
+        };
+        if let Some(v) = chunks.scanner.violation() {
+            let size = chunks.scanner.size();
+            self.upstream = None;
+            self.phase.end_transaction();
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size, "message refused (BDAT)");
+            metrics::message("rejected");
+            return self.refuse(v.reply());
+        }
+        if let Some(e) = upstream_error {
+            metrics::message("failed");
+            return self.upstream_failed(e, "BDAT");
+        }
+        let mut tail = Vec::new();
+        if chunk.last {
+            chunks.scanner.finish(&mut tail);
+        }
+        let up = self.upstream.as_mut().expect("a chunk in progress has its backend");
+        let reply = match (via_data, chunk.last) {
+            (true, false) => {
+                let text = format!("250 2.0.0 {} octets received", chunk.size);
+                self.reply(&text);
+                return Ok(());
+            }
+            (true, true) => match up.send_body(&tail).await {
+                Ok(()) => up.end_of_data().await,
+                Err(e) => Err(e),
+            },
+            (false, _) => up.chunk_reply().await,
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::message("failed");
+                return self.upstream_failed(e, if chunk.last { "end of data" } else { "BDAT" });
+            }
+        };
+        if chunk.last || !reply.is_positive() {
+            self.phase.end_transaction();
+            if reply.is_positive() {
+                self.stats.messages += 1;
+                self.stats.errors_since_delivery = 0;
+                metrics::message("delivered");
+            } else {
+                metrics::message("refused");
+            }
+        }
+        self.relay_reply(&reply)
+    }
+
+    /// Makes sure at least one byte of the chunk is buffered; the data timeout and the
+    /// minimum data rate apply as in DATA.
+    async fn fill_chunk_buffer(&mut self, started: tokio::time::Instant, received: u64) -> Step {
+        if !self.inbuf.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        self.inbuf.reserve(DATA_CHUNK);
+        match self.read_client(self.config.limits.data_timeout).await? {
+            Read::Data => {}
+            Read::Closed => return Err(Outcome::ClientClosedInData),
+            Read::TimedOut => return self.timed_out(),
+        }
+        if self.config.limits.min_data_rate.too_slow(received + self.inbuf.len() as u64, started.elapsed()) {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "chunk arriving too slowly; closed");
+            metrics::limit_refused("limits.min_data_rate");
+            let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
+            self.reply(&text);
+            return Err(Outcome::TooSlow);
+        }
+        Ok(())
+    }
+
+    /// Reads and drops the bytes of a refused chunk.
+    async fn discard(&mut self, mut size: u64) -> Step {
+        let started = tokio::time::Instant::now();
+        let total = size;
+        while size > 0 {
+            self.fill_chunk_buffer(started, total - size).await?;
+            let n = size.min(self.inbuf.len() as u64) as usize;
+            let _ = self.inbuf.split_to(n);
+            size -= n as u64;
+        }
+        Ok(())
+    }
+}
