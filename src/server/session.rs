@@ -62,6 +62,7 @@ pub enum Outcome {
     Pipelining,
     TooSlow,
     BadBdat,
+    LineTooLong,
 }
 
 impl Outcome {
@@ -83,6 +84,7 @@ impl Outcome {
             Outcome::Pipelining => "pipelining",
             Outcome::TooSlow => "too_slow",
             Outcome::BadBdat => "bad_bdat",
+            Outcome::LineTooLong => "line_too_long",
         }
     }
 
@@ -103,6 +105,7 @@ impl Outcome {
             Outcome::Pipelining => "data sent before 354",
             Outcome::TooSlow => "message arriving too slowly",
             Outcome::BadBdat => "BDAT without a readable size",
+            Outcome::LineTooLong => "command line too long",
         }
     }
 }
@@ -231,7 +234,6 @@ pub struct Session<S> {
     inbuf: BytesMut,
     out: Vec<u8>,
     /// Inside an over-long line: drop bytes until its end.
-    discarding: bool,
     phase: Phase,
     /// What the last EHLO offered; MAIL and RCPT parameters are checked against it.
     offered: Offer,
@@ -259,7 +261,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             local,
             inbuf: BytesMut::new(),
             out: Vec::new(),
-            discarding: false,
             phase: Phase::Connected,
             offered: Offer::default(),
             authenticated: None,
@@ -405,7 +406,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Err(Outcome::BadBdat);
                 }
                 Err(CommandError::NotSmtp) => {
-                    tracing::info!(peer = %self.peer, listener = %self.listener.name, "not an SMTP client (HTTP request); closed");
+                    let start = String::from_utf8_lossy(&text[..text.len().min(40)]).to_string();
+                    tracing::info!(peer = %self.peer, listener = %self.listener.name, start = ?start, "not an SMTP client; closed");
                     self.reply(CommandError::NotSmtp.reply());
                     return Err(Outcome::NotSmtp);
                 }

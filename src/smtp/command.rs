@@ -45,7 +45,9 @@ pub struct Param<'a> {
 pub enum CommandError {
     #[error("unknown command")]
     Unknown,
-    /// An HTTP request (or similar) on an SMTP port: the session is closed.
+    /// Traffic that is not SMTP (an HTTP request, a TLS handshake on a plain port,
+    /// binary data, message headers sent as commands): the session is closed, as
+    /// Postfix's `smtpd_forbidden_commands` does.
     #[error("not an SMTP client")]
     NotSmtp,
     #[error("syntax error: {0}")]
@@ -79,6 +81,9 @@ const NOT_TEXT: &str = "500 5.5.2 Error: command contains control or 8-bit chara
 /// only valid UTF-8 (their addresses under SMTPUTF8; the session decides whether the
 /// transaction allows it).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
+    if not_smtp(line) {
+        return Err(CommandError::NotSmtp);
+    }
     if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(CommandError::Syntax(NOT_TEXT));
     }
@@ -158,11 +163,20 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
             return Ok(Command::NotImplemented(name));
         }
     }
-    let http = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH"];
+    let http = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH", "PRI"];
     if http.iter().any(|m| is(m)) && args.ends_with(|c: char| c.is_ascii_digit()) && args.contains(" HTTP/") {
         return Err(CommandError::NotSmtp);
     }
     Err(CommandError::Unknown)
+}
+
+/// Lines no SMTP client sends: not starting with a letter (binary data, a TLS record,
+/// an HTTP/2 or other protocol's preface), or a first word ending in `:` (a message
+/// header, so message content taken for commands). An empty line is only a bad command.
+fn not_smtp(line: &[u8]) -> bool {
+    let Some(&first) = line.first() else { return false };
+    let verb_end = line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len());
+    !first.is_ascii_alphabetic() || line[..verb_end].ends_with(b":")
 }
 
 /// `FROM:<path> params` / `TO:<path> params`; a space after the colon is tolerated.
@@ -295,6 +309,18 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1"), Err(CommandError::NotSmtp));
         assert_eq!(parse(b"CONNECT mx.example:25 HTTP/1.0"), Err(CommandError::NotSmtp));
         assert_eq!(err("GET something"), "500 5.5.1 Error: command not recognized");
+        for junk in [
+            &b"\x16\x03\x01\x02\x00\x01"[..],
+            b"PRI * HTTP/2.0",
+            b"Subject: hello",
+            b"Received: from x",
+            b"\xff\xfe",
+            b"<html>",
+            b"12345",
+        ] {
+            assert_eq!(parse(junk), Err(CommandError::NotSmtp), "{junk:?}");
+        }
+        assert_eq!(parse(b" NOOP"), Err(CommandError::NotSmtp));
         assert_eq!(
             ok("MAIL FROM:<a\u{e9}@b> SMTPUTF8"),
             Command::Mail { path: "a\u{e9}@b", params: vec![Param { keyword: "SMTPUTF8", value: None }] }

@@ -77,30 +77,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.read_line(true).await
     }
 
-    /// [`Self::next_line`]; with `release_idle`, a backend connection that serves no
-    /// recipient is given back while waiting (not inside an AUTH exchange with the
-    /// backend, which lives on that connection).
-    pub(super) async fn read_line(&mut self, release_idle: bool) -> Result<Line, Outcome> {
+    /// [`Self::next_line`]. For a `command` line (not an AUTH response), a backend
+    /// connection that serves no recipient is given back while waiting (not inside an
+    /// AUTH exchange with the backend, which lives on that connection), and a TLS
+    /// handshake or binary data is caught before any line end comes.
+    ///
+    /// `command_timeout` is a deadline for the whole line, not an idle timer: a client
+    /// trickling a byte at a time cannot hold the session longer (Postfix's
+    /// `smtpd_per_request_deadline`). A line longer than `max_line_length` gets one
+    /// reply and the session ends: the rest of it is not read.
+    pub(super) async fn read_line(&mut self, command: bool) -> Result<Line, Outcome> {
+        let deadline = tokio::time::Instant::now() + self.config.limits.command_timeout;
         loop {
             if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
                 let line = self.inbuf.split_to(nl + 1);
-                if std::mem::take(&mut self.discarding) {
-                    continue;
-                }
                 if nl == 0 || line[nl - 1] != b'\r' {
                     tracing::info!(peer = %self.peer, "line ended by bare LF; refused");
                     return Ok(Err("500 5.5.2 Error: command line must end with CRLF"));
                 }
                 return Ok(Ok(line));
             }
+            if command && self.inbuf.first().is_some_and(|&b| b == 0x16 || b == 0 || b >= 0x80) {
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, first = self.inbuf[0], "not an SMTP client (TLS or binary data); closed");
+                self.inbuf.clear();
+                self.reply("554 5.5.1 Error: this is an SMTP server");
+                return Err(Outcome::NotSmtp);
+            }
             if self.inbuf.len() >= self.config.limits.max_line_length {
                 self.inbuf.clear();
-                if !self.discarding {
-                    self.discarding = true;
-                    tracing::info!(peer = %self.peer, "line too long; refused");
-                    metrics::limit_refused("limits.max_line_length");
-                    return Ok(Err("500 5.5.2 Error: line too long"));
-                }
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, "line too long; closed");
+                metrics::limit_refused("limits.max_line_length");
+                self.reply("500 5.5.2 Error: line too long");
+                return Err(Outcome::LineTooLong);
             }
             self.flush().await?;
             if self.inbuf.is_empty() && self.inbuf.capacity() > 4 * COMMAND_CHUNK {
@@ -108,8 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.inbuf = BytesMut::new();
             }
             self.inbuf.reserve(COMMAND_CHUNK);
-            let limit = self.config.limits.command_timeout;
-            let read = match self.idle_backend_timeout().filter(|idle| release_idle && *idle < limit) {
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if limit.is_zero() {
+                return self.timed_out();
+            }
+            let read = match self.idle_backend_timeout().filter(|idle| command && *idle < limit) {
                 Some(idle) => match self.read_client(idle).await? {
                     Read::TimedOut => {
                         Box::pin(self.release_idle_upstream()).await;

@@ -29,7 +29,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             self.inbuf.clear();
         }
-        self.discarding = false;
         self.handshake().await?;
         // RFC 3207: forget everything learnt before TLS; the client must EHLO again.
         self.phase = Phase::Connected;

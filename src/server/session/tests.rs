@@ -178,7 +178,8 @@ async fn ehlo_advertises_only_what_is_forwarded() {
     let ehlo = c.cmd("EHLO client.example", "250").await;
     assert_eq!(
         ehlo,
-        "250-proxy.test\r\n250-PIPELINING\r\n250-SIZE 50000000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+        "250-proxy.test\r\n250-PIPELINING\r\n250-SIZE 50000000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n\
+         250 CHUNKING\r\n"
     );
     c.cmd("HELO client.example", "250 proxy.test").await;
     c.cmd("QUIT", "221 2.0.0").await;
@@ -381,10 +382,42 @@ async fn malformed_lines() {
     let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
     c.send("NOOP\n").await;
     assert!(c.reply().await.starts_with("500 5.5.2"));
+    c.cmd("NOOP", "250 2.0.0").await;
+    // Too long: one reply, then the session ends; the rest is never read.
     c.send(&"A".repeat(5000)).await;
     assert!(c.reply().await.starts_with("500 5.5.2"));
-    c.send("still the long line\r\nNOOP\r\n").await;
-    assert!(c.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(c.reply().await, "<closed>");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickling_client_cannot_stretch_a_command_past_the_deadline() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let config = config(&[(backend.addr, "xclient")], "[limits]\ncommand_timeout = \"60s\"\n");
+    let mut c = Client::greeted(config, OUTSIDER).await;
+    let started = tokio::time::Instant::now();
+    // One byte every 30 s: each read is well within 60 s, the line is not.
+    for b in "NOOP and more and more".bytes() {
+        if c.io.write_all(&[b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    assert!(c.reply().await.starts_with("421 4.4.2"));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(60) && elapsed <= Duration::from_secs(90), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn traffic_that_is_not_smtp_is_closed_at_once() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    // A TLS ClientHello on a plain port (no line end will come), message headers sent
+    // as commands, binary data.
+    for junk in ["\x16\x03\x01\x00\x25\x01\x00", "Subject: hello\r\n", "\x00\x01\x02", "<html>\r\n"] {
+        let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+        c.send(junk).await;
+        assert!(c.reply().await.starts_with("554 5.5.1"), "{junk:?}");
+        assert_eq!(c.reply().await, "<closed>", "{junk:?}");
+    }
 }
 
 #[tokio::test]
