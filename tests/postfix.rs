@@ -34,7 +34,7 @@ fn client_seen_by_postfix(identity: &str) -> (String, String) {
     let target = if identity.starts_with("proxy") { pf.proxied } else { pf.plain };
     let proxy = Proxy::start(&config(&backend(target, identity), "", ONE_LISTENER));
     let mark = marker(&format!("identity-{identity}"));
-    let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "user@example.com", &mark, &[]);
+    let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "user@example.com", &mark, &["--helo", "client77.test"]);
     assert!(ok, "swaks failed:\n{transcript}");
     let msg = pf.delivered(&mark);
     let received = msg.text.lines().skip_while(|l| !l.starts_with("Received:")).take(2).collect::<Vec<_>>().join(" ");
@@ -48,7 +48,8 @@ fn real_client_reaches_postfix(identity: &str) {
     }
     let (logged, received) = client_seen_by_postfix(identity);
     assert_eq!(logged, "unknown[127.0.0.77]");
-    assert!(received.contains("(unknown [127.0.0.77])"), "{received}");
+    // The client's own EHLO name, not the proxy's, whichever identity carries it.
+    assert!(received.contains("from client77.test (unknown [127.0.0.77])"), "{received}");
 }
 
 #[test]

@@ -48,7 +48,7 @@ impl Validator {
     pub(super) fn lint(
         &mut self,
         raw: &RawConfig,
-        listeners: &[super::Listener],
+        listeners: &[(usize, super::Listener)],
         relay: &RelayPolicy,
         backends: &[Backend],
         trusted_proxies: &[IpNet],
@@ -84,7 +84,7 @@ impl Validator {
                 ));
             }
         }
-        for (i, l) in listeners.iter().enumerate() {
+        for (i, l) in listeners {
             if l.auth != AuthPolicy::Off
                 && l.auth_plaintext
                 && l.tls == ListenerTls::None

@@ -300,8 +300,10 @@ impl Validator {
         if raw.listener.is_empty() {
             self.error("listener", "at least one [[listener]] is needed");
         }
-        let listeners: Vec<Listener> =
-            raw.listener.iter().enumerate().filter_map(|(i, l)| self.listener(i, l)).collect();
+        // With the index each had in the file, so that every error names the right one.
+        let indexed: Vec<(usize, Listener)> =
+            raw.listener.iter().enumerate().filter_map(|(i, l)| self.listener(i, l).map(|l| (i, l))).collect();
+        let listeners: Vec<Listener> = indexed.iter().map(|(_, l)| l.clone()).collect();
         for (i, l) in listeners.iter().enumerate() {
             if let Some(prev) = listeners[..i].iter().find(|p| p.name == l.name) {
                 self.error(format!("listener {:?}", l.name), format!("name used twice (also bound to {})", prev.bind));
@@ -344,8 +346,8 @@ impl Validator {
                 })
                 .ok()
         });
-        self.lint(&raw, &listeners, &relay, &backends, &trusted_proxies);
-        for (i, l) in listeners.iter().enumerate() {
+        self.lint(&raw, &indexed, &relay, &backends, &trusted_proxies);
+        for (i, l) in &indexed {
             let key = format!("listener[{i}]");
             if l.tls != ListenerTls::None && raw.tls.is_none() {
                 self.error(format!("{key}.tls"), "needs a [tls] section with certificate and private_key");
@@ -465,7 +467,16 @@ impl Validator {
         if max_failures == 0 {
             self.error("auth.max_failures", "must be at least 1");
         }
-        let source = match (raw.mode.as_str(), &raw.users_file) {
+        // A users file alone means mode "file".
+        let mode = match (raw.mode.as_deref(), &raw.users_file) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => "file",
+            (None, None) => {
+                self.error("auth.mode", "missing: \"file\" (with users_file) or \"backend\"");
+                return None;
+            }
+        };
+        let source = match (mode, &raw.users_file) {
             ("file", Some(path)) => match Users::load(Path::new(path)) {
                 Ok(users) => AuthSource::File(Arc::new(users)),
                 Err(e) => {

@@ -58,7 +58,7 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     /// "file" (users_file) or "backend" (the backend checks the credentials).
-    pub mode: String,
+    pub mode: Option<String>,
     pub users_file: Option<String>,
     pub max_failures: Option<u32>,
 }

@@ -189,6 +189,32 @@ fn auth_without_tls_needs_explicit_plaintext() {
     assert!(err.problems[0].starts_with("auth.users_file: /nonexistent"), "{err}");
     let err = parse(&minimal("", "", "[auth]\nmode = \"ldap\"\n")).unwrap_err();
     assert!(err.problems[0].starts_with("auth.mode"), "{err}");
+    // A users file alone means mode "file"; nothing at all is an error.
+    let file_only = format!("[auth]\nusers_file = \"{}\"\n", users.display());
+    let ok = parse(&minimal("auth = \"optional\"\nauth_plaintext = true", "", &file_only)).unwrap();
+    assert!(matches!(ok.config.auth.as_ref().unwrap().source, AuthSource::File(_)));
+    let err = parse(&minimal("", "", "[auth]\nmax_failures = 2\n")).unwrap_err();
+    assert!(err.problems[0].starts_with("auth.mode: missing"), "{err}");
+}
+
+#[test]
+fn errors_name_the_listener_by_its_place_in_the_file() {
+    let text = r#"
+[[listener]]
+name = "broken"
+bind = "nonsense"
+[[listener]]
+name = "second"
+bind = "127.0.0.1:2526"
+tls = "starttls"
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "127.0.0.1:10025"
+"#;
+    let err = parse(text).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.starts_with("listener[0].bind")), "{err}");
+    assert!(err.problems.iter().any(|p| p.starts_with("listener[1].tls")), "{err}");
 }
 
 #[test]

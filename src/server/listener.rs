@@ -351,7 +351,7 @@ fn admit(
     if verdict.action == Action::Reject {
         metrics::connection(&listener.name, "rejected", verdict.rule);
         log_refusal("by rule", peer, &listener.name, verdict.rule);
-        tokio::spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
+        ctx.sessions.spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
         return None;
     }
     let permit = match ctx.limits.try_acquire(peer.ip()) {
@@ -360,7 +360,7 @@ fn admit(
             metrics::connection(&listener.name, "limited", verdict.rule);
             metrics::limit_refused(limit.as_str());
             log_refusal("over the limit", peer, &listener.name, limit.as_str());
-            tokio::spawn(say_and_close(stream, b"421 4.7.0 Too many connections, try again later\r\n"));
+            ctx.sessions.spawn(say_and_close(stream, b"421 4.7.0 Too many connections, try again later\r\n"));
             return None;
         }
     };

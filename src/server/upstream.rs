@@ -98,6 +98,14 @@ impl UpstreamError {
 
 type Stream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
+/// The name said in EHLO: ours, or the client's (whose refusal is not the backend's
+/// failure).
+#[derive(Debug, Clone, Copy)]
+enum Name<'a> {
+    Ours(&'a str),
+    Clients(&'a str),
+}
+
 pub struct Upstream {
     stream: Stream,
     buf: BytesMut,
@@ -203,14 +211,21 @@ impl Upstream {
             super::transparent::connect(client, target).await
         };
         let stream = timeout(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;
-        let mut up = Self::greeted(backend, stream, Some(slot), hostname, |identity| match identity {
+        // Identities that carry the client's HELO themselves greet with our name; with
+        // the others the backend sees the client's own (checked) EHLO name, as it would
+        // without a proxy, in its HELO checks, logs and Received: lines.
+        let name = match backend.identity {
+            Identity::Xclient | Identity::Xforward => Name::Ours(hostname),
+            _ => Name::Clients(&facts.helo),
+        };
+        let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_header(facts.addr, facts.local)),
             Identity::ProxyV2 => Some(proxy::v2_header(facts.addr, facts.local)),
             _ => None,
         })
         .await?;
         if backend.tls != BackendTls::None {
-            up.starttls(backend, hostname).await?;
+            up.starttls(backend, name).await?;
         }
         if backend.identity == Identity::Xclient {
             up.xclient(facts).await?;
@@ -229,7 +244,7 @@ impl Upstream {
         backend: &Backend,
         stream: TcpStream,
         slot: Option<OwnedSemaphorePermit>,
-        hostname: &str,
+        name: Name<'_>,
         header: impl FnOnce(Identity) -> Option<Vec<u8>>,
     ) -> Result<Self, UpstreamError> {
         stream.set_nodelay(true)?;
@@ -253,7 +268,7 @@ impl Upstream {
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
-        up.hello(hostname).await?;
+        up.hello(name).await?;
         Ok(up)
     }
 
@@ -264,7 +279,7 @@ impl Upstream {
         let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
-        let up = Self::greeted(backend, stream, None, hostname, |identity| match identity {
+        let up = Self::greeted(backend, stream, None, Name::Ours(hostname), |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_local()),
             Identity::ProxyV2 => Some(proxy::v2_local()),
             _ => None,
@@ -278,7 +293,11 @@ impl Upstream {
     /// EHLO; HELO only for identities that need no extension. With a PROXY header, a
     /// refused EHLO is most likely the backend's answer to the header itself: such a
     /// backend is out of step from its first reply and is given up.
-    async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
+    async fn hello(&mut self, name: Name<'_>) -> Result<(), UpstreamError> {
+        let (name, clients) = match name {
+            Name::Ours(n) => (n, false),
+            Name::Clients(n) => (n, true),
+        };
         let reply = self.command(format!("EHLO {name}\r\n").as_bytes(), Asked::Hello).await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
@@ -290,6 +309,10 @@ impl Upstream {
                 reply.first_line(),
                 self.identity.name()
             )));
+        }
+        if clients && reply.code == 501 {
+            let detail = format!("EHLO {name:?} answered {:?}", reply.first_line());
+            return Err(UpstreamError::ClientValueRefused { backend: self.address.clone(), detail });
         }
         if self.identity != Identity::None && self.identity != Identity::Transparent {
             return Err(UpstreamError::Unreachable(format!("EHLO refused: {:?}", reply.first_line())));
@@ -305,7 +328,7 @@ impl Upstream {
     /// STARTTLS toward the backend; without it, `starttls-required` makes this backend
     /// unusable while plain `starttls` goes on unencrypted. Bytes after the 220 would
     /// be injected before the handshake: lock step refuses them.
-    async fn starttls(&mut self, backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
+    async fn starttls(&mut self, backend: &Backend, ehlo_name: Name<'_>) -> Result<(), UpstreamError> {
         let required = backend.tls == BackendTls::Required;
         if !self.caps.starttls {
             if required {
@@ -332,7 +355,7 @@ impl Upstream {
             .map_err(|e| UpstreamError::Tls(e.to_string()))?;
         self.stream = MaybeTls::Tls(Box::new(tls));
         // RFC 3207: start over with EHLO inside TLS.
-        self.hello(hostname).await
+        self.hello(ehlo_name).await
     }
 
     async fn xclient(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
@@ -346,7 +369,7 @@ impl Upstream {
             self.check_identity_reply("XCLIENT", &reply)?;
         }
         // The session restarted as the client's: greet as the client did.
-        self.hello(&facts.helo).await
+        self.hello(Name::Clients(&facts.helo)).await
     }
 
     /// A refused identity command. 501 is a syntax error in what was sent, and every

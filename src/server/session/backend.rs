@@ -65,13 +65,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// The client authenticated at the backend: that login lives on the open connection.
+    pub(super) fn logged_in_at_backend(&self) -> bool {
+        self.authenticated.is_some()
+            && self.config.auth.as_ref().is_some_and(|a| matches!(a.source, crate::config::AuthSource::Backend))
+    }
+
     /// How long the backend connection may wait on this client: only while it carries
     /// no accepted recipient (and no login made at the backend), so that sessions that
     /// have sent nothing worth delivering cannot hold the backend's connections.
     pub(super) fn idle_backend_timeout(&self) -> Option<Duration> {
         let up = self.upstream.as_ref()?;
-        let logged_in_at_backend = self.authenticated.is_some()
-            && self.config.auth.as_ref().is_some_and(|a| matches!(a.source, crate::config::AuthSource::Backend));
+        let logged_in_at_backend = self.logged_in_at_backend();
         let has_recipients = self.phase.transaction().is_some_and(|tx| tx.recipients > 0);
         (!has_recipients && !logged_in_at_backend).then_some(up.idle_timeout)
     }

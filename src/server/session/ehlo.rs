@@ -9,6 +9,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn hello(&mut self, name: &str, esmtp: bool) -> Step {
         self.reset_transaction().await?;
+        let renamed = self.phase.helo().is_some_and(|h| h.name != name || h.esmtp != esmtp);
+        if renamed && self.upstream.is_some() && !self.logged_in_at_backend() {
+            // The open connection told the backend the old name (XCLIENT HELO=, or the
+            // EHLO it was opened with): the next MAIL opens one that tells the new one.
+            if let Some(up) = self.upstream.take() {
+                up.quit().await;
+            }
+        }
         self.phase = Phase::Greeted(Helo { name: name.to_string(), esmtp });
         self.offered = if esmtp { self.offer() } else { Offer::default() };
         if esmtp {

@@ -248,6 +248,23 @@ async fn pipelined_transaction_with_xclient() {
 }
 
 #[tokio::test]
+async fn a_new_ehlo_name_reaches_the_backend() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("EHLO renamed.example", "250").await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("QUIT", "221").await;
+    let xclients: Vec<String> = backend.lines().into_iter().filter(|l| l.starts_with("XCLIENT")).collect();
+    assert_eq!(xclients.len(), 2, "{xclients:?}");
+    assert!(
+        xclients[0].contains("HELO=client.example") && xclients[1].contains("HELO=renamed.example"),
+        "{xclients:?}"
+    );
+}
+
+#[tokio::test]
 async fn xforward_is_sent_before_every_mail() {
     let backend = FakeBackend::start(POSTFIX_CAPS).await;
     let mut c = Client::greeted(config(&[(backend.addr, "xforward")], ""), OUTSIDER).await;
