@@ -25,6 +25,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.max_connections", &o.max_connections, &n.max_connections);
     field("limits.max_connections_per_ip", &o.max_connections_per_ip, &n.max_connections_per_ip);
     field("limits.max_errors", &o.max_errors, &n.max_errors);
+    field("limits.max_junk_commands", &o.max_junk_commands, &n.max_junk_commands);
     field("limits.command_timeout", &o.command_timeout, &n.command_timeout);
     field("limits.data_timeout", &o.data_timeout, &n.data_timeout);
     field("limits.min_data_rate", &o.min_data_rate, &n.min_data_rate);

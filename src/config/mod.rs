@@ -33,6 +33,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
+pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
 /// RFC 5321 4.5.3.2: 5 minutes between commands, 3 minutes per DATA block.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
@@ -217,6 +218,9 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Bad commands allowed in one session before it is closed with 421.
     pub max_errors: u32,
+    /// NOOP, VRFY, RSET and HELP allowed between messages; each one more counts as an
+    /// error (Postfix's smtpd_junk_command_limit).
+    pub max_junk_commands: u32,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub min_data_rate: MinDataRate,
@@ -770,6 +774,7 @@ impl Validator {
             max_connections,
             max_connections_per_ip,
             max_errors,
+            max_junk_commands: raw.max_junk_commands.unwrap_or(DEFAULT_MAX_JUNK_COMMANDS),
             command_timeout,
             data_timeout,
             tls_handshake_timeout,

@@ -202,6 +202,7 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_errors: Option<u32>,
+    pub max_junk_commands: Option<u32>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
     /// Bytes per second; 0: off.

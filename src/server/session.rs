@@ -143,6 +143,8 @@ struct Stats {
     errors_since_delivery: u32,
     bytes_in: u64,
     bytes_out: u64,
+    /// NOOP, VRFY, RSET, HELP since the last delivered message.
+    junk: u32,
 }
 
 /// Session ids: unique in the process and, being seeded with the start time, across
@@ -399,7 +401,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.refresh();
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
-            match command::parse(text) {
+            let parsed = command::parse(text);
+            if parsed.as_ref().is_ok_and(|c| c.ends_group()) && !self.inbuf.is_empty() {
+                // RFC 2920: this command ends a pipelined group; more after it is a
+                // client that does not wait for replies (Postfix's
+                // smtpd_forbid_unauth_pipelining).
+                tracing::info!(
+                    peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                    "commands sent after one that ends a pipelined group; closed"
+                );
+                self.inbuf.clear();
+                self.reply("554 5.5.0 Error: SMTP protocol synchronization");
+                return Err(Outcome::Pipelining);
+            }
+            if parsed.as_ref().is_ok_and(|c| c.is_junk()) {
+                self.stats.junk += 1;
+                if self.stats.junk > self.config.limits.max_junk_commands {
+                    metrics::limit_refused("limits.max_junk_commands");
+                    self.count_error()?;
+                }
+            }
+            match parsed {
                 Err(CommandError::BadBdat) => {
                     tracing::info!(peer = %self.peer, listener = %self.listener.name, "BDAT without a readable size; closed");
                     self.reply(CommandError::BadBdat.reply());

@@ -40,6 +40,29 @@ pub struct Param<'a> {
     pub value: Option<&'a str>,
 }
 
+impl Command<'_> {
+    /// RFC 2920 (and RFC 4954 for AUTH): commands after which a client must wait for
+    /// the reply before sending more. DATA and STARTTLS are checked where they are
+    /// handled, with their own replies.
+    pub fn ends_group(&self) -> bool {
+        matches!(
+            self,
+            Command::Helo(_)
+                | Command::Ehlo(_)
+                | Command::Vrfy
+                | Command::Noop
+                | Command::Auth(_)
+                | Command::NotImplemented("EXPN" | "TURN" | "ATRN" | "ETRN")
+        )
+    }
+
+    /// Commands that move nothing forward (Postfix's junk commands): a client may send
+    /// a few, not an endless stream.
+    pub fn is_junk(&self) -> bool {
+        matches!(self, Command::Noop | Command::Vrfy | Command::Rset | Command::Help)
+    }
+}
+
 /// A line that is not a valid command; each carries its complete reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum CommandError {

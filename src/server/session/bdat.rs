@@ -177,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if reply.is_positive() {
                 self.stats.messages += 1;
                 self.stats.errors_since_delivery = 0;
+                self.stats.junk = 0;
                 metrics::message("delivered");
             } else {
                 metrics::message("refused");

@@ -425,6 +425,36 @@ async fn a_trickling_client_cannot_stretch_a_command_past_the_deadline() {
 }
 
 #[tokio::test]
+async fn commands_after_one_that_ends_a_group_are_a_sync_error() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    // MAIL, RCPT pipelined: fine. NOOP followed by more: not.
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;
+    c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.com>\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.reply().await.starts_with("250"));
+    c.send("NOOP\r\nRSET\r\n").await;
+    assert!(c.reply().await.starts_with("554 5.5.0"));
+    assert_eq!(c.reply().await, "<closed>");
+    let mut c = Client::start(config(&[(backend.addr, "xclient")], ""), OUTSIDER);
+    c.reply().await;
+    c.send("EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n").await;
+    assert!(c.reply().await.starts_with("554 5.5.0"));
+}
+
+#[tokio::test]
+async fn junk_commands_beyond_the_limit_count_as_errors() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let extra = "[limits]\nmax_junk_commands = 3\nmax_errors = 2\n";
+    let mut c = Client::greeted(config(&[(backend.addr, "xclient")], extra), OUTSIDER).await;
+    for _ in 0..3 {
+        c.cmd("NOOP", "250").await;
+    }
+    c.cmd("RSET", "250").await; // the 4th: one error
+    // The 5th: the second error, which ends the session before it is answered.
+    c.cmd("VRFY root", "421 4.7.0").await;
+}
+
+#[tokio::test]
 async fn traffic_that_is_not_smtp_is_closed_at_once() {
     let backend = FakeBackend::start(POSTFIX_CAPS).await;
     // A TLS ClientHello on a plain port (no line end will come), message headers sent
