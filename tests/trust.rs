@@ -98,6 +98,38 @@ fn proxy_headers_from_untrusted_or_broken_sources_are_refused() {
 }
 
 #[test]
+fn a_header_without_a_usable_client_never_relays_and_names_no_client() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    // Relay for everyone on loopback: the load balancer's own address is in it.
+    let proxy = Proxy::start(&config(pf, BEHIND_LB, "networks = [\"127.0.0.0/8\"]"));
+    for (i, header) in
+        ["PROXY UNKNOWN\r\n", "PROXY TCP4 0.0.0.0 127.0.0.1 0 25\r\n", "PROXY TCP4 224.0.0.1 127.0.0.1 99 25\r\n"]
+            .into_iter()
+            .enumerate()
+    {
+        let mut c = Smtp::connect_from("127.0.0.1", proxy.addr("lb"));
+        c.send(header);
+        assert!(c.reply().starts_with("220"), "{header:?}");
+        c.cmd("EHLO client.test", "250");
+        c.cmd("MAIL FROM:<s@example.org>", "250");
+        c.cmd("RCPT TO:<x@elsewhere.test>", "550 5.7.1");
+        let mark = marker(&format!("unknown-{i}"));
+        c.cmd("RCPT TO:<u@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.send(&format!("Subject: {mark}\r\n\r\nhi\r\n.\r\n"));
+        assert!(c.reply().starts_with("250"), "{header:?}");
+        c.cmd("QUIT", "221");
+        // The backend is not told that the load balancer is the client.
+        let msg = pf.delivered(&mark);
+        assert_eq!(pf.logged_client(&msg.queue_id), "unknown[unknown]", "{header:?}");
+    }
+}
+
+#[test]
 fn clients_cannot_claim_another_identity() {
     if !need(&["postfix"]) {
         return;

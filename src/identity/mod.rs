@@ -57,6 +57,9 @@ impl Identity {
 #[derive(Debug, Clone)]
 pub struct ClientFacts {
     pub addr: ClientAddr,
+    /// False when a PROXY header did not say who the client is: `addr` is then the load
+    /// balancer's, and the backend must not be told it is the client's.
+    pub addr_known: bool,
     pub local: LocalAddr,
     /// The name the client gave in HELO/EHLO.
     pub helo: String,
@@ -68,6 +71,18 @@ pub struct ClientFacts {
 
 /// Longest XCLIENT / XFORWARD command line, CRLF included (Postfix's limit).
 pub const MAX_COMMAND: usize = 512;
+
+/// The XCLIENT/XFORWARD value for "not known".
+pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
+
+/// Longest HELO value Postfix takes in XCLIENT and XFORWARD (its VALID_HOSTNAME_LEN);
+/// a longer one would be refused with 501, so it is sent as `[UNAVAILABLE]`.
+pub const MAX_HELO: usize = 255;
+
+/// The `HELO` attribute value shared by XCLIENT and XFORWARD.
+pub fn helo_value(helo: &str) -> String {
+    if helo.len() > MAX_HELO { "[UNAVAILABLE]".to_string() } else { crate::smtp::xtext::encode(helo) }
+}
 
 /// `ADDR` value form shared by XCLIENT and XFORWARD: IPv6 gets an `IPV6:` prefix.
 pub fn addr_value(ip: IpAddr) -> String {
@@ -127,6 +142,13 @@ mod tests {
     fn oversized_value_becomes_unavailable() {
         let lines = pack_commands("XCLIENT", &[("HELO", "h".repeat(600)), ("ADDR", "192.0.2.1".into())]);
         assert_eq!(lines, vec!["XCLIENT HELO=[UNAVAILABLE] ADDR=192.0.2.1\r\n".to_string()]);
+    }
+
+    #[test]
+    fn a_helo_postfix_would_refuse_is_not_sent() {
+        assert_eq!(helo_value(&"h".repeat(255)), "h".repeat(255));
+        assert_eq!(helo_value(&"h".repeat(256)), "[UNAVAILABLE]");
+        assert_eq!(helo_value("a b"), "a+20b");
     }
 
     #[test]

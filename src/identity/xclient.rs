@@ -1,7 +1,7 @@
 //! XCLIENT (Postfix XCLIENT_README): the backend takes over the client's identity for
 //! the whole session, answers with a fresh 220, and wants EHLO again.
 
-use super::{ClientFacts, addr_value, pack_commands};
+use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
 use crate::smtp::{Capabilities, xtext};
 
 /// The XCLIENT lines to send, holding only attributes the backend advertised, with
@@ -10,15 +10,15 @@ pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
         ("PROTO", proto.to_string()),
-        ("HELO", xtext::encode(&facts.helo)),
-        ("PORT", facts.addr.socket().port().to_string()),
+        ("HELO", helo_value(&facts.helo)),
+        ("PORT", if facts.addr_known { facts.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
         ("DESTADDR", addr_value(facts.local.ip())),
         ("DESTPORT", facts.local.socket().port().to_string()),
         // Tells the backend the session is authenticated (Postfix: smtpd_sasl_* sees it).
         ("LOGIN", facts.login.as_deref().map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
         // No reverse DNS here: the backend is told the name is unknown.
         ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", addr_value(facts.addr.ip())),
+        ("ADDR", if facts.addr_known { addr_value(facts.addr.ip()) } else { UNAVAILABLE.into() }),
     ];
     let attrs: Vec<_> = candidates
         .into_iter()
@@ -35,6 +35,7 @@ mod tests {
     fn facts(client: &str) -> ClientFacts {
         ClientFacts {
             addr: ClientAddr::new(client.parse().unwrap()),
+            addr_known: true,
             local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             helo: "client name+x".into(),
             esmtp: true,

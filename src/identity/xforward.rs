@@ -1,17 +1,17 @@
 //! XFORWARD (Postfix XFORWARD_README): client attributes for logging, sent before
 //! each MAIL; the backend forgets them when the transaction ends.
 
-use super::{ClientFacts, addr_value, pack_commands};
-use crate::smtp::{Capabilities, xtext};
+use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
+use crate::smtp::Capabilities;
 
 pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
         ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", addr_value(facts.addr.ip())),
-        ("PORT", facts.addr.socket().port().to_string()),
+        ("ADDR", if facts.addr_known { addr_value(facts.addr.ip()) } else { UNAVAILABLE.into() }),
+        ("PORT", if facts.addr_known { facts.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
         ("PROTO", proto.to_string()),
-        ("HELO", xtext::encode(&facts.helo)),
+        ("HELO", helo_value(&facts.helo)),
         ("SOURCE", "REMOTE".to_string()),
     ];
     let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xforward_offers(name)).collect();
@@ -27,6 +27,7 @@ mod tests {
     fn postfix_attributes() {
         let facts = ClientFacts {
             addr: ClientAddr::new("203.0.113.9:4000".parse().unwrap()),
+            addr_known: true,
             local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             helo: "c.example".into(),
             esmtp: false,

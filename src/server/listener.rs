@@ -391,8 +391,12 @@ async fn behind_proxy(
     }
     let mut input = BytesMut::new();
     match proxy_header::read(&mut stream, &mut input).await {
-        Ok(Proxied::Tcp { source, destination }) => {
+        Ok(Proxied::Tcp { source, destination }) if usable_source(source) => {
             Some((stream, ClientAddr::new(source), LocalAddr::new(destination), input, Origin::Proxied { proxy: peer }))
+        }
+        Ok(Proxied::Tcp { source, .. }) => {
+            tracing::info!(%peer, listener = %listener.name, %source, "PROXY header names no usable client address; treated as unknown, no relay for it");
+            Some((stream, peer, local, input, Origin::Unknown { proxy: peer }))
         }
         // Health checks: the connection is the proxy's own.
         Ok(Proxied::Local) => Some((stream, peer, local, input, Origin::Direct)),
@@ -405,6 +409,14 @@ async fn behind_proxy(
             None
         }
     }
+}
+
+/// Whether a PROXY header's source can be a client: not the unspecified address, not
+/// multicast or broadcast, not port 0.
+fn usable_source(source: SocketAddr) -> bool {
+    let ip = crate::addr::normalize(source).ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    source.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 /// The greeting of a refused client: says why (naming nothing internal), closes.

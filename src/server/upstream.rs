@@ -198,7 +198,8 @@ impl Upstream {
         hostname: &str,
     ) -> Result<Self, UpstreamError> {
         let connecting = async {
-            if backend.identity != Identity::Transparent {
+            // Transparent needs the client's address; unknown, the connection is ours.
+            if backend.identity != Identity::Transparent || !facts.addr_known {
                 return TcpStream::connect(backend.address.as_str()).await;
             }
             let client = facts.addr.ip();
@@ -219,6 +220,9 @@ impl Upstream {
             _ => Name::Clients(&facts.helo),
         };
         let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
+            Identity::ProxyV1 | Identity::ProxyV2 if !facts.addr_known => {
+                Some(proxy::unknown_header(identity == Identity::ProxyV2))
+            }
             Identity::ProxyV1 => Some(proxy::v1_header(facts.addr, facts.local)),
             Identity::ProxyV2 => Some(proxy::v2_header(facts.addr, facts.local)),
             _ => None,

@@ -13,6 +13,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let helo = self.phase.helo().expect("MAIL and AUTH require HELO");
         ClientFacts {
             addr: self.peer,
+            addr_known: self.origin.address_known(),
             local: self.local,
             helo: helo.name.clone(),
             esmtp: helo.esmtp,
