@@ -85,6 +85,7 @@ fn decode_v2(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
         return Ok(None);
     }
     let header = v2::Header::try_from(&buf[..total]).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+    check_tlvs(&header, &buf[..total])?;
     let proxied = match (header.command, header.protocol, header.addresses) {
         (v2::Command::Local, _, _) => Proxied::Local,
         (v2::Command::Proxy, v2::Protocol::Datagram, _) => {
@@ -101,6 +102,32 @@ fn decode_v2(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
         (v2::Command::Proxy, _, _) => Proxied::Unknown,
     };
     Ok(Some((proxied, total)))
+}
+
+/// The spec's receiver rules for TLVs: each must fit the header, and a CRC32C TLV, if
+/// present, must match the header (computed with its own value as zeros).
+fn check_tlvs(header: &v2::Header<'_>, bytes: &[u8]) -> Result<(), ProxyHeaderError> {
+    const CRC32C: u8 = 0x03;
+    let tlv_start = bytes.len() - header.tlv_bytes().len();
+    let mut offset = tlv_start;
+    for tlv in header.tlvs() {
+        let tlv = tlv.map_err(|e| ProxyHeaderError::Malformed(format!("TLV: {e}")))?;
+        let value_at = offset + 3;
+        offset = value_at + tlv.value.len();
+        if tlv.kind != CRC32C {
+            continue;
+        }
+        if tlv.value.len() != 4 {
+            return Err(ProxyHeaderError::Malformed("CRC32C TLV of the wrong length".into()));
+        }
+        let mut zeroed = bytes.to_vec();
+        zeroed[value_at..value_at + 4].fill(0);
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(&zeroed);
+        if crc.to_be_bytes() != tlv.value.as_ref() {
+            return Err(ProxyHeaderError::Malformed("CRC32C does not match the header".into()));
+        }
+    }
+    Ok(())
 }
 
 pub fn v1_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
@@ -153,6 +180,35 @@ mod tests {
 
     fn pair(c: &str, l: &str) -> (ClientAddr, LocalAddr) {
         (ClientAddr::new(c.parse().unwrap()), LocalAddr::new(l.parse().unwrap()))
+    }
+
+    /// A v2 header for 192.0.2.1:1 -> 192.0.2.2:25 with `tlvs` appended.
+    fn v2_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x21, 0x11]);
+        h.extend_from_slice(&(12 + tlvs.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2, 0, 1, 0, 25]);
+        h.extend_from_slice(tlvs);
+        h
+    }
+
+    #[test]
+    fn tlvs_must_fit_and_a_crc32c_must_match() {
+        let expected = tcp("192.0.2.1:1", "192.0.2.2:25");
+        // NOOP TLV: fine.
+        let noop = v2_with_tlvs(&[0x04, 0x00, 0x02, 0xaa, 0xbb]);
+        assert_eq!(decode(&noop), Ok(Some((expected, noop.len()))));
+        // A TLV longer than what is left of the header.
+        assert!(decode(&v2_with_tlvs(&[0x04, 0x00, 0x09, 0xaa])).is_err());
+        // CRC32C: right, then one address byte changed.
+        let mut with_crc = v2_with_tlvs(&[0x03, 0x00, 0x04, 0, 0, 0, 0]);
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(&with_crc).to_be_bytes();
+        let at = with_crc.len() - 4;
+        with_crc[at..].copy_from_slice(&crc);
+        assert_eq!(decode(&with_crc), Ok(Some((expected, with_crc.len()))));
+        with_crc[19] ^= 1;
+        assert_eq!(decode(&with_crc), Err(ProxyHeaderError::Malformed("CRC32C does not match the header".into())));
+        assert!(decode(&v2_with_tlvs(&[0x03, 0x00, 0x02, 0, 0])).is_err(), "wrong CRC32C length");
     }
 
     #[test]
