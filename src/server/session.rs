@@ -130,6 +130,8 @@ struct Transaction {
     smtputf8: bool,
     /// The message is coming in BDAT chunks.
     chunks: Option<bdat::Chunks>,
+    /// BODY=BINARYMIME: BDAT only, passed on untouched.
+    binary: bool,
 }
 
 #[derive(Debug, Default)]

@@ -198,4 +198,30 @@ mod tests {
         s.scan(b"x", &mut out);
         assert_eq!(s.violation(), Some(Violation::TooBig));
     }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however they are cut into chunks, a DATA body made of
+        /// them ends only at its final dot, with no bare CR or LF (reject mode refuses
+        /// them; normalize mode rewrites them).
+        #[test]
+        fn a_data_body_ends_only_at_its_dot(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), cut in 0usize..200) {
+            for policy in [BareLf::Reject, BareLf::Normalize] {
+                let mut s = ChunkScanner::new(u64::MAX, policy, true);
+                let mut out = Vec::new();
+                let cut = cut.min(bytes.len());
+                s.scan(&bytes[..cut], &mut out);
+                s.scan(&bytes[cut..], &mut out);
+                s.finish(&mut out);
+                if s.violation().is_some() {
+                    continue;
+                }
+                let early = (0..out.len()).filter(|&i| out[i..].starts_with(b"\r\n.\r\n")).any(|i| i + 5 != out.len());
+                proptest::prop_assert!(!early, "early end of data in {:?}", out);
+                for (i, &b) in out.iter().enumerate() {
+                    proptest::prop_assert!(b != b'\n' || (i > 0 && out[i - 1] == b'\r'), "bare LF in {:?}", out);
+                    proptest::prop_assert!(b != b'\r' || out.get(i + 1) == Some(&b'\n'), "bare CR in {:?}", out);
+                }
+            }
+        }
+    }
 }

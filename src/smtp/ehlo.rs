@@ -11,6 +11,9 @@ pub struct Offer {
     pub auth: bool,
     pub dsn: bool,
     pub smtputf8: bool,
+    /// RFC 3030 BODY=BINARYMIME: only when the backend takes BDAT and BINARYMIME, since
+    /// binary content cannot become a DATA body.
+    pub binarymime: bool,
 }
 
 impl Offer {
@@ -18,6 +21,7 @@ impl Offer {
     pub fn following(mut self, caps: &super::Capabilities) -> Self {
         self.dsn = caps.dsn;
         self.smtputf8 = caps.smtputf8;
+        self.binarymime = caps.chunking && caps.binarymime;
         self
     }
 }
@@ -34,6 +38,9 @@ pub fn reply(hostname: &str, offer: &Offer) -> String {
     }
     lines.push("ENHANCEDSTATUSCODES".into());
     lines.push("CHUNKING".into());
+    if offer.binarymime {
+        lines.push("BINARYMIME".into());
+    }
     if offer.dsn {
         lines.push("DSN".into());
     }

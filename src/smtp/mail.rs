@@ -46,6 +46,8 @@ pub struct MailParams {
     pub size: Option<u64>,
     /// `SMTPUTF8`: addresses in this transaction may be UTF-8.
     pub smtputf8: bool,
+    /// `BODY=BINARYMIME`: the message comes in BDAT chunks and is passed on untouched.
+    pub binary: bool,
 }
 
 /// Checks MAIL parameters against what was offered: SIZE (within the limit), BODY=7BIT
@@ -72,6 +74,8 @@ pub fn check(path: &str, params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Re
                 return Err(MailRefusal::TooBig);
             }
             out.size = Some(size);
+        } else if is("BODY") && value.eq_ignore_ascii_case("BINARYMIME") && offer.binarymime {
+            out.binary = true;
         } else if is("BODY") && (value.eq_ignore_ascii_case("7BIT") || value.eq_ignore_ascii_case("8BITMIME"))
             || is("AUTH") && p.value.is_some()
         {
@@ -112,6 +116,8 @@ fn fate(caps: &Capabilities, p: &Param<'_>) -> Fate {
     let keep_or = |supported: bool, otherwise: Fate| if supported { Fate::Keep } else { otherwise };
     if is("SIZE") {
         keep_or(caps.size, Fate::Drop)
+    } else if is("BODY") && p.value.is_some_and(|v| v.eq_ignore_ascii_case("BINARYMIME")) {
+        keep_or(caps.chunking && caps.binarymime, Fate::Refuse)
     } else if is("BODY") {
         keep_or(caps.eight_bit_mime, Fate::Drop)
     } else if is("SMTPUTF8") {
@@ -156,14 +162,15 @@ mod tests {
         Param { keyword, value: Some(value) }
     }
 
-    const OFFER: Offer = Offer { max_size: 1000, starttls: false, auth: false, dsn: true, smtputf8: true };
+    const OFFER: Offer =
+        Offer { max_size: 1000, starttls: false, auth: false, dsn: true, smtputf8: true, binarymime: false };
 
     #[test]
     fn parameters_checked_against_the_offer() {
         let ok = |params: &[Param<'_>]| check("a@b", params, true, &OFFER);
         assert_eq!(
             ok(&[param("SIZE", "1000"), param("body", "8bitmime")]),
-            Ok(MailParams { size: Some(1000), smtputf8: false })
+            Ok(MailParams { size: Some(1000), ..MailParams::default() })
         );
         assert_eq!(ok(&[param("SIZE", "1001")]), Err(MailRefusal::TooBig));
         assert_eq!(ok(&[param("SIZE", "-1")]), Err(MailRefusal::BadSize));
@@ -182,7 +189,16 @@ mod tests {
         assert_eq!(ok(&[param("RET", "ALL")]), Err(MailRefusal::BadRet));
         assert_eq!(ok(&[param("ENVID", "a+2")]), Err(MailRefusal::BadEnvid));
         let utf8 = [Param { keyword: "SMTPUTF8", value: None }];
-        assert_eq!(check("jørn@b", &utf8, true, &OFFER), Ok(MailParams { size: None, smtputf8: true }));
+        assert_eq!(check("jørn@b", &utf8, true, &OFFER), Ok(MailParams { smtputf8: true, ..MailParams::default() }));
+        let binary = Offer { binarymime: true, ..OFFER };
+        let body = [param("BODY", "BINARYMIME")];
+        assert_eq!(check("a@b", &body, true, &binary), Ok(MailParams { binary: true, ..MailParams::default() }));
+        assert_eq!(check("a@b", &body, true, &OFFER), Err(MailRefusal::Unsupported));
+        let chunking = Capabilities { chunking: true, ..Capabilities::default() };
+        let line = b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n";
+        assert_eq!(for_backend(&chunking, line, "a@b", &body), Err(MailRefusal::BackendLacks));
+        let both = Capabilities { binarymime: true, ..chunking };
+        assert_eq!(for_backend(&both, line, "a@b", &body), Ok(line.to_vec()));
         assert_eq!(check("jørn@b", &[], true, &OFFER), Err(MailRefusal::NeedSmtpUtf8));
         assert_eq!(ok(&[param("SMTPUTF8", "yes")]), Err(MailRefusal::BadSmtpUtf8));
         let plain = Offer { dsn: false, smtputf8: false, ..OFFER };

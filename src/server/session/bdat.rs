@@ -75,9 +75,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// rewritten, which changes chunk sizes). False when the backend refused DATA; the
     /// client has the backend's reply and the transaction is over.
     async fn begin_chunks(&mut self) -> Result<bool, Outcome> {
+        let binary = self.phase.transaction().is_some_and(|tx| tx.binary);
         let up = self.upstream.as_mut().expect("checked by the caller");
-        let policy = self.config.limits.bare_lf;
-        let via_data = !up.capabilities().chunking || policy == BareLf::Normalize;
+        // Binary content has no lines: it goes on untouched (MAIL made sure the backend
+        // takes BINARYMIME, hence BDAT).
+        let policy = if binary { BareLf::Allow } else { self.config.limits.bare_lf };
+        let via_data = !binary && (!up.capabilities().chunking || policy == BareLf::Normalize);
         if via_data {
             let reply = match up.command(b"DATA\r\n", Asked::Data).await {
                 Ok(r) => r,

@@ -14,6 +14,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
             Some(tx) if tx.chunks.is_some() => return self.refuse("503 5.5.1 Error: DATA after BDAT"),
+            Some(tx) if tx.binary => return self.refuse("503 5.5.1 Error: BODY=BINARYMIME needs BDAT"),
             Some(_) => {}
         }
         if !self.inbuf.is_empty() {

@@ -42,7 +42,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => return self.upstream_failed(e, "MAIL"),
         };
         if reply.is_positive() {
-            let tx = Transaction { mail_line: line.to_vec(), smtputf8: declared.smtputf8, ..Transaction::default() };
+            let tx = Transaction {
+                mail_line: line.to_vec(),
+                smtputf8: declared.smtputf8,
+                binary: declared.binary,
+                ..Transaction::default()
+            };
             self.phase.begin_transaction(tx);
         }
         self.relay_reply(&reply)?;

@@ -69,6 +69,17 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
             "EHLO" => format!("250-fake\r\n{caps}"),
             "XCLIENT" => "220 fake ESMTP again\r\n".into(),
             "QUIT" => "221 2.0.0 Bye\r\n".into(),
+            "BDAT" => {
+                // BDAT <size> [LAST]: exactly that many bytes follow.
+                let size: usize = text.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                let mut chunk = vec![0u8; size];
+                if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut chunk).await.is_err() {
+                    log.lock().unwrap().push("EOF".into());
+                    return;
+                }
+                log.lock().unwrap().push(format!("CHUNK:{}", String::from_utf8_lossy(&chunk)));
+                "250 2.0.0 chunk ok\r\n".into()
+            }
             "DATA" => {
                 stream.get_mut().write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await.unwrap();
                 let mut body = b"\r\n".to_vec();

@@ -88,3 +88,31 @@ async fn limits_per_chunk_and_rules_of_order() {
     assert!(c.reply().await.starts_with("501 5.5.4"));
     assert_eq!(c.reply().await, "<closed>");
 }
+
+const CHUNKING_CAPS: &str = "250-PIPELINING\r\n250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n\
+    250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n";
+
+#[tokio::test]
+async fn binarymime_goes_on_untouched_in_chunks_to_a_backend_that_takes_it() {
+    let backend = FakeBackend::start(CHUNKING_CAPS).await;
+    let config = config(&[(backend.addr, "xforward")], "");
+    // The first backend connection teaches the proxy what the backend offers.
+    let mut c = Client::greeted(config.clone(), OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("QUIT", "221").await;
+    let mut c = Client::start(config, OUTSIDER);
+    c.reply().await;
+    let ehlo = c.cmd("EHLO client.example", "250").await;
+    assert!(ehlo.contains("BINARYMIME"), "{ehlo}");
+    c.cmd("MAIL FROM:<a@example.org> BODY=BINARYMIME", "250").await;
+    c.cmd("RCPT TO:<u@example.com>", "250").await;
+    c.cmd("DATA", "503 5.5.1").await;
+    let binary = "bare\nlines\r.and\0NUL";
+    c.send(&chunk(binary, true)).await;
+    assert_eq!(c.reply().await, "250 2.0.0 chunk ok\r\n");
+    c.cmd("QUIT", "221").await;
+    backend.wait_for("EOF").await;
+    let lines = backend.lines();
+    assert!(lines.contains(&format!("BDAT {} LAST", binary.len())), "{lines:?}");
+    assert!(lines.contains(&format!("CHUNK:{binary}")), "{lines:?}");
+}
