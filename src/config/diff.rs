@@ -7,12 +7,7 @@ use std::fmt::Debug;
 
 pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let mut field = |key: &str, a: &dyn Debug, b: &dyn Debug| {
-        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
-        if a != b {
-            out.push(format!("{key}: {a} -> {b}"));
-        }
-    };
+    let mut field = |key: &str, a: &dyn Debug, b: &dyn Debug| field(&mut out, key, a, b);
     field("server.hostname", &old.hostname, &new.hostname);
     field("server.drain_timeout", &old.drain_timeout, &new.drain_timeout);
     field("relay.enabled", &old.relay.enabled, &new.relay.enabled);
@@ -75,14 +70,17 @@ fn set<T: PartialEq + std::fmt::Display>(out: &mut Vec<String>, key: &str, old: 
     }
 }
 
+/// `key: old -> new` when the two differ.
+fn field(out: &mut Vec<String>, key: &str, a: &dyn Debug, b: &dyn Debug) {
+    let (a, b) = (format!("{a:?}"), format!("{b:?}"));
+    if a != b {
+        out.push(format!("{key}: {a} -> {b}"));
+    }
+}
+
 fn listener(out: &mut Vec<String>, o: &Listener, n: &Listener) {
     let key = format!("listener {:?}", n.name);
-    let mut field = |name: &str, a: &dyn Debug, b: &dyn Debug| {
-        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
-        if a != b {
-            out.push(format!("{key} {name}: {a} -> {b}"));
-        }
-    };
+    let mut field = |name: &str, a: &dyn Debug, b: &dyn Debug| field(out, &format!("{key} {name}"), a, b);
     field("bind", &o.bind, &n.bind);
     field("default", &o.rules.default, &n.rules.default);
     field("tls", &o.tls, &n.tls);
@@ -120,13 +118,8 @@ fn listener(out: &mut Vec<String>, o: &Listener, n: &Listener) {
 }
 
 fn backend(out: &mut Vec<String>, o: &Backend, n: &Backend) {
-    let key = format!("backend {}", n.address);
-    let mut field = |name: &str, a: &dyn Debug, b: &dyn Debug| {
-        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
-        if a != b {
-            out.push(format!("{key} {name}: {a} -> {b}"));
-        }
-    };
+    let prefix = format!("backend {}", n.address);
+    let mut field = |name: &str, a: &dyn Debug, b: &dyn Debug| field(out, &format!("{prefix} {name}"), a, b);
     field("identity", &o.identity.name(), &n.identity.name());
     field("tls", &o.tls, &n.tls);
     field("connect_timeout", &o.connect_timeout, &n.connect_timeout);

@@ -177,14 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if chunk.last || !reply.is_positive() {
             self.phase.end_transaction();
-            if reply.is_positive() {
-                self.stats.messages += 1;
-                self.stats.errors_since_delivery = 0;
-                self.stats.junk = 0;
-                metrics::message("delivered");
-            } else {
-                metrics::message("refused");
-            }
+            self.count_message(&reply);
         }
         self.relay_reply(&reply)
     }

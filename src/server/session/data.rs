@@ -5,10 +5,23 @@
 use super::{DATA_CHUNK, Outcome, Read, Session, Step};
 use crate::admin::metrics;
 use crate::server::upstream::UpstreamError;
-use crate::smtp::{Asked, DataScanner, Scan};
+use crate::smtp::{Asked, DataScanner, Reply, Scan};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// The backend's verdict on a whole message, counted: a delivered message starts
+    /// the error and junk counts over.
+    pub(super) fn count_message(&mut self, reply: &Reply) {
+        if reply.is_positive() {
+            self.stats.messages += 1;
+            self.stats.errors_since_delivery = 0;
+            self.stats.junk = 0;
+            metrics::message("delivered");
+        } else {
+            metrics::message("refused");
+        }
+    }
+
     pub(super) async fn data(&mut self) -> Step {
         match self.phase.transaction() {
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
@@ -110,14 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let up = self.upstream.as_mut().expect("DATA needs an upstream");
         match up.end_of_data().await {
             Ok(reply) => {
-                if reply.is_positive() {
-                    self.stats.messages += 1;
-                    self.stats.errors_since_delivery = 0;
-                    self.stats.junk = 0;
-                    metrics::message("delivered");
-                } else {
-                    metrics::message("refused");
-                }
+                self.count_message(&reply);
                 self.relay_reply(&reply)
             }
             Err(e) => {
