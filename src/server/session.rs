@@ -404,24 +404,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             let parsed = command::parse(text);
-            if parsed.as_ref().is_ok_and(|c| c.ends_group()) && !self.inbuf.is_empty() {
-                // RFC 2920: this command ends a pipelined group; more after it is a
-                // client that does not wait for replies (Postfix's
-                // smtpd_forbid_unauth_pipelining).
-                tracing::info!(
-                    peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
-                    "commands sent after one that ends a pipelined group; closed"
-                );
-                self.inbuf.clear();
-                self.reply("554 5.5.0 Error: SMTP protocol synchronization");
-                return Err(Outcome::Pipelining);
-            }
-            if parsed.as_ref().is_ok_and(|c| c.is_junk()) {
-                self.stats.junk += 1;
-                if self.stats.junk > self.config.limits.max_junk_commands {
-                    metrics::limit_refused("limits.max_junk_commands");
-                    self.count_error()?;
-                }
+            if let Ok(command) = &parsed {
+                self.pace(command)?;
             }
             match parsed {
                 Err(CommandError::BadBdat) => {
@@ -471,6 +455,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+    }
+
+    /// Rules on how commands come, before any is handled: RFC 2920's group ends (a
+    /// client that does not wait for the reply is closed, as Postfix's
+    /// `smtpd_forbid_unauth_pipelining` does) and the junk command limit.
+    fn pace(&mut self, command: &Command<'_>) -> Step {
+        if command.ends_group() && !self.inbuf.is_empty() {
+            tracing::info!(
+                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                "commands sent after one that ends a pipelined group; closed"
+            );
+            self.inbuf.clear();
+            self.reply("554 5.5.0 Error: SMTP protocol synchronization");
+            return Err(Outcome::Pipelining);
+        }
+        if command.is_junk() {
+            self.stats.junk += 1;
+            if self.stats.junk > self.config.limits.max_junk_commands {
+                metrics::limit_refused("limits.max_junk_commands");
+                return self.count_error();
+            }
+        }
+        Ok(())
     }
 
     // === errors ===

@@ -10,56 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
-        let Some(tx) = self.phase.transaction() else {
-            return self.refuse("503 5.5.1 Error: need MAIL command");
-        };
-        if tx.chunks.is_some() {
-            return self.refuse("503 5.5.1 Error: RCPT after BDAT");
-        }
-        if self.upstream.is_none() && !tx.released {
-            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+        if !self.recipient_allowed(path, params)? {
             return Ok(());
-        }
-        if let Err(refusal) = rcpt::check(params, &self.offered) {
-            return self.refuse(&refusal.reply());
-        }
-        if !path.is_ascii() && !tx.smtputf8 {
-            return self.refuse("553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 in MAIL");
-        }
-        let classified = if tx.smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
-        let destination = match classified {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
-                return self.refuse("501 5.1.3 Bad recipient address syntax");
-            }
-        };
-        if tx.recipients >= self.config.limits.max_recipients {
-            self.stats.rcpt_refused += 1;
-            metrics::limit_refused("limits.max_recipients");
-            return self.refuse("452 4.5.3 Error: too many recipients");
-        }
-        let client = RelayClient {
-            ip: self.peer.ip(),
-            local_ip: self.local.ip(),
-            authenticated: self.authenticated.is_some(),
-            address_known: self.origin.address_known(),
-        };
-        let verdict = self.config.relay.decide(&client, &destination);
-        if let RelayVerdict::Denied(rule) = verdict {
-            self.stats.rcpt_refused += 1;
-            metrics::relay_refused(&self.listener.name, rule);
-            let form = match destination {
-                address::Destination::Routed(form) => form,
-                _ => "plain",
-            };
-            tracing::info!(
-                peer = %self.peer, local = %self.local, listener = %self.listener.name,
-                user = ?self.authenticated.as_deref().unwrap_or(""),
-                rcpt = ?path, address_form = form, rule, "relay refused"
-            );
-            let reply = format!("550 5.7.1 <{path}>: Relay access denied");
-            return self.refuse(&reply);
         }
         if self.upstream.is_none() && !self.resume_transaction().await? {
             return Ok(());
@@ -89,5 +41,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.count_error();
         }
         Ok(())
+    }
+
+    /// Everything decided before the backend sees the recipient: sequence, parameters,
+    /// syntax, the recipient limit, the relay policy. False when refused (answered).
+    fn recipient_allowed(&mut self, path: &str, params: &[Param<'_>]) -> Result<bool, super::Outcome> {
+        let refused = |s: &mut Self, reply: &str| s.refuse(reply).map(|()| false);
+        let Some(tx) = self.phase.transaction() else {
+            return refused(self, "503 5.5.1 Error: need MAIL command");
+        };
+        if tx.chunks.is_some() {
+            return refused(self, "503 5.5.1 Error: RCPT after BDAT");
+        }
+        if self.upstream.is_none() && !tx.released {
+            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            return Ok(false);
+        }
+        if let Err(refusal) = rcpt::check(params, &self.offered) {
+            return refused(self, &refusal.reply());
+        }
+        if !path.is_ascii() && !tx.smtputf8 {
+            return refused(self, "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 in MAIL");
+        }
+        let classified = if tx.smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
+        let destination = match classified {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
+                return refused(self, "501 5.1.3 Bad recipient address syntax");
+            }
+        };
+        if tx.recipients >= self.config.limits.max_recipients {
+            self.stats.rcpt_refused += 1;
+            metrics::limit_refused("limits.max_recipients");
+            return refused(self, "452 4.5.3 Error: too many recipients");
+        }
+        let client = RelayClient {
+            ip: self.peer.ip(),
+            local_ip: self.local.ip(),
+            authenticated: self.authenticated.is_some(),
+            address_known: self.origin.address_known(),
+        };
+        let verdict = self.config.relay.decide(&client, &destination);
+        if let RelayVerdict::Denied(rule) = verdict {
+            self.stats.rcpt_refused += 1;
+            metrics::relay_refused(&self.listener.name, rule);
+            let form = match destination {
+                address::Destination::Routed(form) => form,
+                _ => "plain",
+            };
+            tracing::info!(
+                peer = %self.peer, local = %self.local, listener = %self.listener.name,
+                user = ?self.authenticated.as_deref().unwrap_or(""),
+                rcpt = ?path, address_form = form, rule, "relay refused"
+            );
+            let reply = format!("550 5.7.1 <{path}>: Relay access denied");
+            return refused(self, &reply);
+        }
+        Ok(true)
     }
 }
