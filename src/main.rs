@@ -62,6 +62,18 @@ enum Cmd {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// List the bans in force (client network, seconds left, reason), or lift one.
+    Bans {
+        /// The admin endpoint's address ([admin] bind).
+        #[arg(long, default_value = "127.0.0.1:9925")]
+        admin: std::net::SocketAddr,
+        /// Lift the ban on this client address (needs --token-file).
+        #[arg(long)]
+        lift: Option<std::net::IpAddr>,
+        /// The file holding the admin token ([admin] token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Read a password on standard input (one line) and print `USER:HASH` for the
     /// users file ([auth] users_file).
     HashPassword {
@@ -76,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::HashPassword { user } => hash_password(&user),
         Cmd::Health { admin, timeout } => health(admin, timeout),
+        Cmd::Bans { admin, lift, token_file } => bans(admin, lift, token_file.as_deref()),
         Cmd::Explain { config, client, listener, local, user, helo, rcpt } => {
             let question = portcullis::explain::Question { client, listener, local, user, helo, rcpts: rcpt };
             explain(&config, &question)
@@ -132,6 +145,38 @@ fn health(admin: std::net::SocketAddr, limit: std::time::Duration) -> ExitCode {
         }
         Err(e) => {
             println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bans(admin: std::net::SocketAddr, lift: Option<std::net::IpAddr>, token_file: Option<&std::path::Path>) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(t)) => Some(t.trim().to_string()),
+        Some(Err(e)) => {
+            eprintln!("portcullis: token file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (method, path) = match lift {
+        Some(ip) => (hyper::Method::DELETE, format!("/bans/{ip}")),
+        None => (hyper::Method::GET, "/bans".to_string()),
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        eprintln!("portcullis: cannot start");
+        return ExitCode::FAILURE;
+    };
+    let limit = std::time::Duration::from_secs(10);
+    match runtime.block_on(portcullis::admin::call(admin, method, &path, token.as_deref(), limit)) {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
             ExitCode::FAILURE
         }
     }

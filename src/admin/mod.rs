@@ -6,6 +6,7 @@
 pub mod metrics;
 
 use crate::config::Live;
+use crate::screen::Screen;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Method, Request, Response, StatusCode};
@@ -25,13 +26,14 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// What readiness is judged on.
 pub struct Status {
     pub live: Arc<Live>,
+    pub screen: Arc<Screen>,
     /// Set once every listener is bound and the workers run; cleared when draining.
     pub serving: AtomicBool,
 }
 
 impl Status {
-    pub fn new(live: Arc<Live>) -> Arc<Self> {
-        Arc::new(Self { live, serving: AtomicBool::new(false) })
+    pub fn new(live: Arc<Live>, screen: Arc<Screen>) -> Arc<Self> {
+        Arc::new(Self { live, screen, serving: AtomicBool::new(false) })
     }
 
     /// `Ok` when ready, else why not.
@@ -80,10 +82,24 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
 }
 
 fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
+    if let Some(target) = req.uri().path().strip_prefix("/bans/")
+        && req.method() == Method::DELETE
+    {
+        return lift(req, target, status);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET (and DELETE /bans/ADDRESS)\n".into());
     }
     match req.uri().path() {
+        "/bans" => {
+            let lines: String = status
+                .screen
+                .bans()
+                .iter()
+                .map(|b| format!("{} {}s {}\n", b.key, b.remaining.as_secs(), b.reason.replace(' ', "_")))
+                .collect();
+            text(StatusCode::OK, lines)
+        }
         "/metrics" => {
             let mut response = text(StatusCode::OK, metrics::render());
             response.headers_mut().insert(
@@ -99,6 +115,38 @@ fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Fu
         },
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),
     }
+}
+
+/// `DELETE /bans/ADDRESS` with `Authorization: Bearer <token>` (`[admin] token_file`):
+/// lifts the ban on the client network of ADDRESS.
+fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> Response<Full<Bytes>> {
+    let config = status.live.load();
+    let Some(token) = config.admin_token.as_deref() else {
+        return text(StatusCode::FORBIDDEN, "no [admin] token_file is configured: bans cannot be lifted here\n".into());
+    };
+    let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let matches =
+        given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    if !matches {
+        tracing::warn!("admin endpoint: a ban lift without the right token; refused");
+        return text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into());
+    }
+    let Ok(ip) = target.parse::<std::net::IpAddr>() else {
+        return text(StatusCode::BAD_REQUEST, format!("{target:?} is not an IP address\n"));
+    };
+    let client = crate::screen::client_key(ip, config.limits.ipv6_prefix);
+    if status.screen.lift(client) {
+        tracing::info!(%client, "ban lifted through the admin endpoint");
+        text(StatusCode::OK, format!("lifted {client}\n"))
+    } else {
+        text(StatusCode::NOT_FOUND, format!("{client} is not banned\n"))
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell
+/// how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -121,16 +169,29 @@ pub enum HealthError {
 
 /// `portcullis health`: asks `/readyz` at `addr`; `Ok` with its text when ready.
 pub async fn check_ready(addr: SocketAddr, limit: Duration) -> Result<String, HealthError> {
+    call(addr, Method::GET, "/readyz", None, limit).await
+}
+
+/// One call to the admin endpoint at `addr`: the body when it answers 200, else the
+/// status and body as the error. `token`: sent as `Authorization: Bearer`.
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> Result<String, HealthError> {
     let ask = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| HealthError::Connect(addr, e))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| HealthError::Http(addr, e))?;
         tokio::spawn(connection);
-        let request = Request::get("/readyz")
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .expect("a static request is valid");
+        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, addr.to_string());
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| HealthError::NotReady(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| HealthError::Http(addr, e))?;
         let code = response.status();
         let body = response.into_body().collect().await.map_err(|e| HealthError::Http(addr, e))?.to_bytes();

@@ -25,6 +25,12 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.data_timeout", &o.data_timeout, &n.data_timeout);
     field("limits.min_data_rate", &o.min_data_rate, &n.min_data_rate);
     field("limits.tls_handshake_timeout", &o.tls_handshake_timeout, &n.tls_handshake_timeout);
+    let show = |r: &Option<crate::screen::rate::Rate>| r.map_or("none".to_string(), |r| r.to_string());
+    field("limits.max_connection_rate", &show(&o.connection_rate), &show(&n.connection_rate));
+    field("limits.max_message_rate", &show(&o.message_rate), &show(&n.message_rate));
+    field("limits.max_recipient_rate", &show(&o.recipient_rate), &show(&n.recipient_rate));
+    field("limits.ipv6_prefix", &o.ipv6_prefix, &n.ipv6_prefix);
+    field("screen bans", &old.bans, &new.bans);
     field("auth.max_failures", &old.auth.as_ref().map(|a| a.max_failures), &new.auth.as_ref().map(|a| a.max_failures));
 
     set(&mut out, "relay.local_domains", &old.relay.local_domains.entries(), &new.relay.local_domains.entries());

@@ -11,6 +11,8 @@ pub use net::parse_network;
 use crate::auth::Users;
 use crate::identity::Identity;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
+use crate::screen::bans::BanPolicy;
+use crate::screen::rate::Rate;
 use crate::server::health::{BackendHealth, HealthCheck};
 use crate::smtp::BareLf;
 use crate::smtp::capabilities::Learned;
@@ -80,6 +82,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where /metrics, /healthz and /readyz are served; none when absent.
     pub admin: Option<SocketAddr>,
+    /// The token calls that change state must present (`[admin] token_file`).
+    pub admin_token: Option<String>,
+    pub bans: BanPolicy,
 }
 
 impl Config {
@@ -225,6 +230,14 @@ pub struct Limits {
     pub data_timeout: Duration,
     pub min_data_rate: MinDataRate,
     pub tls_handshake_timeout: Duration,
+    /// New connections per client network.
+    pub connection_rate: Option<Rate>,
+    /// Messages (MAIL) per client network, or per user when authenticated.
+    pub message_rate: Option<Rate>,
+    /// Recipients (RCPT) per client network, or per user when authenticated.
+    pub recipient_rate: Option<Rate>,
+    /// IPv6 clients are counted by this prefix in rates and bans.
+    pub ipv6_prefix: u8,
 }
 
 /// A validated config and what `check` should warn about.
@@ -342,6 +355,34 @@ impl Validator {
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )
             .unwrap_or(LogFormat::Text);
+        let admin_token = raw.admin.as_ref().and_then(|a| a.token_file.as_deref()).and_then(|path| {
+            match std::fs::read_to_string(path) {
+                Ok(token) if token.trim().len() >= 16 => Some(token.trim().to_string()),
+                Ok(_) => {
+                    self.error("admin.token_file", format!("{path}: the token must be at least 16 characters"));
+                    None
+                }
+                Err(e) => {
+                    self.error("admin.token_file", format!("{path}: {e}"));
+                    None
+                }
+            }
+        });
+        let bans = BanPolicy {
+            after: raw.screen.ban_after.unwrap_or(0),
+            window: self.duration(
+                "screen.ban_window",
+                raw.screen.ban_window.as_deref(),
+                Duration::from_secs(600),
+                false,
+            ),
+            duration: self.duration(
+                "screen.ban_time",
+                raw.screen.ban_time.as_deref(),
+                Duration::from_secs(3600),
+                false,
+            ),
+        };
         let admin = raw.admin.as_ref().and_then(|a| {
             a.bind
                 .parse::<SocketAddr>()
@@ -389,6 +430,8 @@ impl Validator {
                 trusted_proxies,
                 log_format,
                 admin,
+                admin_token,
+                bans,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
@@ -452,6 +495,11 @@ impl Validator {
                 true,
             ),
         })
+    }
+
+    /// A rate such as "60/min"; absent: none.
+    fn rate(&mut self, key: &str, text: Option<&str>) -> Option<Rate> {
+        Rate::parse(text?).map_err(|e| self.error(key, e)).ok()
     }
 
     /// A duration such as "30s" or "5m"; `zero_ok` allows "0s".
@@ -775,6 +823,17 @@ impl Validator {
             max_connections_per_ip,
             max_errors,
             max_junk_commands: raw.max_junk_commands.unwrap_or(DEFAULT_MAX_JUNK_COMMANDS),
+            connection_rate: self.rate("limits.max_connection_rate", raw.max_connection_rate.as_deref()),
+            message_rate: self.rate("limits.max_message_rate", raw.max_message_rate.as_deref()),
+            recipient_rate: self.rate("limits.max_recipient_rate", raw.max_recipient_rate.as_deref()),
+            ipv6_prefix: match raw.ipv6_prefix {
+                None => 64,
+                Some(p) if (16..=128).contains(&p) => p,
+                Some(p) => {
+                    self.error("limits.ipv6_prefix", format!("{p}: expected 16 to 128"));
+                    64
+                }
+            },
             command_timeout,
             data_timeout,
             tls_handshake_timeout,

@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub screen: RawScreen,
 }
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +32,17 @@ pub struct RawConfig {
 pub struct RawAdmin {
     /// Where /metrics, /healthz and /readyz are served.
     pub bind: String,
+    /// A file holding the token that calls changing state (lifting bans) must present.
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScreen {
+    /// Failures (relay attempts, failed passwords, protocol errors) that ban a client.
+    pub ban_after: Option<u32>,
+    pub ban_window: Option<String>,
+    pub ban_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,4 +222,10 @@ pub struct RawLimits {
     pub min_data_rate: Option<u64>,
     pub min_data_rate_grace: Option<String>,
     pub tls_handshake_timeout: Option<String>,
+    /// "60/min" style rates; absent: no limit.
+    pub max_connection_rate: Option<String>,
+    pub max_message_rate: Option<String>,
+    pub max_recipient_rate: Option<String>,
+    /// IPv6 clients are counted by this prefix.
+    pub ipv6_prefix: Option<u8>,
 }

@@ -15,6 +15,7 @@ use crate::admin::{Status, metrics};
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
 use crate::policy::Action;
+use crate::screen::{Screen, client_key};
 use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
@@ -80,6 +81,7 @@ pub(crate) type ListenerSet = Arc<Vec<Arc<Bound>>>;
 /// What the workers, the control thread and reloads share.
 pub(crate) struct Shared {
     pub(crate) live: Arc<Live>,
+    pub(crate) screen: Arc<Screen>,
     pub(crate) limits: Arc<ConnectionLimits>,
     pub(crate) listeners: watch::Sender<ListenerSet>,
     pub(crate) status: Arc<Status>,
@@ -110,8 +112,10 @@ impl Server {
         };
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
         let live = Arc::new(Live::from_pointee(config));
+        let screen = Arc::new(Screen::default());
         let shared = Arc::new(Shared {
-            status: Status::new(live.clone()),
+            status: Status::new(live.clone(), screen.clone()),
+            screen,
             live,
             limits,
             listeners: watch::Sender::new(Arc::new(bound)),
@@ -148,6 +152,7 @@ impl Server {
         for i in 0..config.workers {
             let ctx = Arc::new(WorkerCtx {
                 live: self.shared.live.clone(),
+                screen: self.shared.screen.clone(),
                 limits: self.shared.limits.clone(),
                 sessions: TaskTracker::new(),
                 stop: CancellationToken::new(),
@@ -224,6 +229,7 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// What one worker's accept loops and sessions share.
 struct WorkerCtx {
     live: Arc<Live>,
+    screen: Arc<Screen>,
     limits: Arc<ConnectionLimits>,
     sessions: TaskTracker,
     /// Cancelled at the drain deadline: open sessions answer 421 and end.
@@ -354,6 +360,22 @@ fn admit(
         ctx.sessions.spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
         return None;
     }
+    let client = client_key(peer.ip(), config.limits.ipv6_prefix);
+    if let Some(left) = ctx.screen.banned(client) {
+        metrics::connection(&listener.name, "banned", verdict.rule);
+        log_refusal("banned", peer, &listener.name, "screen.ban");
+        tracing::debug!(%peer, remaining = ?left, "banned client refused");
+        ctx.sessions.spawn(say_and_close(stream, b"421 4.7.0 Too many errors from your address, try again later\r\n"));
+        return None;
+    }
+    if ctx.screen.connection(client, config.limits.connection_rate).is_err() {
+        metrics::connection(&listener.name, "limited", verdict.rule);
+        metrics::limit_refused("limits.max_connection_rate");
+        log_refusal("over the connection rate", peer, &listener.name, "limits.max_connection_rate");
+        ctx.sessions
+            .spawn(say_and_close(stream, b"421 4.7.0 Too many connections from your address, try again later\r\n"));
+        return None;
+    }
     let permit = match ctx.limits.try_acquire(peer.ip()) {
         Ok(p) => p,
         Err(limit) => {
@@ -369,6 +391,7 @@ fn admit(
     let _ = stream.set_nodelay(true);
     let session = Session::new(config, listener.clone(), stream, peer, local)
         .with_live(ctx.live.clone())
+        .with_screen(ctx.screen.clone())
         .with_stop(ctx.stop.clone());
     Some((session, permit))
 }

@@ -63,6 +63,7 @@ pub enum Outcome {
     TooSlow,
     BadBdat,
     LineTooLong,
+    Banned,
 }
 
 impl Outcome {
@@ -85,6 +86,7 @@ impl Outcome {
             Outcome::TooSlow => "too_slow",
             Outcome::BadBdat => "bad_bdat",
             Outcome::LineTooLong => "line_too_long",
+            Outcome::Banned => "banned",
         }
     }
 
@@ -106,6 +108,7 @@ impl Outcome {
             Outcome::TooSlow => "message arriving too slowly",
             Outcome::BadBdat => "BDAT without a readable size",
             Outcome::LineTooLong => "command line too long",
+            Outcome::Banned => "banned for its errors",
         }
     }
 }
@@ -231,6 +234,8 @@ pub struct Session<S> {
     /// force before every command.
     config: Arc<Config>,
     live: Option<Arc<Live>>,
+    /// Rates and bans, shared with every session; none in tests that do not need them.
+    screen: Option<Arc<crate::screen::Screen>>,
     listener: Arc<Listener>,
     client: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
     peer: ClientAddr,
@@ -259,6 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             started: Instant::now(),
             config,
             live: None,
+            screen: None,
             listener,
             client: MaybeTls::Plain(client),
             peer,
@@ -279,6 +285,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Follow the config in force: a reload applies from the next command on.
     pub fn with_live(mut self, live: Arc<Live>) -> Self {
         self.live = Some(live);
+        self
+    }
+
+    /// Count this session's messages, recipients and failures in `screen`.
+    pub fn with_screen(mut self, screen: Arc<crate::screen::Screen>) -> Self {
+        self.screen = Some(screen);
         self
     }
 
@@ -482,6 +494,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     // === errors ===
 
+    /// One failure of `kind` toward a ban.
+    fn failure(&mut self, kind: &'static str) -> Step {
+        let Some(screen) = &self.screen else { return Ok(()) };
+        let client = crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
+        if !self.origin.address_known() || !screen.failure(client, kind, &self.config.bans) {
+            return Ok(());
+        }
+        tracing::warn!(
+            peer = %self.peer, listener = %self.listener.name, %client, reason = kind,
+            duration = ?self.config.bans.duration, "client banned"
+        );
+        metrics::limit_refused("screen.ban");
+        let text = format!("421 4.7.0 {} Error: too many errors, try again later", self.config.hostname);
+        self.reply(&text);
+        Err(Outcome::Banned)
+    }
+
+    /// Whose messages and recipients are counted: the user, or the client's network.
+    fn who(&self) -> crate::screen::Who {
+        match &self.authenticated {
+            Some(user) => crate::screen::Who::User(user.clone()),
+            None => {
+                crate::screen::Who::Client(crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix))
+            }
+        }
+    }
+
     /// Our own refusal of a client's command: it counts as an error (see `count_error`).
     fn refuse(&mut self, reply: &str) -> Step {
         self.reply(reply);
@@ -492,6 +531,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// sequence, a relay attempt, a recipient the backend does not know. After
     /// `limits.max_errors` of them without a delivered message, the session ends.
     fn count_error(&mut self) -> Step {
+        self.count_error_as("protocol error")
+    }
+
+    /// [`Self::count_error`] for a failure of `kind`, which also counts toward a ban
+    /// (`[screen] ban_after`); a client banned here is told so and the session ends.
+    fn count_error_as(&mut self, kind: &'static str) -> Step {
+        self.failure(kind)?;
         self.stats.errors += 1;
         self.stats.errors_since_delivery += 1;
         if self.stats.errors_since_delivery >= self.config.limits.max_errors {

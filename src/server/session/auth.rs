@@ -76,6 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "authentication failed"
                 );
                 tokio::time::sleep(FAILURE_DELAY * self.auth_failures).await;
+                self.failure("authentication failure")?;
                 if self.auth_failures >= auth.max_failures {
                     let text = format!("421 4.7.0 {} Error: too many authentication failures", self.config.hostname);
                     self.reply(&text);

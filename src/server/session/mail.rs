@@ -35,6 +35,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
 
+        if let Some(screen) = &self.screen
+            && screen.message(self.who(), self.config.limits.message_rate).is_err()
+        {
+            metrics::limit_refused("limits.max_message_rate");
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, "message refused: over the message rate");
+            self.reply("450 4.7.1 Error: too many messages from you, try again later");
+            return Ok(());
+        }
         let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
         let reply = match sent {
             Ok(Ok(reply)) => reply,

@@ -96,7 +96,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 rcpt = ?path, address_form = form, rule, "relay refused"
             );
             let reply = format!("550 5.7.1 <{path}>: Relay access denied");
-            return refused(self, &reply);
+            self.reply(&reply);
+            return self.count_error_as("relay attempt").map(|()| false);
+        }
+        if let Some(screen) = &self.screen
+            && screen.recipient(self.who(), self.config.limits.recipient_rate).is_err()
+        {
+            metrics::limit_refused("limits.max_recipient_rate");
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, rcpt = ?path, "recipient refused: over the recipient rate");
+            self.reply("450 4.7.1 Error: too many recipients from you, try again later");
+            return Ok(false);
         }
         Ok(true)
     }
