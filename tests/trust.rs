@@ -130,6 +130,30 @@ fn a_header_without_a_usable_client_never_relays_and_names_no_client() {
 }
 
 #[test]
+fn an_unknown_client_is_not_passed_off_as_the_proxy() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    // With PROXY toward the backend, "unknown" would make the backend take this proxy's
+    // own address for the client: such a client gets 451 instead.
+    let text = format!(
+        "[[listener]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [trust]\nproxies = [\"127.0.0.1/32\"]\n[relay]\nlocal_domains = [\"example.com\"]\n\
+         [[backend]]\naddress = \"{}\"\nidentity = \"proxy-v1\"\n",
+        pf.proxied
+    );
+    let proxy = Proxy::start(&text);
+    let mut c = Smtp::connect_from("127.0.0.1", proxy.addr("lb"));
+    c.send("PROXY UNKNOWN\r\n");
+    assert!(c.reply().starts_with("220"));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.3.0");
+    c.cmd("QUIT", "221");
+}
+
+#[test]
 fn clients_cannot_claim_another_identity() {
     if !need(&["postfix"]) {
         return;

@@ -1,7 +1,8 @@
 //! The admin endpoint (`[admin] bind`): `/metrics` in Prometheus' text format,
-//! `/healthz` (the process answers) and `/readyz` (listeners bound and at least one
-//! backend up), over plain HTTP/1.1 for scrapers and container health checks. It only
-//! reads; nothing here changes the running server.
+//! `/healthz` (the process answers), `/readyz` (listeners bound and at least one
+//! backend up) and `/bans`, over plain HTTP/1.1 for scrapers and container health
+//! checks. The one call that changes state, lifting a ban (`DELETE /bans/ADDRESS`),
+//! needs the token of `[admin] token_file`.
 
 pub mod metrics;
 

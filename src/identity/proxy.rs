@@ -141,22 +141,6 @@ pub fn v2_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
         .expect("a v2 header with two addresses and no TLVs is far below its size limit")
 }
 
-/// The header for a client whose address is not known (a load balancer in front of us
-/// did not say): v1 `UNKNOWN`, v2 PROXY with no addresses. The backend learns nothing
-/// wrong, in particular not that the load balancer is the client.
-pub fn unknown_header(v2: bool) -> Vec<u8> {
-    if !v2 {
-        return v1_local();
-    }
-    v2::Builder::with_addresses(
-        v2::Version::Two | v2::Command::Proxy,
-        v2::Protocol::Unspecified,
-        v2::Addresses::Unspecified,
-    )
-    .build()
-    .expect("an empty v2 header is far below its size limit")
-}
-
 /// The header of a connection that is the proxy's own (a health check): v1 `UNKNOWN`,
 /// which the spec tells receivers to treat as their own connection.
 pub fn v1_local() -> Vec<u8> {
@@ -215,8 +199,6 @@ mod tests {
     fn health_check_headers_decode_as_local() {
         assert_eq!(decode(&v1_local()), Ok(Some((Proxied::Unknown, 15))));
         assert_eq!(decode(&v2_local()), Ok(Some((Proxied::Local, 16))));
-        assert_eq!(decode(&unknown_header(true)), Ok(Some((Proxied::Unknown, 16))));
-        assert_eq!(decode(&unknown_header(false)), Ok(Some((Proxied::Unknown, 15))));
     }
 
     #[test]

@@ -32,13 +32,17 @@ pub enum PathError {
     BadDomain,
 }
 
-/// Look-alikes of the routing characters `@ % ! : ,` (full-width and small forms):
-/// a backend or a later hop that normalises Unicode (NFKC) turns them into the real
-/// ones, so an address holding one is judged as routed.
-const ROUTING_LOOK_ALIKES: &[char] = &[
-    '\u{FF20}', '\u{FE6B}', '\u{FF05}', '\u{FE6A}', '\u{FF01}', '\u{FE57}', '\u{FF1A}', '\u{FE55}', '\u{FF0C}',
-    '\u{FE50}',
-];
+/// The characters that route: a backend or a later hop that normalises Unicode (NFKC)
+/// turns their look-alikes (full-width, small, vertical forms, `‼`...) into them, so an
+/// address hiding one is judged as routed.
+const ROUTING: &[char] = &['@', '%', '!', ':', ',', '"', '[', ']'];
+
+/// Whether NFKC normalisation would make routing characters appear in `path`.
+fn hides_routing(path: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let count = |s: &str| s.chars().filter(|c| ROUTING.contains(c)).count();
+    !path.is_ascii() && count(&path.nfkc().collect::<String>()) != count(path)
+}
 
 /// Classifies the text between `<` and `>` of a RCPT path of an ASCII transaction.
 pub fn classify(path: &str) -> Result<Destination, PathError> {
@@ -63,7 +67,7 @@ fn classify_with(path: &str, utf8: bool) -> Result<Destination, PathError> {
     if path.chars().any(char::is_control) {
         return Err(PathError::BadCharacter);
     }
-    if path.chars().any(|c| ROUTING_LOOK_ALIKES.contains(&c)) {
+    if hides_routing(path) {
         return Ok(Destination::Routed("look-alike of a routing character"));
     }
     if path.starts_with('@') {
@@ -225,5 +229,14 @@ mod tests {
         );
         assert_eq!(classify_utf8("ü@bad_domain.example"), Err(PathError::BadDomain));
         assert_eq!(classify_utf8("ü\u{0085}@example.com"), Err(PathError::BadCharacter));
+        for hidden in ["\u{203C}", "\u{FE15}", "\u{FE13}", "\u{FE10}", "\u{2049}", "\u{FE6B}"] {
+            let path = format!("evil.example{hidden}user@example.com");
+            assert_eq!(classify_utf8(&path), Ok(Routed("look-alike of a routing character")), "{hidden:?}");
+        }
+        assert_eq!(
+            classify_utf8("ｕｓｅｒ@example.com"),
+            Ok(Domain("example.com".into())),
+            "full-width letters route nowhere"
+        );
     }
 }

@@ -29,11 +29,15 @@ struct Record {
 #[derive(Debug)]
 pub struct Bans<K> {
     records: HashMap<K, Record>,
+    full_misses: u64,
 }
+
+/// Clients tracked at most (failures and bans): about 10 MB.
+const MAX_RECORDS: usize = 100_000;
 
 impl<K> Default for Bans<K> {
     fn default() -> Self {
-        Self { records: HashMap::new() }
+        Self { records: HashMap::new(), full_misses: 0 }
     }
 }
 
@@ -51,8 +55,16 @@ impl<K: Hash + Eq + Clone> Bans<K> {
         if policy.after == 0 {
             return false;
         }
-        if self.records.len() > 100_000 {
-            self.forget_old(policy, now);
+        if self.records.len() >= MAX_RECORDS && !self.records.contains_key(&key) {
+            // Full: make room once in a while, and while there is none, new clients go
+            // uncounted rather than the table growing without bound.
+            self.full_misses += 1;
+            if self.full_misses.is_multiple_of(1024) {
+                self.forget_old(policy, now);
+            }
+            if self.records.len() >= MAX_RECORDS {
+                return false;
+            }
         }
         let r = self.records.entry(key).or_insert(Record {
             failures: 0,

@@ -197,9 +197,23 @@ impl Upstream {
         facts: &ClientFacts,
         hostname: &str,
     ) -> Result<Self, UpstreamError> {
+        if !facts.addr_known
+            && matches!(backend.identity, Identity::ProxyV1 | Identity::ProxyV2 | Identity::Transparent)
+        {
+            // These identities cannot say "unknown" in a way the backend takes as such:
+            // it would take the connection's own peer, this proxy, for the client (and
+            // that address is often trusted). The client's load balancer did not say who
+            // it is, so no backend of this kind may take it.
+            return Err(UpstreamError::ClientValueRefused {
+                backend: backend.address.clone(),
+                detail: format!(
+                    "client address unknown (PROXY UNKNOWN); identity {} cannot pass that on",
+                    backend.identity.name()
+                ),
+            });
+        }
         let connecting = async {
-            // Transparent needs the client's address; unknown, the connection is ours.
-            if backend.identity != Identity::Transparent || !facts.addr_known {
+            if backend.identity != Identity::Transparent {
                 return TcpStream::connect(backend.address.as_str()).await;
             }
             let client = facts.addr.ip();
@@ -220,9 +234,6 @@ impl Upstream {
             _ => Name::Clients(&facts.helo),
         };
         let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
-            Identity::ProxyV1 | Identity::ProxyV2 if !facts.addr_known => {
-                Some(proxy::unknown_header(identity == Identity::ProxyV2))
-            }
             Identity::ProxyV1 => Some(proxy::v1_header(facts.addr, facts.local)),
             Identity::ProxyV2 => Some(proxy::v2_header(facts.addr, facts.local)),
             _ => None,
@@ -289,7 +300,11 @@ impl Upstream {
             _ => None,
         })
         .await?;
-        backend.capabilities.set(&up.caps);
+        // Sessions learn what the backend offers them (after TLS and XCLIENT, EHLO
+        // again); the check's own view only fills in until the first session has.
+        if backend.capabilities.get().is_none() {
+            backend.capabilities.set(&up.caps);
+        }
         up.quit().await;
         Ok(())
     }
@@ -452,8 +467,8 @@ impl Upstream {
 
     /// Starts a BDAT chunk (`header` is its command line); its bytes follow with
     /// [`Upstream::send_body`], its reply with [`Upstream::chunk_reply`].
-    pub async fn bdat(&mut self, header: &[u8]) -> Result<(), UpstreamError> {
-        self.send_commands(header, [Asked::Bdat]).await
+    pub async fn bdat(&mut self, header: &[u8], last: bool) -> Result<(), UpstreamError> {
+        self.send_commands(header, [if last { Asked::BdatLast } else { Asked::Bdat }]).await
     }
 
     /// The reply to a BDAT chunk whose bytes were all sent.
@@ -505,7 +520,8 @@ impl Upstream {
         let Some(asked) = self.owed.pop_front() else {
             return Err(self.out_of_step("a reply was awaited with no command outstanding".into()));
         };
-        let limit = if asked == Asked::EndOfData { self.data_timeout } else { self.reply_timeout };
+        let limit =
+            if matches!(asked, Asked::EndOfData | Asked::BdatLast) { self.data_timeout } else { self.reply_timeout };
         let started = std::time::Instant::now();
         let read = async {
             loop {

@@ -60,6 +60,7 @@ impl Command<'_> {
     /// a few, not an endless stream.
     pub fn is_junk(&self) -> bool {
         matches!(self, Command::Noop | Command::Vrfy | Command::Rset | Command::Help)
+            || matches!(self, Command::Bdat(c) if c.size == 0 && !c.last)
     }
 }
 
@@ -106,6 +107,11 @@ const NOT_TEXT: &str = "500 5.5.2 Error: command contains control or 8-bit chara
 pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
     if not_smtp(line) {
         return Err(CommandError::NotSmtp);
+    }
+    let bdat = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"BDAT") && line.get(4).is_none_or(|&b| b == b' ');
+    if bdat && line.iter().any(|&b| b < 0x20 || b >= 0x7f) {
+        // Where its chunk ends is unreadable: nothing after it is a command.
+        return Err(CommandError::BadBdat);
     }
     if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(CommandError::Syntax(NOT_TEXT));

@@ -18,6 +18,9 @@ pub enum Asked {
     Rset,
     /// A BDAT chunk (RFC 3030): one reply per chunk, after all its bytes.
     Bdat,
+    /// The last BDAT chunk: its reply is the message's, as long in coming as the one
+    /// to end of data.
+    BdatLast,
 }
 
 impl Asked {
@@ -35,6 +38,7 @@ impl Asked {
             Asked::EndOfData => "end of data",
             Asked::Rset => "RSET",
             Asked::Bdat => "BDAT",
+            Asked::BdatLast => "BDAT LAST",
         }
     }
 
@@ -52,7 +56,7 @@ impl Asked {
             Asked::Xclient => code == 220 || code == 250,
             Asked::Auth => code == 235 || code == 334,
             Asked::Mail | Asked::Rcpt | Asked::EndOfData | Asked::Rset => (250..=252).contains(&code),
-            Asked::Bdat => code == 250,
+            Asked::Bdat | Asked::BdatLast => code == 250,
             Asked::Data => code == 354,
         }
     }

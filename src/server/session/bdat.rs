@@ -63,7 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !via_data {
             let header = format!("BDAT {}{}\r\n", chunk.size, if chunk.last { " LAST" } else { "" });
             let up = self.upstream.as_mut().expect("checked above");
-            if let Err(e) = up.bdat(header.as_bytes()).await {
+            if let Err(e) = up.bdat(header.as_bytes(), chunk.last).await {
                 upstream_error = Some(e);
             }
         }
@@ -90,6 +90,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             if !reply.is_intermediate() {
+                // The backend's transaction stays open behind its refusal: drop it.
+                self.upstream = None;
                 self.phase.end_transaction();
                 self.relay_reply(&reply)?;
                 return Ok(false);
@@ -103,7 +105,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Reads the chunk's bytes, scans them and sends them on until a violation or a
-    /// backend failure; the rest is read and dropped. Returns the backend failure.
+    /// backend failure; the rest is read and dropped. The end of the last chunk is
+    /// judged (a CR left bare at the very end) before its final bytes go out, with the
+    /// end of a DATA body. Returns the backend failure.
     async fn stream_chunk(
         &mut self,
         chunk: Chunk,
@@ -112,24 +116,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut remaining = chunk.size;
         let mut out = Vec::new();
         let started = tokio::time::Instant::now();
-        while remaining > 0 {
-            self.fill_chunk_buffer(started, chunk.size - remaining).await?;
-            let n = remaining.min(self.inbuf.len() as u64) as usize;
-            let part = self.inbuf.split_to(n);
-            remaining -= n as u64;
-            let Some(chunks) = self.phase.transaction_mut().and_then(|tx| tx.chunks.as_mut()) else { continue };
-            out.clear();
-            chunks.scanner.scan(&part, &mut out);
-            if chunks.scanner.violation().is_some() || upstream_error.is_some() {
-                continue;
+        loop {
+            let part = if remaining > 0 {
+                self.fill_chunk_buffer(started, chunk.size - remaining).await?;
+                let n = remaining.min(self.inbuf.len() as u64) as usize;
+                remaining -= n as u64;
+                self.inbuf.split_to(n)
+            } else {
+                bytes::BytesMut::new()
+            };
+            if let Some(chunks) = self.phase.transaction_mut().and_then(|tx| tx.chunks.as_mut()) {
+                out.clear();
+                chunks.scanner.scan(&part, &mut out);
+                if chunk.last && remaining == 0 {
+                    chunks.scanner.finish(&mut out);
+                }
+                let go_on = chunks.scanner.violation().is_none() && upstream_error.is_none() && !out.is_empty();
+                if go_on
+                    && let Some(up) = self.upstream.as_mut()
+                    && let Err(e) = up.send_body(&out).await
+                {
+                    upstream_error = Some(e);
+                }
             }
-            if let Some(up) = self.upstream.as_mut()
-                && let Err(e) = up.send_body(&out).await
-            {
-                upstream_error = Some(e);
+            if remaining == 0 {
+                return Ok(upstream_error);
             }
         }
-        Ok(upstream_error)
     }
 
     /// After a chunk: a violation refuses the message (the backend connection is
@@ -151,10 +164,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             metrics::message("failed");
             return self.upstream_failed(e, "BDAT");
         }
-        let mut tail = Vec::new();
-        if chunk.last {
-            chunks.scanner.finish(&mut tail);
-        }
         let up = self.upstream.as_mut().expect("a chunk in progress has its backend");
         let reply = match (via_data, chunk.last) {
             (true, false) => {
@@ -162,10 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply(&text);
                 return Ok(());
             }
-            (true, true) => match up.send_body(&tail).await {
-                Ok(()) => up.end_of_data().await,
-                Err(e) => Err(e),
-            },
+            (true, true) => up.end_of_data().await,
             (false, _) => up.chunk_reply().await,
         };
         let reply = match reply {
@@ -178,6 +184,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if chunk.last || !reply.is_positive() {
             self.phase.end_transaction();
             self.count_message(&reply);
+            if !chunk.last {
+                // The backend refused a chunk inside its transaction: that connection is
+                // in no state to start another one.
+                self.upstream = None;
+            }
         }
         self.relay_reply(&reply)
     }

@@ -385,6 +385,34 @@ async fn no_backend_gives_4xx_and_failover_uses_the_next() {
 }
 
 #[tokio::test]
+async fn a_refusal_of_the_clients_own_values_never_fails_over() {
+    // A backend that refuses the client's values in XCLIENT (501), then a weaker one
+    // that would take anything: the client gets 451 4.3.0, the second never a byte.
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let strict = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = socket.accept().await.unwrap();
+        let mut s = BufReader::new(s);
+        s.get_mut().write_all(b"220 strict\r\n").await.unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        s.get_mut().write_all(format!("250-strict\r\n{POSTFIX_CAPS}").as_bytes()).await.unwrap();
+        line.clear();
+        s.read_line(&mut line).await.unwrap();
+        s.get_mut().write_all(b"501 5.5.4 Bad HELO syntax\r\n").await.unwrap();
+        let _ = s.read_line(&mut line).await;
+    });
+    let lenient = FakeBackend::start(POSTFIX_CAPS).await;
+    let extra = "";
+    let mut config = (*config(&[(strict, "xclient"), (lenient.addr, "none")], extra)).clone();
+    config.backends[1].allow_identity_downgrade = true;
+    let mut c = Client::greeted(Arc::new(config), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.3.0").await;
+    c.cmd("QUIT", "221").await;
+    assert!(lenient.lines().is_empty(), "{:?}", lenient.lines());
+}
+
+#[tokio::test]
 async fn backend_without_xclient_is_refused_with_4xx() {
     let backend = FakeBackend::start("250 PIPELINING\r\n").await;
     let mut c = Client::greeted(config(&[(backend.addr, "xclient")], ""), OUTSIDER).await;

@@ -116,3 +116,38 @@ async fn binarymime_goes_on_untouched_in_chunks_to_a_backend_that_takes_it() {
     assert!(lines.contains(&format!("BDAT {} LAST", binary.len())), "{lines:?}");
     assert!(lines.contains(&format!("CHUNK:{binary}")), "{lines:?}");
 }
+
+#[tokio::test]
+async fn a_cr_left_bare_at_the_very_end_refuses_the_message() {
+    for caps in [POSTFIX_CAPS, CHUNKING_CAPS] {
+        let backend = FakeBackend::start(caps).await;
+        let mut c = in_transaction(&backend).await;
+        c.send(&chunk("Subject: x\r\n\r\nab\r", true)).await;
+        assert!(c.reply().await.starts_with("554 5.6.0"), "{caps}");
+        c.cmd("QUIT", "221").await;
+        backend.wait_for("EOF").await;
+        let lines = backend.lines();
+        assert!(!lines.iter().any(|l| l.starts_with("BODY:") || l.starts_with("CHUNK:")), "{lines:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_bdat_line_with_control_bytes_closes_the_session() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let mut c = in_transaction(&backend).await;
+    c.send("BDAT 20\x0b\r\nRCPT TO:<x@remote.test>\r\n").await;
+    assert!(c.reply().await.starts_with("501 5.5.4"));
+    assert_eq!(c.reply().await, "<closed>");
+}
+
+#[tokio::test]
+async fn empty_chunks_count_as_junk() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let config = config(&[(backend.addr, "xforward")], "[limits]\nmax_junk_commands = 2\nmax_errors = 1\n");
+    let mut c = Client::greeted(config, OUTSIDER).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<u@example.com>", "250").await;
+    c.cmd("BDAT 0", "250").await;
+    c.cmd("BDAT 0", "250").await;
+    c.cmd("BDAT 0", "421 4.7.0").await;
+}
