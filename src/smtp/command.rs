@@ -109,7 +109,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         return Err(CommandError::NotSmtp);
     }
     let bdat = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"BDAT") && line.get(4).is_none_or(|&b| b == b' ');
-    if bdat && line.iter().any(|&b| b < 0x20 || b >= 0x7f) {
+    if bdat && line.iter().any(|b| !(0x20..0x7f).contains(b)) {
         // Where its chunk ends is unreadable: nothing after it is a command.
         return Err(CommandError::BadBdat);
     }
