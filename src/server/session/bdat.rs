@@ -154,11 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if let Some(v) = chunks.scanner.violation() {
             let size = chunks.scanner.size();
-            self.upstream = None;
-            self.phase.end_transaction();
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size, "message refused (BDAT)");
-            metrics::message("rejected");
-            return self.refuse(v.reply());
+            return self.refuse_message(v, size);
         }
         if let Some(e) = upstream_error {
             metrics::message("failed");

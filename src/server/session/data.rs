@@ -5,10 +5,21 @@
 use super::{DATA_CHUNK, Outcome, Read, Session, Step};
 use crate::admin::metrics;
 use crate::server::upstream::UpstreamError;
-use crate::smtp::{Asked, DataScanner, Reply, Scan};
+use crate::smtp::{Asked, DataScanner, Reply, Scan, Violation};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// A message refused by the scanner (size, bare LF/CR, NUL): the backend transaction
+    /// is abandoned by closing its connection (it never sees the final dot), and the
+    /// client gets the refusal.
+    pub(super) fn refuse_message(&mut self, v: Violation, size: u64) -> Step {
+        self.upstream = None;
+        self.phase.end_transaction();
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size, "message refused");
+        metrics::message("rejected");
+        self.refuse(v.reply())
+    }
+
     /// The backend's verdict on a whole message, counted: a delivered message starts
     /// the error and junk counts over.
     pub(super) fn count_message(&mut self, reply: &Reply) {
@@ -107,14 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.phase.end_transaction();
         if let Some(v) = scanner.violation() {
-            // Abandon the backend transaction: close without the final dot.
-            self.upstream = None;
-            tracing::info!(
-                peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size = scanner.size(),
-                "message refused"
-            );
-            metrics::message("rejected");
-            return self.refuse(v.reply());
+            return self.refuse_message(v, scanner.size());
         }
         if let Some(e) = upstream_error {
             metrics::message("failed");
