@@ -570,9 +570,22 @@ fn image_and_compose_stacks() {
     // The published ports on the host: SMTP greets, the admin endpoint counts.
     let mut smtp = TcpStream::connect(("127.0.0.1", smtp_port)).unwrap();
     smtp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Wait for the final greeting line: the listener faces the Internet, so a first
+    // contact gets the pregreet test ("220-", a wait, then "220 ").
+    let mut reader = BufReader::new(smtp.try_clone().unwrap());
     let mut greeting = String::new();
-    BufReader::new(smtp.try_clone().unwrap()).read_line(&mut greeting).unwrap();
-    assert!(greeting.starts_with("220 "), "greeting on 127.0.0.1:{smtp_port}: {greeting:?}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        greeting.push_str(&line);
+        if !line.starts_with("220-") {
+            break;
+        }
+    }
+    assert!(
+        greeting.lines().last().unwrap_or("").starts_with("220 "),
+        "greeting on 127.0.0.1:{smtp_port}: {greeting:?}"
+    );
     smtp.write_all(b"QUIT\r\n").unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let (code, body) = support::http_get(admin, "/readyz");

@@ -108,3 +108,34 @@ fn a_client_that_keeps_trying_to_relay_is_banned_until_lifted() {
     assert_eq!(bans(&[]), (true, String::new()));
     Smtp::hello("127.0.0.93", mx).cmd("QUIT", "221");
 }
+
+#[test]
+fn early_talkers_are_refused_and_patient_clients_remembered() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let extra = "[screen]\npregreet = true\npregreet_wait = \"1s\"\npregreet_ttl = \"1h\"\n";
+    let proxy = Proxy::start(&config(pf, "", extra));
+    let mx = proxy.addr("mx");
+    // Talks at once, without waiting for the end of the greeting.
+    let mut talker = Smtp::connect_from("127.0.0.95", mx);
+    talker.send("EHLO eager.example\r\n");
+    let reply = talker.reply();
+    assert!(reply.starts_with("220-") && reply.contains("\r\n554 5.5.1"), "{reply:?}");
+    assert_eq!(talker.reply(), "");
+    // Waits for the final line: served, and greeted at once next time.
+    let started = std::time::Instant::now();
+    let mut patient = Smtp::connect_from("127.0.0.96", mx);
+    let greeting = patient.reply();
+    let first_contact = started.elapsed();
+    assert!(greeting.starts_with("220-") && greeting.contains("\r\n220 "), "{greeting:?}");
+    patient.cmd("EHLO patient.example", "250");
+    patient.cmd("QUIT", "221");
+    let mut again = Smtp::connect_from("127.0.0.96", mx);
+    let greeting = again.reply();
+    assert!(greeting.starts_with("220 ") && !greeting.contains("220-"), "remembered: {greeting:?}");
+    again.cmd("QUIT", "221");
+    eprintln!("first contact greeted after {first_contact:?} (pregreet_wait 1s)");
+}

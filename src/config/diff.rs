@@ -31,6 +31,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.max_recipient_rate", &show(&o.recipient_rate), &show(&n.recipient_rate));
     field("limits.ipv6_prefix", &o.ipv6_prefix, &n.ipv6_prefix);
     field("screen bans", &old.bans, &new.bans);
+    field("screen pregreet", &old.pregreet, &new.pregreet);
     field("auth.max_failures", &old.auth.as_ref().map(|a| a.max_failures), &new.auth.as_ref().map(|a| a.max_failures));
 
     set(&mut out, "relay.local_domains", &old.relay.local_domains.entries(), &new.relay.local_domains.entries());
@@ -95,6 +96,7 @@ fn listener(out: &mut Vec<String>, o: &Listener, n: &Listener) {
     field("auth_plaintext", &o.auth_plaintext, &n.auth_plaintext);
     field("proxy_protocol", &o.proxy_protocol, &n.proxy_protocol);
     field("greeting_delay", &o.greeting_delay, &n.greeting_delay);
+    field("pregreet", &o.pregreet, &n.pregreet);
     for (i, r) in n.rules.rules.iter().enumerate() {
         match o.rules.rules.iter().position(|x| x.name == r.name) {
             None => out.push(format!("{key} rule {} ({:?}) added", i + 1, r.name)),

@@ -36,6 +36,12 @@ pub fn holds_public(net: &IpNet) -> bool {
     !NOT_PUBLIC.iter().any(|n| n.parse::<IpNet>().expect("valid literal").contains(net))
 }
 
+/// Whether a listener bound to `ip` is reachable by strangers: a wildcard or public
+/// address.
+pub fn faces_the_internet(ip: IpAddr) -> bool {
+    is_public_address(ip)
+}
+
 fn is_public_address(ip: IpAddr) -> bool {
     ip.is_unspecified() || holds_public(&IpNet::from(ip))
 }

@@ -85,6 +85,7 @@ pub struct Config {
     /// The token calls that change state must present (`[admin] token_file`).
     pub admin_token: Option<String>,
     pub bans: BanPolicy,
+    pub pregreet: Pregreet,
 }
 
 impl Config {
@@ -141,6 +142,16 @@ pub struct Listener {
     pub proxy_protocol: bool,
     /// Wait this long before greeting; a client that talks meanwhile is refused.
     pub greeting_delay: Duration,
+    /// Early-talker detection (postscreen's pregreet test) on this listener.
+    pub pregreet: bool,
+}
+
+/// Early-talker detection: a `220-` line, `wait`, then the final greeting line; a
+/// client that talks in between is refused, one that waits is greeted at once for `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pregreet {
+    pub wait: Duration,
+    pub ttl: Duration,
 }
 
 /// Where credentials are checked.
@@ -383,6 +394,25 @@ impl Validator {
                 false,
             ),
         };
+        let pregreet = Pregreet {
+            wait: self.duration(
+                "screen.pregreet_wait",
+                raw.screen.pregreet_wait.as_deref(),
+                Duration::from_secs(6),
+                false,
+            ),
+            ttl: self.duration(
+                "screen.pregreet_ttl",
+                raw.screen.pregreet_ttl.as_deref(),
+                Duration::from_secs(86_400),
+                false,
+            ),
+        };
+        let mut listeners = listeners;
+        for l in &mut listeners {
+            // On by default where strangers connect: a public or wildcard address.
+            l.pregreet = raw.screen.pregreet.unwrap_or_else(|| lints::faces_the_internet(l.bind.ip()));
+        }
         let admin = raw.admin.as_ref().and_then(|a| {
             a.bind
                 .parse::<SocketAddr>()
@@ -432,6 +462,7 @@ impl Validator {
                 admin,
                 admin_token,
                 bans,
+                pregreet,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
@@ -488,6 +519,7 @@ impl Validator {
             auth: auth?,
             auth_plaintext: raw.auth_plaintext,
             proxy_protocol: raw.proxy_protocol,
+            pregreet: false,
             greeting_delay: self.duration(
                 &format!("{key}.greeting_delay"),
                 raw.greeting_delay.as_deref(),

@@ -43,6 +43,10 @@ pub struct RawScreen {
     pub ban_after: Option<u32>,
     pub ban_window: Option<String>,
     pub ban_time: Option<String>,
+    /// Early-talker detection; absent: on for listeners facing the Internet.
+    pub pregreet: Option<bool>,
+    pub pregreet_wait: Option<String>,
+    pub pregreet_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

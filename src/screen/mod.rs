@@ -13,6 +13,7 @@ pub mod rate;
 use bans::{Ban, BanPolicy, Bans};
 use ipnet::IpNet;
 use rate::{Limiter, Rate};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,7 +39,12 @@ pub enum Who {
 pub struct Screen {
     rates: Mutex<Limiter<RateKey>>,
     bans: Mutex<Bans<IpNet>>,
+    /// Clients that waited for the whole greeting, until when they are trusted to.
+    passed: Mutex<HashMap<IpNet, Instant>>,
 }
+
+/// Clients remembered as having passed the pregreet test, at most.
+const MAX_PASSED: usize = 100_000;
 
 /// The network a client address is counted in.
 pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
@@ -68,6 +74,25 @@ impl Screen {
     fn check(&self, key: RateKey, rate: Option<Rate>) -> Result<(), Duration> {
         let Some(rate) = rate else { return Ok(()) };
         self.rates.lock().unwrap_or_else(|e| e.into_inner()).check(key, rate, Instant::now())
+    }
+
+    /// Whether `client` passed the pregreet test recently enough to skip it.
+    pub fn passed_pregreet(&self, client: IpNet) -> bool {
+        let passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        passed.get(&client).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// `client` waited for the whole greeting: greet it at once for `ttl`.
+    pub fn pass_pregreet(&self, client: IpNet, ttl: Duration) {
+        let now = Instant::now();
+        let mut passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        if passed.len() >= MAX_PASSED {
+            passed.retain(|_, until| *until > now);
+            if passed.len() >= MAX_PASSED {
+                return;
+            }
+        }
+        passed.insert(client, now + ttl);
     }
 
     /// A failure of `kind` by `client`; true when it starts a ban.

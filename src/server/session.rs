@@ -391,15 +391,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if self.inbuf.is_empty() {
-            return Ok(());
+            return self.pregreet().await;
         }
         tracing::info!(
             peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
             "client talked before the greeting; refused"
         );
+        metrics::limit_refused("screen.pregreet");
         self.inbuf.clear();
         self.reply("554 5.5.1 Error: talking before the greeting");
         Err(Outcome::Pregreet)
+    }
+
+    /// Early-talker detection (postscreen's pregreet test), on listeners facing the
+    /// Internet: the first line of a multi-line greeting, a wait, then (in `run`) the
+    /// final line. Real SMTP clients wait for that final line; spam software often
+    /// talks at once. A client that waited is greeted at once for `pregreet_ttl`.
+    async fn pregreet(&mut self) -> Step {
+        let Some(screen) = self.screen.clone().filter(|_| self.listener.pregreet) else { return Ok(()) };
+        let client = crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
+        if !self.origin.address_known() || screen.passed_pregreet(client) {
+            return Ok(());
+        }
+        let first = format!("220-{} ESMTP", self.config.hostname);
+        self.reply(&first);
+        self.flush().await?;
+        self.inbuf.reserve(COMMAND_CHUNK);
+        match timeout(self.config.pregreet.wait, self.client.read_buf(&mut self.inbuf)).await {
+            Err(_) => {
+                screen.pass_pregreet(client, self.config.pregreet.ttl);
+                Ok(())
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => Err(Outcome::ClientClosed),
+            Ok(Ok(n)) => {
+                tracing::info!(
+                    peer = %self.peer, listener = %self.listener.name, bytes = n,
+                    "client talked before the end of the greeting (pregreet); refused"
+                );
+                metrics::limit_refused("screen.pregreet");
+                self.inbuf.clear();
+                self.reply("554 5.5.1 Error: talking before the greeting");
+                self.failure("pregreet")?;
+                Err(Outcome::Pregreet)
+            }
+        }
     }
 
     /// Runs commands until QUIT (`Ok`) or another end (`Err`).
