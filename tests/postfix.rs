@@ -96,7 +96,8 @@ fn relay_rules_on_the_real_peer() {
     init_logs();
     let pf = Postfix::shared();
     // One listener on all loopback addresses, so clients can reach different local addresses.
-    let listeners = "[[listener]]\nname = \"mx\"\nbind = \"0.0.0.0:0\"\n";
+    // (A wildcard address faces the Internet: the pregreet wait is not what is tested here.)
+    let listeners = "[[listener]]\nname = \"mx\"\nbind = \"0.0.0.0:0\"\n[screen]\npregreet = false\n";
     let relay = r#"networks = ["127.0.0.80/255.255.255.248", "127.0.0.90/32"]
 local_addresses = ["127.0.0.10"]
 never = ["127.0.0.90/32"]"#;
