@@ -410,7 +410,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn pregreet(&mut self) -> Step {
         let Some(screen) = self.screen.clone().filter(|_| self.listener.pregreet) else { return Ok(()) };
         let client = crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
-        if !self.origin.address_known() || screen.passed_pregreet(client) {
+        // Our own: load balancers (their health checks) and the networks we relay for,
+        // as postscreen's access list permits mynetworks.
+        let ip = self.peer.ip();
+        let ours = self.config.trusted_proxies.iter().chain(&self.config.relay.networks).any(|n| n.contains(&ip));
+        if ours || !self.origin.address_known() || screen.passed_pregreet(client) {
             return Ok(());
         }
         let first = format!("220-{} ESMTP", self.config.hostname);
