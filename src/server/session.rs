@@ -2,7 +2,7 @@
 //! at RCPT, and forwards each transaction to the backend, whose replies it relays.
 //!
 //! This file owns the state and the command loop; each verb group has its handler in
-//! a module of its own: [`ehlo`], [`mail`], [`rcpt`], [`data`], [`rset`],
+//! a module of its own: [`ehlo`], [`mail`], [`rcpt`], [`data`], [`bdat`], [`rset`],
 //! [`starttls`], [`auth`]; [`backend`] keeps the backend connection, [`io`] the
 //! client's lines and replies.
 //!
