@@ -5,7 +5,7 @@
 //! smuggling rules as DATA. Our own `250` to a chunk acknowledges only its bytes; the
 //! reply to the last chunk is always the backend's.
 
-use super::{DATA_CHUNK, Outcome, Read, Session, Step};
+use super::{Outcome, Session, Step};
 use crate::admin::metrics;
 use crate::server::upstream::UpstreamError;
 use crate::smtp::bdat::{Chunk, ChunkScanner};
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let started = tokio::time::Instant::now();
         loop {
             let part = if remaining > 0 {
-                self.fill_chunk_buffer(started, chunk.size - remaining).await?;
+                self.fill_body_buffer(started, chunk.size - remaining).await?;
                 let n = remaining.min(self.inbuf.len() as u64) as usize;
                 remaining -= n as u64;
                 self.inbuf.split_to(n)
@@ -189,35 +189,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.relay_reply(&reply)
     }
 
-    /// Makes sure at least one byte of the chunk is buffered; the data timeout and the
-    /// minimum data rate apply as in DATA.
-    async fn fill_chunk_buffer(&mut self, started: tokio::time::Instant, received: u64) -> Step {
-        if !self.inbuf.is_empty() {
-            return Ok(());
-        }
-        self.flush().await?;
-        self.inbuf.reserve(DATA_CHUNK);
-        match self.read_client(self.config.limits.data_timeout).await? {
-            Read::Data => {}
-            Read::Closed => return Err(Outcome::ClientClosedInData),
-            Read::TimedOut => return self.timed_out(),
-        }
-        if self.config.limits.min_data_rate.too_slow(received + self.inbuf.len() as u64, started.elapsed()) {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "chunk arriving too slowly; closed");
-            metrics::limit_refused("limits.min_data_rate");
-            let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
-            self.reply(&text);
-            return Err(Outcome::TooSlow);
-        }
-        Ok(())
-    }
-
     /// Reads and drops the bytes of a refused chunk.
     async fn discard(&mut self, mut size: u64) -> Step {
         let started = tokio::time::Instant::now();
         let total = size;
         while size > 0 {
-            self.fill_chunk_buffer(started, total - size).await?;
+            self.fill_body_buffer(started, total - size).await?;
             let n = size.min(self.inbuf.len() as u64) as usize;
             let _ = self.inbuf.split_to(n);
             size -= n as u64;

@@ -2,7 +2,7 @@
 //! finds its end and enforces size and line-ending rules; the reply to the final dot is
 //! the backend's.
 
-use super::{DATA_CHUNK, Outcome, Read, Session, Step};
+use super::{Outcome, Session, Step};
 use crate::admin::metrics;
 use crate::server::upstream::UpstreamError;
 use crate::smtp::{Asked, DataScanner, Reply, Scan, Violation};
@@ -76,23 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut rewritten = Vec::new();
         let started = tokio::time::Instant::now();
         loop {
-            if self.inbuf.is_empty() {
-                self.flush().await?;
-                self.inbuf.reserve(DATA_CHUNK);
-                match self.read_client(self.config.limits.data_timeout).await? {
-                    Read::Data => {}
-                    Read::Closed => return Err(Outcome::ClientClosedInData),
-                    Read::TimedOut => return self.timed_out(),
-                }
-                let received = scanner.size() + self.inbuf.len() as u64;
-                if self.config.limits.min_data_rate.too_slow(received, started.elapsed()) {
-                    tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
-                    let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
-                    self.reply(&text);
-                    metrics::limit_refused("limits.min_data_rate");
-                    return Err(Outcome::TooSlow);
-                }
-            }
+            self.fill_body_buffer(started, scanner.size()).await?;
             let scan = if scanner.rewrites() {
                 rewritten.clear();
                 scanner.normalize(&self.inbuf, &mut rewritten)

@@ -1,7 +1,7 @@
 //! Talking to the client: replies queued and flushed in one write per pipelined group,
 //! lines read with their limits and timeouts, and the shutdown that can cut a read short.
 
-use super::{COMMAND_CHUNK, Line, Outcome, Read, Session, Step};
+use super::{COMMAND_CHUNK, DATA_CHUNK, Line, Outcome, Read, Session, Step};
 use crate::admin::metrics;
 use crate::smtp::Reply;
 use bytes::BytesMut;
@@ -52,6 +52,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let text = format!("421 4.4.2 {} Error: timeout exceeded", self.config.hostname);
         self.reply(&text);
         Err(Outcome::Timeout)
+    }
+
+    /// Inside a message body (DATA or BDAT): makes sure at least one byte is buffered,
+    /// `received` bytes of the message having come since `started`. The data timeout
+    /// and the minimum data rate apply.
+    pub(super) async fn fill_body_buffer(&mut self, started: tokio::time::Instant, received: u64) -> Step {
+        if !self.inbuf.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        self.inbuf.reserve(DATA_CHUNK);
+        match self.read_client(self.config.limits.data_timeout).await? {
+            Read::Data => {}
+            Read::Closed => return Err(Outcome::ClientClosedInData),
+            Read::TimedOut => return self.timed_out(),
+        }
+        let received = received + self.inbuf.len() as u64;
+        if self.config.limits.min_data_rate.too_slow(received, started.elapsed()) {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
+            metrics::limit_refused("limits.min_data_rate");
+            let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
+            self.reply(&text);
+            return Err(Outcome::TooSlow);
+        }
+        Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Step {
