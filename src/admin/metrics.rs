@@ -25,6 +25,10 @@ pub const LIMIT_REFUSALS: &str = "portcullis_limit_refusals_total";
 pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
 pub const AUTH: &str = "portcullis_auth_total";
 pub const LOG_SUPPRESSED: &str = "portcullis_log_lines_suppressed_total";
+pub const DNSBL_LOOKUPS: &str = "portcullis_dnsbl_lookups_total";
+pub const DNSBL_VERDICTS: &str = "portcullis_dnsbl_verdicts_total";
+pub const STORE_ERRORS: &str = "portcullis_store_errors_total";
+pub const STORE_UP: &str = "portcullis_store_up";
 
 /// Backend reply latency buckets, in seconds: a local MTA answers in well under a
 /// millisecond, a content-scanning one at end of data in seconds.
@@ -84,6 +88,16 @@ fn describe() {
     describe_counter!(TLS_HANDSHAKES, "Client TLS handshakes by listener and result");
     describe_counter!(AUTH, "SMTP AUTH attempts by listener and result (success, failure, deferred)");
     describe_counter!(LOG_SUPPRESSED, "Repeated log lines left out by the log rate limit");
+    describe_counter!(
+        DNSBL_LOOKUPS,
+        "DNS list lookups by zone and result (listed, not_listed, error_code: the list refused us, lookup_failed)"
+    );
+    describe_counter!(
+        DNSBL_VERDICTS,
+        "Clients whose DNS list score reached the threshold, by listener and action (reject, enforce, log)"
+    );
+    describe_counter!(STORE_ERRORS, "Calls to the shared store (Redis) that failed or timed out; local limits applied");
+    describe_gauge!(STORE_UP, "1 while the shared store answers, 0 while local limits stand in for it");
 }
 
 // === recording, one function per event so names and labels stay consistent ===
@@ -153,6 +167,29 @@ pub fn tls_handshake(listener: &str, result: &'static str) {
 
 pub fn auth(listener: &str, result: &'static str) {
     counter!(AUTH, "listener" => listener.to_string(), "result" => result).increment(1);
+}
+
+pub fn dnsbl_lookup(zone: &str, outcome: crate::screen::dnsbl::Outcome) {
+    use crate::screen::dnsbl::{Outcome, Unusable};
+    let result = match outcome {
+        Outcome::Listed => "listed",
+        Outcome::NotListed => "not_listed",
+        Outcome::Unusable(Unusable::ErrorCode) => "error_code",
+        Outcome::Unusable(Unusable::Lookup) => "lookup_failed",
+    };
+    counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
+}
+
+pub fn dnsbl_verdict(listener: &str, action: &'static str) {
+    counter!(DNSBL_VERDICTS, "listener" => listener.to_string(), "action" => action).increment(1);
+}
+
+pub fn store_error() {
+    counter!(STORE_ERRORS).increment(1);
+}
+
+pub fn store_up(up: bool) {
+    gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 pub fn log_suppressed(n: u64) {

@@ -66,8 +66,8 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
         let status = status.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &status);
-                async move { Ok::<_, Infallible>(response) }
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &status).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -82,11 +82,11 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
+async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
     if let Some(target) = req.uri().path().strip_prefix("/bans/")
         && req.method() == Method::DELETE
     {
-        return lift(req, target, status);
+        return lift(req, target, status).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET (and DELETE /bans/ADDRESS)\n".into());
@@ -96,8 +96,9 @@ fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Fu
             let lines: String = status
                 .screen
                 .bans()
+                .await
                 .iter()
-                .map(|b| format!("{} {}s {}\n", b.key, b.remaining.as_secs(), b.reason.replace(' ', "_")))
+                .map(|b| format!("{} {}s {}\n", b.client, b.remaining.as_secs(), b.reason.replace(' ', "_")))
                 .collect();
             text(StatusCode::OK, lines)
         }
@@ -120,7 +121,7 @@ fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Fu
 
 /// `DELETE /bans/ADDRESS` with `Authorization: Bearer <token>` (`[admin] token_file`):
 /// lifts the ban on the client network of ADDRESS.
-fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> Response<Full<Bytes>> {
+async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> Response<Full<Bytes>> {
     let config = status.live.load();
     let Some(token) = config.admin_token.as_deref() else {
         return text(StatusCode::FORBIDDEN, "no [admin] token_file is configured: bans cannot be lifted here\n".into());
@@ -136,11 +137,13 @@ fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> 
         return text(StatusCode::BAD_REQUEST, format!("{target:?} is not an IP address\n"));
     };
     let client = crate::screen::client_key(ip, config.limits.ipv6_prefix);
-    if status.screen.lift(client) {
-        tracing::info!(%client, "ban lifted through the admin endpoint");
-        text(StatusCode::OK, format!("lifted {client}\n"))
-    } else {
-        text(StatusCode::NOT_FOUND, format!("{client} is not banned\n"))
+    match status.screen.lift(client).await {
+        Ok(true) => {
+            tracing::info!(%client, "ban lifted through the admin endpoint");
+            text(StatusCode::OK, format!("lifted {client}\n"))
+        }
+        Ok(false) => text(StatusCode::NOT_FOUND, format!("{client} is not banned\n")),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{client}: {e}; its shared ban, if any, stays\n")),
     }
 }
 

@@ -32,6 +32,13 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.ipv6_prefix", &o.ipv6_prefix, &n.ipv6_prefix);
     field("screen bans", &old.bans, &new.bans);
     field("screen pregreet", &old.pregreet, &new.pregreet);
+    let zones = |l: &Option<crate::screen::dns::DnsLists>| {
+        l.as_ref().map(|l| l.zones.iter().map(|z| format!("{}*{}", z.name, z.weight)).collect::<Vec<_>>())
+    };
+    field("screen.dnsbl", &zones(&old.dns_lists), &zones(&new.dns_lists));
+    let rest =
+        |l: &Option<crate::screen::dns::DnsLists>| l.as_ref().map(|l| (l.threshold, l.nameservers.clone(), l.timeout));
+    field("screen threshold, nameservers, dnsbl_timeout", &rest(&old.dns_lists), &rest(&new.dns_lists));
     field("auth.max_failures", &old.auth.as_ref().map(|a| a.max_failures), &new.auth.as_ref().map(|a| a.max_failures));
 
     set(&mut out, "relay.local_domains", &old.relay.local_domains.entries(), &new.relay.local_domains.entries());
@@ -97,6 +104,7 @@ fn listener(out: &mut Vec<String>, o: &Listener, n: &Listener) {
     field("proxy_protocol", &o.proxy_protocol, &n.proxy_protocol);
     field("greeting_delay", &o.greeting_delay, &n.greeting_delay);
     field("pregreet", &o.pregreet, &n.pregreet);
+    field("screen_action", &o.screen_action, &n.screen_action);
     for (i, r) in n.rules.rules.iter().enumerate() {
         match o.rules.rules.iter().position(|x| x.name == r.name) {
             None => out.push(format!("{key} rule {} ({:?}) added", i + 1, r.name)),

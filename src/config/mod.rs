@@ -12,6 +12,8 @@ use crate::auth::Users;
 use crate::identity::Identity;
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
 use crate::screen::bans::BanPolicy;
+use crate::screen::dns::DnsLists;
+use crate::screen::dnsbl::Zone;
 use crate::screen::rate::Rate;
 use crate::server::health::{BackendHealth, HealthCheck};
 use crate::smtp::BareLf;
@@ -86,6 +88,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub bans: BanPolicy,
     pub pregreet: Pregreet,
+    /// DNS block- and allowlists; none when `[screen] dnsbl` is empty.
+    pub dns_lists: Option<DnsLists>,
+    /// Shared limits, bans and screen cache; each instance its own when absent.
+    pub store: Option<StoreConfig>,
 }
 
 impl Config {
@@ -144,6 +150,42 @@ pub struct Listener {
     pub greeting_delay: Duration,
     /// Early-talker detection (postscreen's pregreet test) on this listener.
     pub pregreet: bool,
+    /// What a DNS list score at the threshold does on this listener.
+    pub screen_action: ScreenAction,
+}
+
+/// What a client listed by the DNS lists (at or above the threshold) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScreenAction {
+    /// The lists are not asked.
+    Off,
+    /// `554 5.7.1` instead of the greeting.
+    Reject,
+    /// The session goes on without a backend; every RCPT gets `550 5.7.1`, so the
+    /// log shows sender and recipients (postscreen's "enforce"). Authenticated
+    /// clients are not refused.
+    Enforce,
+    /// Only a log line and a metric: to try a policy safely.
+    Log,
+}
+
+impl ScreenAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScreenAction::Off => "off",
+            ScreenAction::Reject => "reject",
+            ScreenAction::Enforce => "enforce",
+            ScreenAction::Log => "log",
+        }
+    }
+}
+
+/// The shared store (`[store] redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub prefix: String,
 }
 
 /// Early-talker detection: a `220-` line, `wait`, then the final greeting line; a
@@ -408,10 +450,27 @@ impl Validator {
                 false,
             ),
         };
+        let dns_lists = self.dns_lists(&raw.screen);
+        let actions = [
+            ("reject", ScreenAction::Reject),
+            ("enforce", ScreenAction::Enforce),
+            ("log", ScreenAction::Log),
+            ("off", ScreenAction::Off),
+        ];
+        let default_action = self
+            .choice("screen.action", raw.screen.action.as_deref().unwrap_or("reject"), &actions)
+            .unwrap_or(ScreenAction::Reject);
+        let store = self.store(&raw.store);
         let mut listeners = listeners;
-        for l in &mut listeners {
+        for (l, (i, _)) in listeners.iter_mut().zip(&indexed) {
+            let r = &raw.listener[*i];
             // On by default where strangers connect: a public or wildcard address.
             l.pregreet = raw.screen.pregreet.unwrap_or_else(|| lints::faces_the_internet(l.bind.ip()));
+            let action = match r.screen_action.as_deref() {
+                Some(a) => self.choice(&format!("listener[{i}].screen_action"), a, &actions),
+                None => Some(default_action),
+            };
+            l.screen_action = if dns_lists.is_some() { action.unwrap_or(ScreenAction::Off) } else { ScreenAction::Off };
         }
         let admin = raw.admin.as_ref().and_then(|a| {
             a.bind
@@ -463,6 +522,8 @@ impl Validator {
                 admin_token,
                 bans,
                 pregreet,
+                dns_lists,
+                store,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
@@ -520,6 +581,7 @@ impl Validator {
             auth_plaintext: raw.auth_plaintext,
             proxy_protocol: raw.proxy_protocol,
             pregreet: false,
+            screen_action: ScreenAction::Off,
             greeting_delay: self.duration(
                 &format!("{key}.greeting_delay"),
                 raw.greeting_delay.as_deref(),
@@ -527,6 +589,55 @@ impl Validator {
                 true,
             ),
         })
+    }
+
+    fn dns_lists(&mut self, raw: &raw::RawScreen) -> Option<DnsLists> {
+        let mut zones = Vec::new();
+        for (i, entry) in raw.dnsbl.iter().enumerate() {
+            match Zone::parse(entry) {
+                Ok(z) => zones.push(z),
+                Err(e) => self.error(format!("screen.dnsbl[{i}]"), e),
+            }
+        }
+        let mut nameservers = Vec::new();
+        for (i, ns) in raw.nameservers.iter().enumerate() {
+            let parsed = ns.parse::<SocketAddr>().or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(addr) => nameservers.push(addr),
+                Err(_) => {
+                    self.error(format!("screen.nameservers[{i}]"), format!("{ns:?} is not an address or address:port"))
+                }
+            }
+        }
+        let timeout =
+            self.duration("screen.dnsbl_timeout", raw.dnsbl_timeout.as_deref(), Duration::from_secs(3), false);
+        let threshold = raw.threshold.unwrap_or(1);
+        if raw.dnsbl.is_empty() {
+            return None;
+        }
+        if raw.nameservers.is_empty() {
+            self.error(
+                "screen.nameservers",
+                "needed with dnsbl: the resolver to ask (a local recursive one; public resolvers are refused by most lists)",
+            );
+        }
+        if threshold < 1 {
+            self.error("screen.threshold", "must be 1 or more, or every client would be refused");
+        }
+        if zones.iter().all(|z| z.weight < 0) && !zones.is_empty() {
+            self.warnings
+                .push("screen.dnsbl: only allowlists (negative weights): no client can reach the threshold".into());
+        }
+        Some(DnsLists { zones: zones.into(), threshold, nameservers, timeout })
+    }
+
+    fn store(&mut self, raw: &raw::RawStore) -> Option<StoreConfig> {
+        let timeout = self.duration("store.timeout", raw.timeout.as_deref(), Duration::from_millis(200), false);
+        let url = raw.redis.clone()?;
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            self.error("store.redis", format!("{url:?}: {e}"));
+        }
+        Some(StoreConfig { url, timeout, prefix: raw.prefix.clone().unwrap_or_else(|| "portcullis:".into()) })
     }
 
     /// A rate such as "60/min"; absent: none.

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub screen: RawScreen,
+    #[serde(default)]
+    pub store: RawStore,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,27 @@ pub struct RawScreen {
     pub pregreet: Option<bool>,
     pub pregreet_wait: Option<String>,
     pub pregreet_ttl: Option<String>,
+    /// The resolver the DNS lists are asked through ("ip" or "ip:port").
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Zones: "zone[=filter][*weight]".
+    #[serde(default)]
+    pub dnsbl: Vec<String>,
+    pub threshold: Option<i32>,
+    /// "reject" | "enforce" | "log", for listeners that do not say.
+    pub action: Option<String>,
+    pub dnsbl_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "redis://host:port/db"; absent: every instance keeps its own state.
+    pub redis: Option<String>,
+    /// For one call to the store; beyond it, local limits apply.
+    pub timeout: Option<String>,
+    /// Prefix of every key (several fleets in one Redis).
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +131,8 @@ pub struct RawListener {
     #[serde(default)]
     pub proxy_protocol: bool,
     pub greeting_delay: Option<String>,
+    /// What a DNS list verdict does here: "reject" | "enforce" | "log" | "off".
+    pub screen_action: Option<String>,
 }
 
 fn none() -> String {

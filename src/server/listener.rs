@@ -15,7 +15,8 @@ use crate::admin::{Status, metrics};
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
 use crate::policy::Action;
-use crate::screen::{Screen, client_key};
+use crate::screen::Screen;
+use crate::screen::store::Store;
 use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub enum ServerError {
          (root or CAP_NET_ADMIN): {0}"
     )]
     Transparent(io::Error),
+    #[error("[store] redis: {0}")]
+    Store(redis::RedisError),
 }
 
 /// One listening socket, shared by every worker. A reload that keeps a listener keeps
@@ -111,8 +114,12 @@ impl Server {
             None => None,
         };
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+        let store = match &config.store {
+            Some(store) => Some(Store::start(store).map_err(ServerError::Store)?),
+            None => None,
+        };
         let live = Arc::new(Live::from_pointee(config));
-        let screen = Arc::new(Screen::default());
+        let screen = Arc::new(Screen::new(store));
         let shared = Arc::new(Shared {
             status: Status::new(live.clone(), screen.clone()),
             screen,
@@ -337,7 +344,7 @@ async fn run_session(session: Session<TcpStream>, permit: Permit) {
 }
 
 /// Logs a refused connection, at most once a second per kind (see [`LogLimit`]).
-fn log_refusal(kind: &'static str, peer: ClientAddr, listener: &str, rule: &str) {
+pub(crate) fn log_refusal(kind: &'static str, peer: ClientAddr, listener: &str, rule: &str) {
     if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
         tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");
     }
@@ -358,22 +365,6 @@ fn admit(
         metrics::connection(&listener.name, "rejected", verdict.rule);
         log_refusal("by rule", peer, &listener.name, verdict.rule);
         ctx.sessions.spawn(say_and_close(stream, b"554 5.7.1 Access denied\r\n"));
-        return None;
-    }
-    let client = client_key(peer.ip(), config.limits.ipv6_prefix);
-    if let Some(left) = ctx.screen.banned(client) {
-        metrics::connection(&listener.name, "banned", verdict.rule);
-        log_refusal("banned", peer, &listener.name, "screen.ban");
-        tracing::debug!(%peer, remaining = ?left, "banned client refused");
-        ctx.sessions.spawn(say_and_close(stream, b"421 4.7.0 Too many errors from your address, try again later\r\n"));
-        return None;
-    }
-    if ctx.screen.connection(client, config.limits.connection_rate).is_err() {
-        metrics::connection(&listener.name, "limited", verdict.rule);
-        metrics::limit_refused("limits.max_connection_rate");
-        log_refusal("over the connection rate", peer, &listener.name, "limits.max_connection_rate");
-        ctx.sessions
-            .spawn(say_and_close(stream, b"421 4.7.0 Too many connections from your address, try again later\r\n"));
         return None;
     }
     let permit = match ctx.limits.try_acquire(peer.ip()) {

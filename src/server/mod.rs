@@ -6,7 +6,7 @@
 pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod listener;
-mod log_limit;
+pub(crate) mod log_limit;
 pub(crate) mod proxy_header;
 pub(crate) mod reload;
 pub(crate) mod session;

@@ -8,7 +8,7 @@
 //! What lives across configs is carried over by identity: a listener with the same
 //! name and address keeps its socket (its sessions go on), a backend with the same
 //! address keeps its health state and, with the same `max_connections`, its count of
-//! open connections. `server.workers`, `log.format` and `admin.bind` need a restart.
+//! open connections. `server.workers`, `log.format`, `admin.bind` and `[store]` need a restart.
 
 use super::listener::{Bound, ServerError, Shared};
 use crate::admin::metrics;
@@ -143,6 +143,11 @@ fn carry_over(old: &Config, new: &mut Config) -> Vec<String> {
         let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
         kept.push(format!("admin.bind: {} needs a restart; still {}", show(new.admin), show(old.admin)));
         new.admin = old.admin;
+    }
+    if new.store != old.store {
+        let show = |s: &Option<crate::config::StoreConfig>| s.as_ref().map_or("none".to_string(), |s| s.url.clone());
+        kept.push(format!("store: {} needs a restart; still {}", show(&new.store), show(&old.store)));
+        new.store = old.store.clone();
     }
     kept
 }

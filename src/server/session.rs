@@ -22,6 +22,7 @@ mod io;
 mod mail;
 mod rcpt;
 mod rset;
+mod screen;
 mod starttls;
 
 use super::upstream::Upstream;
@@ -64,6 +65,8 @@ pub enum Outcome {
     BadBdat,
     LineTooLong,
     Banned,
+    Blocklisted,
+    Limited,
 }
 
 impl Outcome {
@@ -87,6 +90,8 @@ impl Outcome {
             Outcome::BadBdat => "bad_bdat",
             Outcome::LineTooLong => "line_too_long",
             Outcome::Banned => "banned",
+            Outcome::Blocklisted => "blocklisted",
+            Outcome::Limited => "limited",
         }
     }
 
@@ -109,6 +114,8 @@ impl Outcome {
             Outcome::BadBdat => "BDAT without a readable size",
             Outcome::LineTooLong => "command line too long",
             Outcome::Banned => "banned for its errors",
+            Outcome::Blocklisted => "listed by DNS lists",
+            Outcome::Limited => "over the connection rate",
         }
     }
 }
@@ -251,6 +258,8 @@ pub struct Session<S> {
     auth_failures: u32,
     /// Whether the client address is the TCP peer, named by a PROXY header, or unknown.
     origin: Origin,
+    /// The DNS lists' verdict when the listener enforces it at RCPT.
+    listed: Option<screen::Listed>,
     upstream: Option<Upstream>,
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
@@ -276,6 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             authenticated: None,
             auth_failures: 0,
             origin: Origin::Direct,
+            listed: None,
             upstream: None,
             stats: Stats::default(),
             stop: CancellationToken::new(),
@@ -335,6 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub async fn run(mut self) {
         metrics::session_opened();
         let served = async {
+            Box::pin(self.screen_connection()).await?;
             if self.listener.tls == ListenerTls::Implicit {
                 Box::pin(self.handshake()).await?;
             }
@@ -391,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if self.inbuf.is_empty() {
-            return self.pregreet().await;
+            return Box::pin(self.screen_before_greeting()).await;
         }
         tracing::info!(
             peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
@@ -401,44 +412,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.inbuf.clear();
         self.reply("554 5.5.1 Error: talking before the greeting");
         Err(Outcome::Pregreet)
-    }
-
-    /// Early-talker detection (postscreen's pregreet test), on listeners facing the
-    /// Internet: the first line of a multi-line greeting, a wait, then (in `run`) the
-    /// final line. Real SMTP clients wait for that final line; spam software often
-    /// talks at once. A client that waited is greeted at once for `pregreet_ttl`.
-    async fn pregreet(&mut self) -> Step {
-        let Some(screen) = self.screen.clone().filter(|_| self.listener.pregreet) else { return Ok(()) };
-        let client = crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
-        // Our own: load balancers (their health checks) and the networks we relay for,
-        // as postscreen's access list permits mynetworks.
-        let ip = self.peer.ip();
-        let ours = self.config.trusted_proxies.iter().chain(&self.config.relay.networks).any(|n| n.contains(&ip));
-        if ours || !self.origin.address_known() || screen.passed_pregreet(client) {
-            return Ok(());
-        }
-        let first = format!("220-{} ESMTP", self.config.hostname);
-        self.reply(&first);
-        self.flush().await?;
-        self.inbuf.reserve(COMMAND_CHUNK);
-        match timeout(self.config.pregreet.wait, self.client.read_buf(&mut self.inbuf)).await {
-            Err(_) => {
-                screen.pass_pregreet(client, self.config.pregreet.ttl);
-                Ok(())
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => Err(Outcome::ClientClosed),
-            Ok(Ok(n)) => {
-                tracing::info!(
-                    peer = %self.peer, listener = %self.listener.name, bytes = n,
-                    "client talked before the end of the greeting (pregreet); refused"
-                );
-                metrics::limit_refused("screen.pregreet");
-                self.inbuf.clear();
-                self.reply("554 5.5.1 Error: talking before the greeting");
-                self.failure("pregreet")?;
-                Err(Outcome::Pregreet)
-            }
-        }
     }
 
     /// Runs commands until QUIT (`Ok`) or another end (`Err`).

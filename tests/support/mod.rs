@@ -597,3 +597,109 @@ pub fn marker(test: &str) -> String {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+// === unbound: a DNS server with test zones ===
+
+/// Debian's unbound on a loopback port, answering only from `local-data` lines (no
+/// recursion), such as `"77.0.0.127.bl.test. 300 IN A 127.0.0.2"`; `zones` are made
+/// static (everything else in them is NXDOMAIN).
+pub struct Unbound {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    pub fn start(zones: &[&str], records: &[&str]) -> Unbound {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let mut conf = format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  \
+             chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  use-syslog: no\n  \
+             logfile: \"{d}/unbound.log\"\n  verbosity: 1\n  access-control: 127.0.0.0/8 allow\n"
+        );
+        for z in zones {
+            conf.push_str(&format!("  local-zone: \"{z}.\" static\n"));
+        }
+        for r in records {
+            conf.push_str(&format!("  local-data: \"{r}\"\n"));
+        }
+        conf.push_str("remote-control:\n  control-enable: no\n");
+        let file = dir.path().join("unbound.conf");
+        std::fs::write(&file, conf).unwrap();
+        let child = Command::new("unbound")
+            .arg("-c")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Up when it answers over TCP (the same process serves UDP).
+        wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok(), "unbound listening");
+        Unbound { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === Redis ===
+
+/// A throw-away redis-server on a loopback port, nothing saved.
+pub struct Redis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let mut redis = Redis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (its data is lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok(), "redis listening");
+    }
+
+    /// One command through redis-cli; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -35,12 +35,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
 
-        if let Some(screen) = &self.screen
-            && screen.message(self.who(), self.config.limits.message_rate).is_err()
+        if let Some(screen) = self.screen.clone()
+            && screen.message(self.who(), self.config.limits.message_rate).await.is_err()
         {
             metrics::limit_refused("limits.max_message_rate");
             tracing::info!(peer = %self.peer, listener = %self.listener.name, "message refused: over the message rate");
             self.reply("450 4.7.1 Error: too many messages from you, try again later");
+            return Ok(());
+        }
+        if self.enforced_refusal().is_some() {
+            // Listed by the DNS lists ("enforce"): no backend for this client; each
+            // RCPT is refused, so the log shows who it wanted to send to.
+            let tx = Transaction { mail_line: line.to_vec(), smtputf8: declared.smtputf8, ..Transaction::default() };
+            self.phase.begin_transaction(tx);
+            self.reply("250 2.1.0 Ok");
             return Ok(());
         }
         let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;

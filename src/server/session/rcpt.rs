@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
-        if !self.recipient_allowed(path, params)? {
+        if !self.recipient_allowed(path, params).await? {
             return Ok(());
         }
         if self.upstream.is_none() && !self.resume_transaction().await? {
@@ -45,13 +45,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Everything decided before the backend sees the recipient: sequence, parameters,
     /// syntax, the recipient limit, the relay policy. False when refused (answered).
-    fn recipient_allowed(&mut self, path: &str, params: &[Param<'_>]) -> Result<bool, super::Outcome> {
+    async fn recipient_allowed(&mut self, path: &str, params: &[Param<'_>]) -> Result<bool, super::Outcome> {
         let refused = |s: &mut Self, reply: &str| s.refuse(reply).map(|()| false);
         let Some(tx) = self.phase.transaction() else {
             return refused(self, "503 5.5.1 Error: need MAIL command");
         };
         if tx.chunks.is_some() {
             return refused(self, "503 5.5.1 Error: RCPT after BDAT");
+        }
+        if let Some(reply) = self.enforced_refusal() {
+            let from = String::from_utf8_lossy(&tx.mail_line).trim_end().to_string();
+            tracing::info!(
+                peer = %self.peer, listener = %self.listener.name, from = ?from, rcpt = ?path,
+                "recipient refused: client listed by DNS lists (enforce)"
+            );
+            self.stats.rcpt_refused += 1;
+            return refused(self, &reply);
         }
         if self.upstream.is_none() && !tx.released {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
@@ -99,8 +108,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply(&reply);
             return self.count_error_as("relay attempt").map(|()| false);
         }
-        if let Some(screen) = &self.screen
-            && screen.recipient(self.who(), self.config.limits.recipient_rate).is_err()
+        if let Some(screen) = self.screen.clone()
+            && screen.recipient(self.who(), self.config.limits.recipient_rate).await.is_err()
         {
             metrics::limit_refused("limits.max_recipient_rate");
             tracing::info!(peer = %self.peer, listener = %self.listener.name, rcpt = ?path, "recipient refused: over the recipient rate");

@@ -851,6 +851,7 @@ async fn idle_session_state_stays_small() {
     let peer = ClientAddr::new(OUTSIDER.parse().unwrap());
     let session = Session::new(cfg, listener, server, peer, LocalAddr::new("192.0.2.25:25".parse().unwrap()));
     let future = session.run();
+    eprintln!("session future: {} bytes", std::mem::size_of_val(&future));
     assert!(std::mem::size_of_val(&future) <= 2048, "{} bytes", std::mem::size_of_val(&future));
 }
 
