@@ -471,6 +471,14 @@ impl Validator {
                 None => Some(default_action),
             };
             l.screen_action = if dns_lists.is_some() { action.unwrap_or(ScreenAction::Off) } else { ScreenAction::Off };
+            if l.screen_action == ScreenAction::Reject && l.auth != AuthPolicy::Off {
+                self.warnings.push(format!(
+                    "listener[{i}] ({:?}) offers AUTH and refuses DNS-listed clients at connect: users on dynamic \
+                     addresses (listed by policy lists such as Spamhaus PBL) cannot log in; \
+                     screen_action = \"enforce\" spares authenticated clients",
+                    l.name
+                ));
+            }
         }
         let admin = raw.admin.as_ref().and_then(|a| {
             a.bind

@@ -278,3 +278,60 @@ fn backend_connection_bounds_and_handshake_timeout() {
     let err = parse(&bad).unwrap_err();
     assert_eq!(err.problems.len(), 3, "{err}");
 }
+
+#[test]
+fn screening_keys_load_and_bad_ones_are_named() {
+    let text = r#"
+[[listener]]
+name = "mx"
+bind = "0.0.0.0:25"
+[[listener]]
+name = "submission"
+bind = "0.0.0.0:587"
+auth = "required"
+auth_plaintext = true
+screen_action = "reject"
+[[listener]]
+name = "inside"
+bind = "10.0.0.1:25"
+screen_action = "off"
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "127.0.0.1:10025"
+identity = "xclient"
+[auth]
+mode = "backend"
+[screen]
+nameservers = ["127.0.0.1", "[::1]:5353"]
+dnsbl = ["zen.spamhaus.org=127.0.0.[2..11]*3", "list.dnswl.org=127.0.[0..255].[1..3]*-2"]
+threshold = 3
+action = "enforce"
+[store]
+redis = "redis://10.0.0.9:6379/2"
+"#;
+    let loaded = parse(text).unwrap();
+    let c = &loaded.config;
+    let lists = c.dns_lists.as_ref().unwrap();
+    assert_eq!(lists.nameservers[0].to_string(), "127.0.0.1:53");
+    assert_eq!(lists.nameservers[1].to_string(), "[::1]:5353");
+    assert_eq!((lists.zones.len(), lists.threshold, lists.timeout), (2, 3, Duration::from_secs(3)));
+    let actions: Vec<ScreenAction> = c.listeners.iter().map(|l| l.screen_action).collect();
+    assert_eq!(actions, [ScreenAction::Enforce, ScreenAction::Reject, ScreenAction::Off]);
+    assert!(loaded.warnings.iter().any(|w| w.contains("submission") && w.contains("enforce")), "{:?}", loaded.warnings);
+    let store = c.store.as_ref().unwrap();
+    assert_eq!((store.prefix.as_str(), store.timeout), ("portcullis:", Duration::from_millis(200)));
+
+    let bad = text
+        .replace("127.0.0.[2..11]*3", "127.0.0.[11..2]*3")
+        .replace("[::1]:5353", "resolver")
+        .replace("threshold = 3", "threshold = 0")
+        .replace("action = \"enforce\"", "action = \"drop\"")
+        .replace("redis://10.0.0.9:6379/2", "http://nope");
+    let err = parse(&bad).unwrap_err().to_string();
+    for key in ["screen.dnsbl[0]", "screen.nameservers[1]", "screen.threshold", "screen.action", "store.redis"] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+    let no_resolver = text.replace("nameservers = [\"127.0.0.1\", \"[::1]:5353\"]", "");
+    assert!(parse(&no_resolver).unwrap_err().to_string().contains("screen.nameservers"));
+}
