@@ -12,7 +12,8 @@
 //! - [`auth`]: SMTP AUTH mechanisms and the users file.
 //! - [`addr`]: address newtypes that keep the peer and the local address apart.
 //! - [`explain`]: what the server would do with one client, for `portcullis explain`.
-//! - [`screen`]: rate limits and bans, before any backend spends a process.
+//! - [`screen`]: rate limits, bans, DNS lists and pregreet, before any backend spends a process.
+//! - [`milter`]: content filters (the milter protocol), and messages held for them.
 //! - [`admin`]: the admin endpoint (metrics, health) and the metrics themselves.
 
 pub mod addr;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod explain;
 pub mod identity;
+pub mod milter;
 pub mod policy;
 pub mod screen;
 pub mod server;

@@ -29,6 +29,9 @@ pub const DNSBL_LOOKUPS: &str = "portcullis_dnsbl_lookups_total";
 pub const DNSBL_VERDICTS: &str = "portcullis_dnsbl_verdicts_total";
 pub const STORE_ERRORS: &str = "portcullis_store_errors_total";
 pub const STORE_UP: &str = "portcullis_store_up";
+pub const MILTER_VERDICTS: &str = "portcullis_milter_verdicts_total";
+pub const MILTER_ERRORS: &str = "portcullis_milter_errors_total";
+pub const MILTER_SECONDS: &str = "portcullis_milter_message_seconds";
 
 /// Backend reply latency buckets, in seconds: a local MTA answers in well under a
 /// millisecond, a content-scanning one at end of data in seconds.
@@ -42,6 +45,7 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(BACKEND_REPLY_SECONDS.into()), REPLY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MILTER_SECONDS.into()), REPLY_BUCKETS))
             .expect("the bucket list is not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -97,6 +101,19 @@ fn describe() {
         "Clients whose DNS list score reached the threshold, by listener and action (reject, enforce, log)"
     );
     describe_counter!(STORE_ERRORS, "Calls to the shared store (Redis) that failed or timed out; local limits applied");
+    describe_counter!(
+        MILTER_VERDICTS,
+        "Content filter answers by filter, step (connect, helo, mail, rcpt, data, eom, ...) and verdict"
+    );
+    describe_counter!(
+        MILTER_ERRORS,
+        "Content filters that failed (unreachable, timeout, closed, protocol) and had their default_action applied"
+    );
+    describe_histogram!(
+        MILTER_SECONDS,
+        Unit::Seconds,
+        "Time a filter took over a whole message (headers to its verdict)"
+    );
     describe_gauge!(STORE_UP, "1 while the shared store answers, 0 while local limits stand in for it");
 }
 
@@ -190,6 +207,18 @@ pub fn store_error() {
 
 pub fn store_up(up: bool) {
     gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn milter_verdict(milter: &str, step: &'static str, verdict: &'static str) {
+    counter!(MILTER_VERDICTS, "milter" => milter.to_string(), "step" => step, "verdict" => verdict).increment(1);
+}
+
+pub fn milter_error(milter: &str, kind: &'static str) {
+    counter!(MILTER_ERRORS, "milter" => milter.to_string(), "error" => kind).increment(1);
+}
+
+pub fn milter_time(milter: &str, took: Duration) {
+    histogram!(MILTER_SECONDS, "milter" => milter.to_string()).record(took.as_secs_f64());
 }
 
 pub fn log_suppressed(n: u64) {

@@ -10,6 +10,8 @@ pub use net::parse_network;
 
 use crate::auth::Users;
 use crate::identity::Identity;
+use crate::milter::protocol::Step;
+use crate::milter::{Address, DefaultAction, MilterConfig};
 use crate::policy::{Action, ConnectionRules, DomainSet, RelayPolicy, Rule, domains::check_domain};
 use crate::screen::bans::BanPolicy;
 use crate::screen::dns::DnsLists;
@@ -30,6 +32,8 @@ use thiserror::Error;
 
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
 pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
+/// Of a message held for content filters, the bytes kept in memory by default.
+pub const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
 /// Longest command line, CRLF included (Postfix's line_length_limit; RFC 5321 asks for
 /// at least 512).
 pub const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
@@ -152,6 +156,8 @@ pub struct Listener {
     pub pregreet: bool,
     /// What a DNS list score at the threshold does on this listener.
     pub screen_action: ScreenAction,
+    /// Content filters asked for every message, in order.
+    pub milters: Vec<Arc<MilterConfig>>,
 }
 
 /// What a client listed by the DNS lists (at or above the threshold) gets.
@@ -291,6 +297,8 @@ pub struct Limits {
     pub recipient_rate: Option<Rate>,
     /// IPv6 clients are counted by this prefix in rates and bans.
     pub ipv6_prefix: u8,
+    /// Of a message held for content filters, bytes kept in memory.
+    pub held_in_memory: usize,
 }
 
 /// A validated config and what `check` should warn about.
@@ -461,6 +469,7 @@ impl Validator {
             .choice("screen.action", raw.screen.action.as_deref().unwrap_or("reject"), &actions)
             .unwrap_or(ScreenAction::Reject);
         let store = self.store(&raw.store);
+        let milters = self.milters(&raw.milter);
         let mut listeners = listeners;
         for (l, (i, _)) in listeners.iter_mut().zip(&indexed) {
             let r = &raw.listener[*i];
@@ -470,6 +479,13 @@ impl Validator {
                 Some(a) => self.choice(&format!("listener[{i}].screen_action"), a, &actions),
                 None => Some(default_action),
             };
+            for (j, name) in r.milters.iter().enumerate() {
+                match milters.iter().find(|m| &m.name == name) {
+                    Some(m) => l.milters.push(m.clone()),
+                    None => self
+                        .error(format!("listener[{i}].milters[{j}]"), format!("{name:?}: no [[milter]] has this name")),
+                }
+            }
             l.screen_action = if dns_lists.is_some() { action.unwrap_or(ScreenAction::Off) } else { ScreenAction::Off };
             if l.screen_action == ScreenAction::Reject && l.auth != AuthPolicy::Off {
                 self.warnings.push(format!(
@@ -590,6 +606,7 @@ impl Validator {
             proxy_protocol: raw.proxy_protocol,
             pregreet: false,
             screen_action: ScreenAction::Off,
+            milters: Vec::new(),
             greeting_delay: self.duration(
                 &format!("{key}.greeting_delay"),
                 raw.greeting_delay.as_deref(),
@@ -988,7 +1005,89 @@ impl Validator {
             command_timeout,
             data_timeout,
             tls_handshake_timeout,
+            held_in_memory: self.size("limits.held_in_memory", raw.held_in_memory.as_ref(), DEFAULT_HELD_IN_MEMORY)
+                as usize,
         }
+    }
+
+    fn size(&mut self, key: &str, raw: Option<&RawSize>, default: u64) -> u64 {
+        match raw {
+            None => default,
+            Some(RawSize::Bytes(n)) => *n,
+            Some(RawSize::Text(t)) => t.parse::<bytesize::ByteSize>().map(|s| s.as_u64()).unwrap_or_else(|_| {
+                self.error(key, format!("{t:?}: expected a size such as \"1MB\""));
+                default
+            }),
+        }
+    }
+
+    fn milters(&mut self, raw: &[raw::RawMilter]) -> Vec<Arc<MilterConfig>> {
+        let mut out: Vec<Arc<MilterConfig>> = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            let key = format!("milter[{i}]");
+            if m.name.is_empty() || m.name.contains(char::is_whitespace) {
+                self.error(format!("{key}.name"), "must be a non-empty word");
+            }
+            if out.iter().any(|o| o.name == m.name) {
+                self.error(format!("{key}.name"), format!("{:?} is used twice", m.name));
+            }
+            let address = Address::parse(&m.address);
+            if address.is_none() {
+                self.error(
+                    format!("{key}.address"),
+                    format!("{:?}: expected \"inet:host:port\" or \"unix:/path\"", m.address),
+                );
+            }
+            let default_action = self.choice(
+                &format!("{key}.default_action"),
+                m.default_action.as_deref().unwrap_or("tempfail"),
+                &[
+                    ("tempfail", DefaultAction::Tempfail),
+                    ("reject", DefaultAction::Reject),
+                    ("accept", DefaultAction::Accept),
+                ],
+            );
+            let mut skip = 0;
+            for (j, step) in m.skip.iter().enumerate() {
+                match Step::parse(step) {
+                    Some(s) => skip |= s.flag(),
+                    None => self.error(
+                        format!("{key}.skip[{j}]"),
+                        format!("{step:?}: expected connect, helo, mail, rcpt, data, header, eoh or body"),
+                    ),
+                }
+            }
+            let connect_timeout = self.duration(
+                &format!("{key}.connect_timeout"),
+                m.connect_timeout.as_deref(),
+                Duration::from_secs(30),
+                false,
+            );
+            let command_timeout = self.duration(
+                &format!("{key}.command_timeout"),
+                m.command_timeout.as_deref(),
+                Duration::from_secs(30),
+                false,
+            );
+            let message_timeout = self.duration(
+                &format!("{key}.message_timeout"),
+                m.message_timeout.as_deref(),
+                Duration::from_secs(300),
+                false,
+            );
+            if let (Some(address), Some(default_action)) = (address, default_action) {
+                out.push(Arc::new(MilterConfig {
+                    name: m.name.clone(),
+                    address,
+                    connect_timeout,
+                    command_timeout,
+                    message_timeout,
+                    default_action,
+                    skip,
+                }));
+            }
+        }
+        out
     }
 }
 

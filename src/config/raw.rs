@@ -27,6 +27,24 @@ pub struct RawConfig {
     pub screen: RawScreen,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub milter: Vec<RawMilter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMilter {
+    pub name: String,
+    /// "inet:host:port" or "unix:/path".
+    pub address: String,
+    pub connect_timeout: Option<String>,
+    pub command_timeout: Option<String>,
+    pub message_timeout: Option<String>,
+    /// "tempfail" | "reject" | "accept", when the filter cannot answer.
+    pub default_action: Option<String>,
+    /// Steps never sent: "connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body".
+    #[serde(default)]
+    pub skip: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +151,9 @@ pub struct RawListener {
     pub greeting_delay: Option<String>,
     /// What a DNS list verdict does here: "reject" | "enforce" | "log" | "off".
     pub screen_action: Option<String>,
+    /// Content filters (`[[milter]]` names), asked in this order.
+    #[serde(default)]
+    pub milters: Vec<String>,
 }
 
 fn none() -> String {
@@ -257,4 +278,7 @@ pub struct RawLimits {
     pub max_recipient_rate: Option<String>,
     /// IPv6 clients are counted by this prefix.
     pub ipv6_prefix: Option<u8>,
+    /// Of a message held for content filters, bytes kept in memory; the rest goes to
+    /// an unnamed temporary file.
+    pub held_in_memory: Option<RawSize>,
 }

@@ -18,6 +18,7 @@ mod backend;
 mod bdat;
 mod data;
 mod ehlo;
+mod filter;
 mod io;
 mod mail;
 mod rcpt;
@@ -67,6 +68,7 @@ pub enum Outcome {
     Banned,
     Blocklisted,
     Limited,
+    FilterClosed,
 }
 
 impl Outcome {
@@ -92,6 +94,7 @@ impl Outcome {
             Outcome::Banned => "banned",
             Outcome::Blocklisted => "blocklisted",
             Outcome::Limited => "limited",
+            Outcome::FilterClosed => "filter_closed",
         }
     }
 
@@ -116,6 +119,7 @@ impl Outcome {
             Outcome::Banned => "banned for its errors",
             Outcome::Blocklisted => "listed by DNS lists",
             Outcome::Limited => "over the connection rate",
+            Outcome::FilterClosed => "closed by a content filter",
         }
     }
 }
@@ -157,6 +161,8 @@ struct Stats {
     bytes_out: u64,
     /// NOOP, VRFY, RSET, HELP since the last delivered message.
     junk: u32,
+    /// Transactions begun (MAIL accepted), for filters' queue ids.
+    transactions: u32,
 }
 
 /// Session ids: unique in the process and, being seeded with the start time, across
@@ -259,7 +265,11 @@ pub struct Session<S> {
     /// Whether the client address is the TCP peer, named by a PROXY header, or unknown.
     origin: Origin,
     /// The DNS lists' verdict when the listener enforces it at RCPT.
-    listed: Option<screen::Listed>,
+    listed: Option<Box<screen::Listed>>,
+    /// The content filters, connected at the first MAIL (listeners with `milters`).
+    filters: Option<Box<crate::milter::Filters>>,
+    /// The SASL mechanism the client logged in with (for filters' `{auth_type}`).
+    auth_mechanism: Option<&'static str>,
     upstream: Option<Upstream>,
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
@@ -286,6 +296,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             auth_failures: 0,
             origin: Origin::Direct,
             listed: None,
+            filters: None,
+            auth_mechanism: None,
             upstream: None,
             stats: Stats::default(),
             stop: CancellationToken::new(),
@@ -366,6 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.phase.transaction().is_none()
         {
             Box::pin(upstream.quit()).await;
+        }
+        if let Some(filters) = self.filters.take() {
+            Box::pin(filters.quit()).await;
         }
         tracing::info!(
             peer = %self.peer,

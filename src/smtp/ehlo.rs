@@ -14,6 +14,9 @@ pub struct Offer {
     /// RFC 3030 BODY=BINARYMIME: only when the backend takes BDAT and BINARYMIME, since
     /// binary content cannot become a DATA body.
     pub binarymime: bool,
+    /// Messages are held for content filters: no CHUNKING (it would gain nothing, the
+    /// whole message is held anyway), hence no BINARYMIME.
+    pub held: bool,
 }
 
 impl Offer {
@@ -21,7 +24,7 @@ impl Offer {
     pub fn following(mut self, caps: &super::Capabilities) -> Self {
         self.dsn = caps.dsn;
         self.smtputf8 = caps.smtputf8;
-        self.binarymime = caps.chunking && caps.binarymime;
+        self.binarymime = caps.chunking && caps.binarymime && !self.held;
         self
     }
 }
@@ -37,8 +40,10 @@ pub fn reply(hostname: &str, offer: &Offer) -> String {
         lines.push("AUTH PLAIN LOGIN".into());
     }
     lines.push("ENHANCEDSTATUSCODES".into());
-    lines.push("CHUNKING".into());
-    if offer.binarymime {
+    if !offer.held {
+        lines.push("CHUNKING".into());
+    }
+    if offer.binarymime && !offer.held {
         lines.push("BINARYMIME".into());
     }
     if offer.dsn {

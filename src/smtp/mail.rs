@@ -162,8 +162,15 @@ mod tests {
         Param { keyword, value: Some(value) }
     }
 
-    const OFFER: Offer =
-        Offer { max_size: 1000, starttls: false, auth: false, dsn: true, smtputf8: true, binarymime: false };
+    const OFFER: Offer = Offer {
+        max_size: 1000,
+        starttls: false,
+        auth: false,
+        dsn: true,
+        smtputf8: true,
+        binarymime: false,
+        held: false,
+    };
 
     #[test]
     fn parameters_checked_against_the_offer() {

@@ -62,6 +62,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 metrics::auth(&self.listener.name, "success");
                 tracing::info!(peer = %self.peer, listener = %self.listener.name, user = ?user, "authenticated");
                 self.authenticated = Some(user);
+                self.auth_mechanism = Some(match mechanism {
+                    crate::auth::mechanism::Mechanism::Plain => "PLAIN",
+                    crate::auth::mechanism::Mechanism::Login => "LOGIN",
+                });
                 if !backend_mode {
                     // The next backend connection carries the login (XCLIENT LOGIN).
                     self.upstream = None;

@@ -31,6 +31,9 @@ impl Chunks {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn bdat(&mut self, chunk: Chunk) -> Step {
         let refusal = match self.phase.transaction() {
+            // Not offered where messages are held for content filters; the chunk is
+            // still read whole, never taken for commands.
+            _ if self.offered.held => Some("502 5.5.1 Error: BDAT not offered here; use DATA"),
             None => Some("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => Some("503 5.5.1 Error: need RCPT command"),
             Some(_) if self.upstream.is_none() => Some("451 4.4.2 Connection to the mail server lost, try again later"),

@@ -52,6 +52,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)");
             return Err(Outcome::Pipelining);
         }
+        if self.upstream.is_some() && !self.listener.milters.is_empty() {
+            return Box::pin(self.filtered_data()).await;
+        }
         let Some(up) = self.upstream.as_mut() else {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
             return Ok(());
@@ -69,41 +72,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Streams the body to the backend chunk by chunk, as received, up to CRLF.CRLF.
     pub(super) async fn body(&mut self) -> Step {
-        let limits = &self.config.limits;
-        let mut scanner = DataScanner::new(limits.max_message_size, limits.bare_lf);
-        let mut upstream_error: Option<UpstreamError> = None;
-        // Normalize mode forwards rewritten bytes; the other modes the client's own.
-        let mut rewritten = Vec::new();
-        let started = tokio::time::Instant::now();
-        loop {
-            self.fill_body_buffer(started, scanner.size()).await?;
-            let scan = if scanner.rewrites() {
-                rewritten.clear();
-                scanner.normalize(&self.inbuf, &mut rewritten)
-            } else {
-                scanner.feed(&self.inbuf)
-            };
-            let n = match scan {
-                Scan::End(n) => n,
-                Scan::More => self.inbuf.len(),
-            };
-            let chunk = self.inbuf.split_to(n);
-            // A chunk holding a violation is never forwarded; neither is anything after it.
-            if scanner.violation().is_none() && upstream_error.is_none() {
-                let up = self.upstream.as_mut().expect("DATA needs an upstream");
-                let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
-                if let Err(e) = up.send_body(bytes).await {
-                    upstream_error = Some(e);
-                }
-            }
-            if matches!(scan, Scan::End(_)) {
-                break;
-            }
-        }
-        self.phase.end_transaction();
-        if let Some(v) = scanner.violation() {
-            return self.refuse_message(v, scanner.size());
-        }
+        let upstream_error = match self.receive_body(&mut BodySink::Backend(None)).await? {
+            Some(BodySink::Backend(error)) => error,
+            _ => return Ok(()),
+        };
         if let Some(e) = upstream_error {
             metrics::message("failed");
             return self.upstream_failed(e, "message body");
@@ -120,4 +92,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
     }
+
+    /// Reads the body up to CRLF.CRLF through the scanner into `sink`, and ends the
+    /// transaction. The sink back when the message passed the scanner; `None` when it
+    /// was refused (the client has its reply).
+    pub(super) async fn receive_body(&mut self, sink: &mut BodySink) -> Result<Option<BodySink>, Outcome> {
+        let limits = &self.config.limits;
+        let mut scanner = DataScanner::new(limits.max_message_size, limits.bare_lf);
+        // Normalize mode forwards rewritten bytes; the other modes the client's own.
+        let mut rewritten = Vec::new();
+        let started = tokio::time::Instant::now();
+        loop {
+            self.fill_body_buffer(started, scanner.size()).await?;
+            let scan = if scanner.rewrites() {
+                rewritten.clear();
+                scanner.normalize(&self.inbuf, &mut rewritten)
+            } else {
+                scanner.feed(&self.inbuf)
+            };
+            let n = match scan {
+                Scan::End(n) => n,
+                Scan::More => self.inbuf.len(),
+            };
+            let chunk = self.inbuf.split_to(n);
+            // A chunk holding a violation is never passed on; neither is anything after it.
+            if scanner.violation().is_none() {
+                let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
+                match sink {
+                    BodySink::Backend(error @ None) => {
+                        let up = self.upstream.as_mut().expect("DATA needs an upstream");
+                        if let Err(e) = up.send_body(bytes).await {
+                            *error = Some(e);
+                        }
+                    }
+                    BodySink::Backend(Some(_)) | BodySink::Hold(_, Some(_)) => {}
+                    BodySink::Hold(spool, error @ None) => {
+                        if let Err(e) = spool.write(bytes) {
+                            *error = Some(e);
+                        }
+                    }
+                }
+            }
+            if matches!(scan, Scan::End(_)) {
+                break;
+            }
+        }
+        self.phase.end_transaction();
+        if let Some(v) = scanner.violation() {
+            self.refuse_message(v, scanner.size())?;
+            return Ok(None);
+        }
+        Ok(Some(std::mem::replace(sink, BodySink::Backend(None))))
+    }
+}
+
+/// Where a message body goes as it arrives.
+pub(super) enum BodySink {
+    /// Straight to the backend; the error that stopped the forwarding, if any.
+    Backend(Option<UpstreamError>),
+    /// Held for content filters; the error that stopped the holding, if any.
+    Hold(crate::milter::message::Spool, Option<std::io::Error>),
 }

@@ -40,6 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             max_size: self.config.limits.max_message_size,
             starttls: self.listener.tls == ListenerTls::StartTls && !self.client.is_tls(),
             auth: self.auth_offered(),
+            held: !self.listener.milters.is_empty(),
             ..Offer::default()
         }
         .following(&caps)

@@ -51,6 +51,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("250 2.1.0 Ok");
             return Ok(());
         }
+        let filtered = if self.listener.milters.is_empty() {
+            super::filter::Filtered::Go
+        } else {
+            Box::pin(self.filter_mail(path, params)).await?
+        };
+        let discard = match filtered {
+            super::filter::Filtered::Go => false,
+            super::filter::Filtered::Discard => true,
+            super::filter::Filtered::Refused => return Ok(()),
+        };
         let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
         let reply = match sent {
             Ok(Ok(reply)) => reply,
@@ -65,6 +75,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 ..Transaction::default()
             };
             self.phase.begin_transaction(tx);
+            self.stats.transactions += 1;
+            if discard {
+                self.discard_current();
+            }
         }
         self.relay_reply(&reply)?;
         if reply.code >= 500 {

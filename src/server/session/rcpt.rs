@@ -13,6 +13,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.recipient_allowed(path, params).await? {
             return Ok(());
         }
+        let filtered = if self.listener.milters.is_empty() {
+            super::filter::Filtered::Go
+        } else {
+            Box::pin(self.filter_rcpt(path, params)).await?
+        };
+        match filtered {
+            super::filter::Filtered::Go => {}
+            super::filter::Filtered::Discard => self.discard_current(),
+            super::filter::Filtered::Refused => {
+                self.stats.rcpt_refused += 1;
+                return Ok(());
+            }
+        }
         if self.upstream.is_none() && !self.resume_transaction().await? {
             return Ok(());
         }
@@ -30,6 +43,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             metrics::recipient("accepted");
             if let Some(tx) = self.phase.transaction_mut() {
                 tx.recipients += 1;
+            }
+            if let Some(filters) = self.filters.as_mut() {
+                filters.rcpt_lines.push(line.to_vec());
             }
         } else {
             self.stats.rcpt_refused += 1;

@@ -16,6 +16,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// dropped instead, which abandons the message.
     pub(super) async fn reset_transaction(&mut self) -> Step {
         let Some(tx) = self.phase.end_transaction() else { return Ok(()) };
+        self.abort_filters().await;
         if tx.chunks.as_ref().is_some_and(|c| c.holds_data_open()) {
             self.upstream = None;
             return Ok(());

@@ -94,7 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(Outcome::Blocklisted)
             }
             ScreenAction::Enforce => {
-                self.listed = Some(Listed { zone });
+                self.listed = Some(Box::new(Listed { zone }));
                 Ok(())
             }
             ScreenAction::Log | ScreenAction::Off => Ok(()),

@@ -1,0 +1,230 @@
+//! One connection to one filter: connect (TCP or a Unix socket), negotiate, send a
+//! step with its macros and read the answer within the timeout (a filter's "progress"
+//! packets restart it), and the end-of-message exchange with its modifications.
+
+use super::protocol::{self, ALL_ACTIONS, Command, Modification, OFFERED_PROTOCOL, Response, Step};
+use super::{Address, MilterConfig};
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Debug, Error)]
+pub enum MilterError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no answer to {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by the filter")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(#[from] protocol::ProtocolError),
+    #[error("unexpected answer to {0}: {1:?}")]
+    Unexpected(&'static str, Response),
+    #[error("the filter speaks milter protocol version {0}; 2 to 6 are understood")]
+    Version(u32),
+}
+
+impl MilterError {
+    /// A short fixed name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MilterError::Connect(_) | MilterError::ConnectTimeout(_) => "unreachable",
+            MilterError::Timeout(..) => "timeout",
+            MilterError::Io(_) | MilterError::Closed => "closed",
+            MilterError::Protocol(_) | MilterError::Unexpected(..) | MilterError::Version(_) => "protocol",
+        }
+    }
+}
+
+pub struct Filter {
+    pub config: Arc<MilterConfig>,
+    stream: Box<dyn Io>,
+    /// The protocol options in force: what the filter asked us to skip or not expect
+    /// answers to, plus the steps the config skips.
+    protocol: u32,
+    /// The modifications the filter may make.
+    pub actions: u32,
+    inbuf: BytesMut,
+    out: BytesMut,
+}
+
+impl Filter {
+    pub async fn open(config: Arc<MilterConfig>) -> Result<Filter, MilterError> {
+        let limit = config.connect_timeout;
+        let stream: Box<dyn Io> = match &config.address {
+            Address::Inet(host, port) => {
+                let s = timeout(limit, tokio::net::TcpStream::connect((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| MilterError::ConnectTimeout(limit))?
+                    .map_err(MilterError::Connect)?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            Address::Unix(path) => Box::new(
+                timeout(limit, tokio::net::UnixStream::connect(path))
+                    .await
+                    .map_err(|_| MilterError::ConnectTimeout(limit))?
+                    .map_err(MilterError::Connect)?,
+            ),
+        };
+        let mut filter = Filter {
+            config,
+            stream,
+            protocol: 0,
+            actions: 0,
+            inbuf: BytesMut::new(),
+            out: BytesMut::with_capacity(256),
+        };
+        filter.send(&Command::Negotiate { actions: ALL_ACTIONS, protocol: OFFERED_PROTOCOL }).await?;
+        match filter.response("negotiation", filter.config.command_timeout).await? {
+            Response::Negotiated { version, actions, protocol } => {
+                if !(2..=protocol::VERSION).contains(&version) {
+                    return Err(MilterError::Version(version));
+                }
+                filter.actions = actions & ALL_ACTIONS;
+                // Options we did not offer are not honoured: the filter gets what we
+                // offered, as libmilter expects of an MTA.
+                filter.protocol = (protocol & OFFERED_PROTOCOL) | filter.config.skip;
+            }
+            other => return Err(MilterError::Unexpected("negotiation", other)),
+        }
+        Ok(filter)
+    }
+
+    /// Whether this filter gets `step` at all.
+    pub fn wants(&self, step: Step) -> bool {
+        !step.skipped(self.protocol)
+    }
+
+    /// Whether the filter keeps a header's leading space in the value it is shown.
+    pub fn wants_leading_space(&self) -> bool {
+        self.protocol & protocol::HEADER_LEADING_SPACE != 0
+    }
+
+    async fn send(&mut self, command: &Command<'_>) -> Result<(), MilterError> {
+        self.out.clear();
+        command.encode(&mut self.out);
+        let limit = self.config.command_timeout;
+        timeout(limit, self.stream.write_all(&self.out))
+            .await
+            .map_err(|_| MilterError::Timeout("a write", limit))??;
+        Ok(())
+    }
+
+    /// The next answer that is not "progress", each within `limit`.
+    async fn response(&mut self, what: &'static str, limit: Duration) -> Result<Response, MilterError> {
+        loop {
+            let response = timeout(limit, self.packet()).await.map_err(|_| MilterError::Timeout(what, limit))??;
+            if response != Response::Progress {
+                return Ok(response);
+            }
+        }
+    }
+
+    async fn packet(&mut self) -> Result<Response, MilterError> {
+        loop {
+            if let Some(len) = protocol::packet_len(&self.inbuf)?
+                && self.inbuf.len() >= 4 + len
+            {
+                self.inbuf.advance(4);
+                let packet = self.inbuf.split_to(len);
+                return Ok(protocol::decode(&packet)?);
+            }
+            self.inbuf.reserve(4096);
+            if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+                return Err(MilterError::Closed);
+            }
+        }
+    }
+
+    /// Sends `step`'s macros and command; the answer, or `Continue` for a step the
+    /// filter skips or does not answer.
+    pub async fn step(
+        &mut self,
+        step: Step,
+        macros: &[(&str, String)],
+        command: &Command<'_>,
+    ) -> Result<Response, MilterError> {
+        if !self.wants(step) {
+            return Ok(Response::Continue);
+        }
+        if !macros.is_empty() {
+            self.send(&Command::Macros { step, pairs: macros }).await?;
+        }
+        self.send(command).await?;
+        if step.unanswered(self.protocol) {
+            return Ok(Response::Continue);
+        }
+        match self.response(step.as_str(), self.config.command_timeout).await? {
+            Response::Modify(m) => Err(MilterError::Unexpected(step.as_str(), Response::Modify(m))),
+            Response::Skip if step != Step::Body => Err(MilterError::Unexpected(step.as_str(), Response::Skip)),
+            r => Ok(r),
+        }
+    }
+
+    /// End of message: the modifications the filter makes, then its verdict.
+    pub async fn end_of_message(
+        &mut self,
+        macros: &[(&str, String)],
+    ) -> Result<(Vec<Modification>, Response), MilterError> {
+        if !macros.is_empty() {
+            self.send(&Command::Macros { step: Step::EndOfMessage, pairs: macros }).await?;
+        }
+        self.send(&Command::EndOfMessage).await?;
+        let mut modifications = Vec::new();
+        loop {
+            match self.response("end of message", self.config.message_timeout).await? {
+                Response::Modify(m) => {
+                    if !allowed(&m, self.actions) {
+                        return Err(MilterError::Unexpected(
+                            "end of message (a change it did not ask to make)",
+                            Response::Modify(m),
+                        ));
+                    }
+                    modifications.push(m);
+                }
+                Response::Skip | Response::Negotiated { .. } => {
+                    return Err(MilterError::Unexpected("end of message", Response::Skip));
+                }
+                verdict => return Ok((modifications, verdict)),
+            }
+        }
+    }
+
+    /// The transaction ended without end of message; the connection stays for the next.
+    pub async fn abort(&mut self) -> Result<(), MilterError> {
+        self.send(&Command::Abort).await
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.send(&Command::Quit).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Whether the filter negotiated the right to make `m`.
+fn allowed(m: &Modification, actions: u32) -> bool {
+    use protocol::*;
+    let needed = match m {
+        Modification::AddHeader { .. } | Modification::InsertHeader { .. } => ADD_HEADERS,
+        Modification::ChangeHeader { .. } => CHANGE_HEADERS,
+        Modification::ReplaceBody(_) => CHANGE_BODY,
+        Modification::AddRecipient { params: None, .. } => ADD_RCPT,
+        Modification::AddRecipient { params: Some(_), .. } => ADD_RCPT_PAR,
+        Modification::DeleteRecipient(_) => DELETE_RCPT,
+        Modification::ChangeFrom { .. } => CHANGE_FROM,
+        Modification::Quarantine(_) => QUARANTINE,
+    };
+    // Inserting needs ADD_HEADERS in libmilter; some filters ask for CHGHDRS only.
+    actions & needed != 0 || matches!(m, Modification::InsertHeader { .. }) && actions & CHANGE_HEADERS != 0
+}
