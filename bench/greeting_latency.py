@@ -2,7 +2,7 @@
 """Latency to the greeting: N connections one after another (an otherwise idle
 server), each timed from connect() to the end of the final "220 " line, then QUIT.
 
-    greeting_latency.py HOST PORT N [FIRST_SOURCE]
+    greeting_latency.py HOST PORT N [FIRST_SOURCE] [--append FILE]
 
 Without FIRST_SOURCE every connection comes from 127.0.0.1 (the same client again:
 whatever the server caches about it is warm). With FIRST_SOURCE, e.g. 127.0.1.1, each
@@ -11,8 +11,14 @@ connection binds the next distinct loopback address (127.0.1.1 .. 127.0.1.254,
 "n=N p50=.. p90=.. p99=.. max=.. us"."""
 import ipaddress, socket, sys, time
 
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-first = sys.argv[4] if len(sys.argv) > 4 else None
+args = sys.argv[1:]
+append = None
+if "--append" in args:
+    i = args.index("--append")
+    append = args[i + 1]
+    del args[i : i + 2]
+host, port, n = args[0], int(args[1]), int(args[2])
+first = args[3] if len(args) > 3 else None
 
 
 def sources():
@@ -59,6 +65,9 @@ for src in (src for _, src in zip(range(n), sources())):
 
 if set(codes) != {"220"}:
     print(f"warning: greetings {codes}", file=sys.stderr)
+if append:
+    with open(append, "a") as f:
+        f.writelines(f"{t * 1e6:.1f}\n" for t in took)
 took.sort()
 us = lambda q: took[min(len(took) - 1, int(q * len(took)))] * 1e6
 print(f"n={len(took)} p50={us(0.50):.0f} p90={us(0.90):.0f} p99={us(0.99):.0f} max={took[-1] * 1e6:.0f} us")

@@ -4,52 +4,59 @@
 #
 #   bench/screening.sh [MESSAGES] [ROUNDS] [LATENCY_CONNECTIONS]
 #
-# For each variant (VARIANTS="none local dns dns-nocache redis all all-nocache" by default):
-#   - CPU per connection of the portcullis process (utime+stime, /proc/PID/stat) and
-#     msg/s, while smtp-source sends MESSAGES messages over 20 parallel sessions, one
-#     connection each; the median of ROUNDS rounds (after a warm-up round). unbound's
-#     and redis-server's CPU, DNS queries and Redis commands per connection alongside.
-#   - Latency to the greeting of one connection at a time: LATENCY_CONNECTIONS
-#     connections from 127.0.0.1 (the same client again: DNS answers cached), then as
-#     many first contacts from distinct addresses 127.0.1.1, 127.0.1.2, ...
+# Every variant runs as its own Portcullis instance, all at once (idle ones cost
+# nothing), and the measurements take turns between them, so that drift on the
+# machine (a busy neighbour on a VM) spreads over all variants instead of biasing one.
 #
-# Variants:
+#   - CPU per connection of the variant's portcullis process (utime+stime from
+#     /proc/PID/stat) and msg/s, while smtp-source sends MESSAGES messages over 20
+#     parallel sessions, one connection per message; median of ROUNDS rounds, after a
+#     warm-up. unbound's and redis-server's CPU, the DNS queries that reached unbound
+#     and Portcullis's calls to Redis, per connection, alongside.
+#   - Latency to the greeting (connect() to the final "220 " line, then QUIT), one
+#     connection at a time: LATENCY_CONNECTIONS from 127.0.0.1 (the same client again:
+#     DNS answers cached), and as many first contacts from distinct addresses 127.0.1.1,
+#     127.0.1.2, ... (DNS answers, rates and bans all new); taken in chunks of 100,
+#     taking turns between variants, pooled; p50 and p99.
+#
+# Variants (VARIANTS="none local dns dns-nocache redis all all-nocache" by default):
 #   none         no rate limits, no [screen], no [store]
-#   local        the three rates (never reached: 1000000/s) and ban_after, in memory
+#   local        the three rates (checked, never reached: 1000000/s) and ban_after, in
+#                memory
 #   dns          local + two DNS lists (a blocklist and an allowlist) through unbound;
-#                the zones have an SOA, so NXDOMAIN is cached (negative TTL 300 s), as
-#                with real lists
-#   dns-nocache  the same without an SOA in the zones: unbound's NXDOMAIN then carries
-#                no negative TTL and hickory caches it for 0 s; every connection asks
-#                (hickory shares a lookup already in flight for the same name, so 20
-#                parallel sessions from one address send fewer queries than lookups:
-#                the "DNS qry/conn" column shows how many reached unbound)
+#                no client is listed, every answer is NXDOMAIN. The zones have an SOA,
+#                so NXDOMAIN is cached for its negative TTL (300 s), as with real lists
+#   dns-nocache  the same, zones without an SOA (as in tests/support Unbound): unbound's
+#                NXDOMAIN then carries no negative TTL and hickory caches it for 0 s, so
+#                every connection looks up (hickory shares a lookup already in flight
+#                for the same name: 20 parallel sessions from one address send fewer
+#                queries than lookups; the "DNS qry/conn" column counts what reached
+#                unbound)
 #   redis        local, with the state in Redis ([store] redis)
 #   all          dns + redis;  all-nocache: dns-nocache + redis
 # Pregreet is off everywhere: its cost is a wait, not CPU.
 #
 # Needs: postfix (smtp-source, smtp-sink), unbound, unbound-control, redis-server,
-# redis-cli, python3, bc. Run as root (smtp-sink -u).
+# redis-cli, python3, bc. Run as root (smtp-sink -u). VERBOSE=1 prints every round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-10000}
-ROUNDS=${2:-3}
+ROUNDS=${2:-5}
 LATENCY=${3:-500}
-VARIANTS=${VARIANTS:-none local dns dns-nocache redis all all-nocache}
+read -r -a variants <<<"${VARIANTS:-none local dns dns-nocache redis all all-nocache}"
 SESSIONS=20
 SIZE=4096
+CHUNK=100
 SINK_PORT=${SINK_PORT:-12535}
-PORTCULLIS_PORT=${PORTCULLIS_PORT:-12537}
-ADMIN_PORT=${ADMIN_PORT:-12538}
 DNS_PORT=${DNS_PORT:-12553}
 REDIS_PORT=${REDIS_PORT:-12579}
+SMTP_BASE=${SMTP_BASE:-12540}   # variant i listens on SMTP_BASE+i,
+ADMIN_BASE=${ADMIN_BASE:-12560} # its admin endpoint on ADMIN_BASE+i
 ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 pids=()
-portcullis_pid=
 cleanup() {
-  [ -z "$portcullis_pid" ] || kill "$portcullis_pid" 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -58,13 +65,16 @@ trap cleanup EXIT
 
 cargo build --release --quiet
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 not listening" >&2; exit 1; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
+  echo "nothing listening on port $1" >&2
+  exit 1
+}
 
 smtp-sink -u root -m 1000 "127.0.0.1:$SINK_PORT" 1024 & pids+=($!)
 
 # unbound answering from local data only. bl.test/al.test have an SOA (negative answers
-# cacheable for 300 s); bl.nocache.test/al.nocache.test have none. No client of this
-# benchmark is listed: every lookup is an NXDOMAIN.
+# cacheable for 300 s); bl.nocache.test/al.nocache.test have none.
 soa() { echo "  local-data: \"$1. 3600 IN SOA ns.$1. hostmaster.$1. 1 3600 600 86400 300\""; }
 cat > "$work/unbound.conf" <<CFG
 server:
@@ -98,6 +108,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$
 redis_pid=$!
 wait_port "$REDIS_PORT"
 
+# config VARIANT SMTP_PORT ADMIN_PORT
 config() {
   local variant=$1
   cat <<CFG
@@ -105,14 +116,14 @@ config() {
 hostname = "bench.test"
 [[listener]]
 name = "bench"
-bind = "127.0.0.1:$PORTCULLIS_PORT"
+bind = "127.0.0.1:$2"
 [relay]
 local_domains = ["example.com"]
 [[backend]]
 address = "127.0.0.1:$SINK_PORT"
 identity = "xforward"
 [admin]
-bind = "127.0.0.1:$ADMIN_PORT"
+bind = "127.0.0.1:$3"
 [limits]
 # All load comes from 127.0.0.1: lift the per-client limit for the benchmark.
 max_connections = 20000
@@ -142,18 +153,34 @@ CFG
     cat <<CFG
 [store]
 redis = "redis://127.0.0.1:$REDIS_PORT/0"
+prefix = "bench-$variant:"
 CFG
   esac
 }
+
+declare -A pid port admin
+for i in "${!variants[@]}"; do
+  v=${variants[$i]}
+  port[$v]=$((SMTP_BASE + i))
+  admin[$v]=$((ADMIN_BASE + i))
+  config "$v" "${port[$v]}" "${admin[$v]}" > "$work/$v.toml"
+  RUST_LOG=warn target/release/portcullis run --config "$work/$v.toml" 2>"$work/$v.log" & pids+=($!)
+  pid[$v]=$!
+done
+for v in "${variants[@]}"; do wait_port "${port[$v]}"; done
 
 hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 dns_queries() { unbound-control -c "$work/unbound.conf" stats_noreset | awk -F= '$1 == "total.num.queries" {print $2}'; }
 # Calls Portcullis makes (its scripts), not the commands the scripts run inside Redis.
-redis_calls() { redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
-  awk -F'[:=,]' '$1 ~ /^cmdstat_(eval|evalsha|eval_ro|evalsha_ro|fcall)$/ {n += $3} END {print n + 0}'; }
-median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-dnsbl_metric() { python3 - "$ADMIN_PORT" <<'PY'
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:=,]' '$1 ~ /^cmdstat_(eval|evalsha|eval_ro|evalsha_ro|fcall)$/ {n += $3} END {print n + 0}'
+}
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+percentile() { sort -g | awk -v q="$1" '{v[NR] = $1} END {i = int(q * NR) + 1; if (i > NR) i = NR; printf "%.0f", v[i]}'; }
+dnsbl_lookups() {
+  python3 - "$1" <<'PY'
 import sys, urllib.request
 page = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
 print(" ".join(f"{l.split('{', 1)[1].split('}')[0]}={l.rsplit(' ', 1)[1]}" for l in page.splitlines()
@@ -161,48 +188,63 @@ print(" ".join(f"{l.split('{', 1)[1].split('}')[0]}={l.rsplit(' ', 1)[1]}" for l
 PY
 }
 
-# One round of smtp-source; appends "msg/s portcullis-us unbound-us redis-us DNS-queries/conn Redis-calls/conn".
+# round VARIANT MESSAGES: one smtp-source run; prints "msg/s portcullis-us/conn
+# unbound-us/conn redis-us/conn DNS-queries/conn Redis-calls/conn".
 round() {
-  local p0 u0 r0 q0 c0 start end
-  p0=$(cpu_ticks "$portcullis_pid"); u0=$(cpu_ticks "$unbound_pid"); r0=$(cpu_ticks "$redis_pid")
+  local v=$1 n=$2 p0 u0 r0 q0 c0 start end
+  p0=$(cpu_ticks "${pid[$v]}"); u0=$(cpu_ticks "$unbound_pid"); r0=$(cpu_ticks "$redis_pid")
   q0=$(dns_queries); c0=$(redis_calls)
   start=$(date +%s.%N)
-  smtp-source -s $SESSIONS -m "$1" -l $SIZE -f s@example.org -t u@example.com "127.0.0.1:$PORTCULLIS_PORT"
+  smtp-source -s $SESSIONS -m "$n" -l $SIZE -f s@example.org -t u@example.com "127.0.0.1:${port[$v]}"
   end=$(date +%s.%N)
-  local per="/ $1 * 1000000 / $hz"
-  echo "$(echo "$1 / ($end - $start)" | bc -l)" \
-    "$(echo "($(cpu_ticks "$portcullis_pid") - $p0) $per" | bc -l)" \
-    "$(echo "($(cpu_ticks "$unbound_pid") - $u0) $per" | bc -l)" \
-    "$(echo "($(cpu_ticks "$redis_pid") - $r0) $per" | bc -l)" \
-    "$(echo "($(dns_queries) - $q0) / $1" | bc -l)" \
-    "$(echo "($(redis_calls) - $c0) / $1" | bc -l)"
+  local us="/ $n * 1000000 / $hz"
+  echo "$(echo "$n / ($end - $start)" | bc -l)" \
+    "$(echo "($(cpu_ticks "${pid[$v]}") - $p0) $us" | bc -l)" \
+    "$(echo "($(cpu_ticks "$unbound_pid") - $u0) $us" | bc -l)" \
+    "$(echo "($(cpu_ticks "$redis_pid") - $r0) $us" | bc -l)" \
+    "$(echo "($(dns_queries) - $q0) / $n" | bc -l)" \
+    "$(echo "($(redis_calls) - $c0) / $n" | bc -l)"
 }
+
+for v in "${variants[@]}"; do round "$v" 1000 >/dev/null; done # warm-up: resolver, DNS cache, Redis scripts
+for r in $(seq "$ROUNDS"); do
+  # Each round starts with the next variant, so none is always first after a pause.
+  for k in "${!variants[@]}"; do
+    v=${variants[$(((k + r) % ${#variants[@]}))]}
+    round "$v" "$MESSAGES" >> "$work/$v.rounds"
+  done
+done
+
+for ((sent = 0; sent < LATENCY; sent += CHUNK)); do
+  n=$((LATENCY - sent < CHUNK ? LATENCY - sent : CHUNK))
+  # First contacts continue the address sequence 127.0.1.1 .. 127.0.1.254, 127.0.2.1, ...
+  first="127.0.$((1 + sent / 254)).$((1 + sent % 254))"
+  for v in "${variants[@]}"; do
+    python3 bench/greeting_latency.py 127.0.0.1 "${port[$v]}" "$n" --append "$work/$v.same" >/dev/null
+    python3 bench/greeting_latency.py 127.0.0.1 "${port[$v]}" "$n" "$first" --append "$work/$v.first" >/dev/null
+  done
+done
 
 echo "== portcullis $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)'), $(date -u +%FT%TZ)"
 echo "== $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "== $MESSAGES messages of $SIZE bytes per round, $SESSIONS parallel sessions, one connection per message; median of $ROUNDS rounds"
-echo "== greeting latency: $LATENCY connections one at a time (us, connect to final 220 line)"
-printf '%-12s %7s %9s %9s %8s %9s %9s | %-22s | %-22s\n' variant msg/s "us/conn" "unbound" "redis" "DNS"  "Redis" \
-  "greeting, same client" "greeting, first contact"
-printf '%-12s %7s %9s %9s %8s %9s %9s | %-22s | %-22s\n' "" "" portcullis "us/conn" "us/conn" "qry/conn" "call/conn" "p50 / p99 us" "p50 / p99 us"
-for variant in $VARIANTS; do
-  config "$variant" > "$work/$variant.toml"
-  redis-cli -p "$REDIS_PORT" flushall >/dev/null  # first contacts are first contacts again
-  RUST_LOG=warn target/release/portcullis run --config "$work/$variant.toml" 2>"$work/$variant.log" &
-  portcullis_pid=$!
-  wait_port "$PORTCULLIS_PORT"
-  round 1000 >/dev/null  # warm-up: connections, resolver, DNS cache, Redis scripts
-  : > "$work/rounds"
-  for _ in $(seq "$ROUNDS"); do round "$MESSAGES" >> "$work/rounds"; done
-  col() { awk -v c="$1" '{print $c}' "$work/rounds" | median; }
-  same=$(python3 bench/greeting_latency.py 127.0.0.1 "$PORTCULLIS_PORT" "$LATENCY")
-  first=$(python3 bench/greeting_latency.py 127.0.0.1 "$PORTCULLIS_PORT" "$LATENCY" 127.0.1.1)
-  lat() { sed -E 's/.*p50=([0-9]+).*p99=([0-9]+).*/\1 \/ \2/' <<<"$1"; }
-  printf '%-12s %7.0f %9.1f %9.1f %8.1f %9.2f %9.2f | %-22s | %-22s\n' "$variant" "$(col 1)" "$(col 2)" "$(col 3)" \
-    "$(col 4)" "$(col 5)" "$(col 6)" "$(lat "$same")" "$(lat "$first")"
-  if [ -n "${VERBOSE:-}" ]; then sed 's/^/    round: /' "$work/rounds"; echo "    same: $same"; echo "    first: $first"; \
-    echo "    dnsbl lookups (portcullis metrics): $(dnsbl_metric)"; fi
-  kill "$portcullis_pid"; wait "$portcullis_pid" 2>/dev/null || true
-  portcullis_pid=
-  if grep -q . "$work/$variant.log"; then echo "    portcullis log ($variant):"; sed 's/^/      /' "$work/$variant.log" | head -5; fi
+echo "== greeting latency: $LATENCY connections one at a time, connect() to the final 220 line"
+fmt='%-12s %6s %10s %8s %8s %9s %9s | %-14s | %-14s\n'
+printf "$fmt" variant msg/s portcullis unbound redis DNS Redis "greeting," "greeting,"
+printf "$fmt" "" "" "us/conn" "us/conn" "us/conn" "qry/conn" "call/conn" "same client" "first contact"
+printf "$fmt" "" "" "" "" "" "" "" "p50 / p99 us" "p50 / p99 us"
+for v in "${variants[@]}"; do
+  col() { awk -v c="$1" '{print $c}' "$work/$v.rounds" | median; }
+  lat() { echo "$(percentile 0.50 < "$1") / $(percentile 0.99 < "$1")"; }
+  printf "$fmt" "$v" "$(printf %.0f "$(col 1)")" "$(printf %.1f "$(col 2)")" "$(printf %.1f "$(col 3)")" \
+    "$(printf %.1f "$(col 4)")" "$(printf %.2f "$(col 5)")" "$(printf %.2f "$(col 6)")" \
+    "$(lat "$work/$v.same")" "$(lat "$work/$v.first")"
+  if [ -n "${VERBOSE:-}" ]; then
+    awk '{printf "    round: %6.0f msg/s %6.1f %5.1f %5.1f us/conn %5.2f DNS %5.2f Redis\n", $1, $2, $3, $4, $5, $6}' "$work/$v.rounds"
+    echo "    dnsbl lookups (portcullis metrics): $(dnsbl_lookups "${admin[$v]}")"
+  fi
+  if grep -q . "$work/$v.log"; then
+    echo "    portcullis log ($v):"
+    head -5 "$work/$v.log" | sed 's/^/      /'
+  fi
 done
