@@ -236,49 +236,74 @@ fn opendkim_signs_and_the_signature_verifies() {
     );
 }
 
-/// A scripted filter: negotiates, then answers "continue" to every step but the one
-/// named by `hang_at` (never answered).
-fn scripted_milter(hang_at: u8) -> (SocketAddr, std::thread::JoinHandle<()>) {
+/// A scripted filter: negotiates (all actions), then answers each packet with what
+/// `answer` gives for its command byte and data (`None`: never answers).
+fn scripted_milter(
+    answer: impl Fn(u8, &[u8]) -> Option<Vec<Vec<u8>>> + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
-        let Ok((mut s, _)) = listener.accept() else { return };
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        loop {
-            let mut len = [0u8; 4];
-            if s.read_exact(&mut len).is_err() {
-                return;
-            }
-            let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
-            if s.read_exact(&mut packet).is_err() {
-                return;
-            }
-            let reply: Vec<u8> = match packet[0] {
-                b'O' => [&[0, 0, 0, 13, b'O', 0, 0, 0, 6, 0, 0, 0, 0][..], &0u32.to_be_bytes()].concat(),
-                b'D' | b'A' | b'Q' => continue,
-                code if code == hang_at => {
-                    std::thread::sleep(Duration::from_secs(20));
-                    return;
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_err() {
+                    break;
                 }
-                _ => vec![0, 0, 0, 1, b'c'],
-            };
-            if s.write_all(&reply).is_err() {
-                return;
+                let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut packet).is_err() {
+                    break;
+                }
+                let replies = match packet[0] {
+                    b'O' => {
+                        vec![[&b"O"[..], &6u32.to_be_bytes(), &0x1ffu32.to_be_bytes(), &0u32.to_be_bytes()].concat()]
+                    }
+                    b'D' | b'A' | b'Q' => continue,
+                    code => match answer(code, &packet[1..]) {
+                        Some(r) => r,
+                        None => {
+                            std::thread::sleep(Duration::from_secs(20));
+                            return;
+                        }
+                    },
+                };
+                for r in replies {
+                    let framed = [&(r.len() as u32).to_be_bytes()[..], &r].concat();
+                    if s.write_all(&framed).is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
     (addr, handle)
 }
 
-/// Counts the MAIL commands a sink sees, to tell that nothing reached it.
+/// A filter that answers "continue" everywhere but at `hang_at`.
+fn hanging_milter(hang_at: u8) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    scripted_milter(move |code, _| (code != hang_at).then(|| vec![b"c".to_vec()]))
+}
+
+/// Counts the messages a sink receives, to tell that nothing reached it.
 fn counting_sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, count, _) = recording_sink();
+    (addr, count)
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A sink that counts messages and records every line it is sent.
+fn recording_sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, Lines) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let datas = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = datas.clone();
+    let lines: Lines = Default::default();
+    let (seen, record) = (datas.clone(), lines.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let seen = seen.clone();
+            let (seen, record) = (seen.clone(), record.clone());
             std::thread::spawn(move || {
                 let mut w = stream.try_clone().unwrap();
                 let mut r = BufReader::new(stream);
@@ -286,6 +311,7 @@ fn counting_sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize
                 let mut line = String::new();
                 let mut in_data = false;
                 while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    record.lock().unwrap().push(line.trim_end().to_string());
                     let reply: &[u8] = if in_data {
                         if line == ".\r\n" {
                             in_data = false;
@@ -313,7 +339,7 @@ fn counting_sink() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize
             });
         }
     });
-    (addr, datas)
+    (addr, datas, lines)
 }
 
 #[test]
@@ -340,7 +366,7 @@ fn a_filter_down_or_hanging_gets_its_default_action_and_no_partial_message() {
 
     // Hanging at end of message: message_timeout, 451 to the final dot, and the backend
     // never got DATA (the message is held until the filters answer).
-    let (hang, _h) = scripted_milter(b'E');
+    let (hang, _h) = hanging_milter(b'E');
     let proxy = Proxy::start(&config(sink, &[("slow", format!("inet:{hang}"), "message_timeout = \"1s\"")], ""));
     let mut c = Smtp::hello("127.0.0.79", proxy.addr("mx"));
     let started = Instant::now();
@@ -357,7 +383,7 @@ fn a_filter_down_or_hanging_gets_its_default_action_and_no_partial_message() {
     c.cmd("NOOP", "250");
 
     // Hanging at MAIL: command_timeout, 451 to MAIL.
-    let (hang, _h) = scripted_milter(b'M');
+    let (hang, _h) = hanging_milter(b'M');
     let proxy = Proxy::start(&config(sink, &[("slow", format!("inet:{hang}"), "command_timeout = \"1s\"")], ""));
     let mut c = Smtp::hello("127.0.0.79", proxy.addr("mx"));
     c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
@@ -415,4 +441,101 @@ fn a_50_mb_message_through_a_filter_costs_bounded_memory() {
     eprintln!("50 MB message: peak RSS {before} KiB before, {peak} KiB after");
     assert!(peak - before < 16 * 1024, "peak RSS grew by {} KiB for a 50 MB message", peak - before);
     assert_eq!(held_files, vec![file], "nothing of the message left in TMPDIR");
+}
+
+fn packet(code: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut p = vec![code];
+    for part in parts {
+        p.extend_from_slice(part);
+    }
+    p
+}
+
+#[test]
+fn a_filters_decisions_and_changes_reach_the_backend_as_made() {
+    init_logs();
+    let (sink, delivered, lines) = recording_sink();
+    // Refuses one recipient with its own reply; at end of message: a new sender, one
+    // recipient removed, one added, a header added, one changed, and the body replaced.
+    let (filter, _h) = scripted_milter(|code, data| {
+        Some(match code {
+            b'R' if data.starts_with(b"<refused@example.com>") => vec![b"y550 5.1.1 No such user here\0".to_vec()],
+            b'E' => vec![
+                packet(b'e', &[b"<bounces@example.org>\0"]),
+                packet(b'-', &[b"<b@example.com>\0"]),
+                packet(b'+', &[b"<added@example.com>\0"]),
+                packet(b'h', &[b"X-Filtered\0yes\0"]),
+                packet(b'm', &[&1u32.to_be_bytes(), b"Subject\0[filtered] hello\0"]),
+                packet(b'b', &[b"a new body\r\n.leading dot\r\n"]),
+                b"a".to_vec(),
+            ],
+            _ => vec![b"c".to_vec()],
+        })
+    });
+    let proxy = Proxy::start(&config(sink, &[("edit", format!("inet:{filter}"), "")], ""));
+    let mut c = Smtp::hello("127.0.0.81", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<a@example.com>", "250");
+    c.cmd("RCPT TO:<refused@example.com>", "550 5.1.1 No such user here");
+    c.cmd("RCPT TO:<b@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.send(&message("s@example.org", "hello", "the original body"));
+    c.send(".\r\n");
+    let reply = c.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let seen = lines.lock().unwrap().clone();
+    let commands: Vec<&String> =
+        seen.iter().filter(|l| l.starts_with("MAIL") || l.starts_with("RCPT") || l.starts_with("RSET")).collect();
+    assert!(!seen.iter().any(|l| l.contains("refused@")), "the refused recipient never reached the backend: {seen:?}");
+    // The first transaction, then the one the filter's changes made.
+    assert_eq!(
+        commands,
+        [
+            "MAIL FROM:<s@example.org>",
+            "RCPT TO:<a@example.com>",
+            "RCPT TO:<b@example.com>",
+            "RSET",
+            "MAIL FROM:<bounces@example.org>",
+            "RCPT TO:<a@example.com>",
+            "RCPT TO:<added@example.com>"
+        ]
+    );
+    let data = seen.iter().position(|l| l == "DATA").unwrap();
+    let body: Vec<&str> = seen[data + 1..].iter().map(String::as_str).take_while(|l| *l != ".").collect();
+    assert!(body.contains(&"Subject: [filtered] hello") && body.contains(&"X-Filtered: yes"), "{body:?}");
+    assert!(body.ends_with(&["", "a new body", "..leading dot"]), "{body:?}");
+    assert!(!body.iter().any(|l| l.contains("original body")));
+}
+
+#[test]
+fn a_filters_discard_and_tempfail_at_data_reach_no_backend() {
+    init_logs();
+    let (sink, delivered) = counting_sink();
+    let (discarding, _h) = scripted_milter(|code, data| {
+        Some(if code == b'M' && data.starts_with(b"<discard@") { vec![b"d".to_vec()] } else { vec![b"c".to_vec()] })
+    });
+    let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{discarding}"), "")], ""));
+    let mut c = Smtp::hello("127.0.0.82", proxy.addr("mx"));
+    // Discarded at MAIL: the client is told 250 at the end, the backend gets nothing.
+    let reply = c.message("discard@example.org", &["a@example.com"], &message("discard@example.org", "gone", "x"));
+    assert!(reply.starts_with("250 2.0.0 Ok: discarded"), "{reply}");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The next message of the session is not discarded.
+    let reply = c.message("s@example.org", &["a@example.com"], &message("s@example.org", "kept", "x"));
+    assert!(reply.starts_with("250 2.0.0 queued"), "{reply}");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let (tempfailing, _h) =
+        scripted_milter(|code, _| Some(vec![if code == b'T' { b"t".to_vec() } else { b"c".to_vec() }]));
+    let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{tempfailing}"), "")], ""));
+    let mut c = Smtp::hello("127.0.0.82", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<a@example.com>", "250");
+    c.cmd("DATA", "451 4.7.1");
+    // The transaction is over; a new one may start.
+    c.cmd("RCPT TO:<a@example.com>", "503");
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("QUIT", "221");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
