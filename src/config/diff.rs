@@ -105,6 +105,8 @@ fn listener(out: &mut Vec<String>, o: &Listener, n: &Listener) {
     field("greeting_delay", &o.greeting_delay, &n.greeting_delay);
     field("pregreet", &o.pregreet, &n.pregreet);
     field("screen_action", &o.screen_action, &n.screen_action);
+    let milters = |l: &Listener| l.milters.iter().map(|m| format!("{} ({})", m.name, m.address)).collect::<Vec<_>>();
+    field("milters", &milters(o), &milters(n));
     for (i, r) in n.rules.rules.iter().enumerate() {
         match o.rules.rules.iter().position(|x| x.name == r.name) {
             None => out.push(format!("{key} rule {} ({:?}) added", i + 1, r.name)),

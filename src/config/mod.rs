@@ -458,6 +458,9 @@ impl Validator {
                 false,
             ),
         };
+        for m in &milters_unused(&raw) {
+            self.warnings.push(format!("milter {m:?} is used by no listener (a listener's milters = [...])"));
+        }
         let dns_lists = self.dns_lists(&raw.screen);
         let actions = [
             ("reject", ScreenAction::Reject),
@@ -1089,6 +1092,15 @@ impl Validator {
         }
         out
     }
+}
+
+/// `[[milter]]` names no listener lists.
+fn milters_unused(raw: &raw::RawConfig) -> Vec<String> {
+    raw.milter
+        .iter()
+        .filter(|m| !raw.listener.iter().any(|l| l.milters.contains(&m.name)))
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -335,3 +335,52 @@ redis = "redis://10.0.0.9:6379/2"
     let no_resolver = text.replace("nameservers = [\"127.0.0.1\", \"[::1]:5353\"]", "");
     assert!(parse(&no_resolver).unwrap_err().to_string().contains("screen.nameservers"));
 }
+
+#[test]
+fn milter_keys_load_and_bad_ones_are_named() {
+    let text = r#"
+[[listener]]
+name = "mx"
+bind = "127.0.0.1:25"
+milters = ["clamav", "dkim"]
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "127.0.0.1:10025"
+identity = "xclient"
+[limits]
+held_in_memory = "2MB"
+[[milter]]
+name = "clamav"
+address = "inet:127.0.0.1:7357"
+default_action = "accept"
+skip = ["helo"]
+[[milter]]
+name = "dkim"
+address = "unix:/run/opendkim/opendkim.sock"
+message_timeout = "60s"
+[[milter]]
+name = "spare"
+address = "inet:7358@localhost"
+"#;
+    let loaded = parse(text).unwrap();
+    let l = &loaded.config.listeners[0];
+    let names: Vec<&str> = l.milters.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["clamav", "dkim"]);
+    assert_eq!(l.milters[0].default_action, DefaultAction::Accept);
+    assert_eq!(l.milters[0].skip, Step::Helo.flag());
+    assert_eq!(l.milters[1].default_action, DefaultAction::Tempfail);
+    assert_eq!((l.milters[1].command_timeout, l.milters[1].message_timeout), (Duration::from_secs(30), Duration::from_secs(60)));
+    assert_eq!(loaded.config.limits.held_in_memory, 2_000_000);
+    assert!(loaded.warnings.iter().any(|w| w.contains("\"spare\"")), "{:?}", loaded.warnings);
+
+    let bad = text
+        .replace("inet:127.0.0.1:7357", "127.0.0.1:7357")
+        .replace("default_action = \"accept\"", "default_action = \"quarantine\"")
+        .replace("skip = [\"helo\"]", "skip = [\"hello\"]")
+        .replace("milters = [\"clamav\", \"dkim\"]", "milters = [\"clamav\", \"dkim\", \"nope\"]");
+    let err = parse(&bad).unwrap_err().to_string();
+    for key in ["milter[0].address", "milter[0].default_action", "milter[0].skip[0]", "listener[0].milters[2]"] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+}
