@@ -352,6 +352,8 @@ fn a_filter_down_or_hanging_gets_its_default_action_and_no_partial_message() {
     let proxy = Proxy::start(&config(sink, &[("down", closed.clone(), "")], ""));
     let mut c = Smtp::hello("127.0.0.79", proxy.addr("mx"));
     c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
+    // And every later message of the session: none passes while its filter is down.
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
     // Unreachable, reject.
     let proxy = Proxy::start(&config(sink, &[("down", closed.clone(), "default_action = \"reject\"")], ""));
     let mut c = Smtp::hello("127.0.0.79", proxy.addr("mx"));
@@ -386,6 +388,7 @@ fn a_filter_down_or_hanging_gets_its_default_action_and_no_partial_message() {
     let (hang, _h) = hanging_milter(b'M');
     let proxy = Proxy::start(&config(sink, &[("slow", format!("inet:{hang}"), "command_timeout = \"1s\"")], ""));
     let mut c = Smtp::hello("127.0.0.79", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
     c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
 }
 

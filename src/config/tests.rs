@@ -370,7 +370,10 @@ address = "inet:7358@localhost"
     assert_eq!(l.milters[0].default_action, DefaultAction::Accept);
     assert_eq!(l.milters[0].skip, Step::Helo.flag());
     assert_eq!(l.milters[1].default_action, DefaultAction::Tempfail);
-    assert_eq!((l.milters[1].command_timeout, l.milters[1].message_timeout), (Duration::from_secs(30), Duration::from_secs(60)));
+    assert_eq!(
+        (l.milters[1].command_timeout, l.milters[1].message_timeout),
+        (Duration::from_secs(30), Duration::from_secs(60))
+    );
     assert_eq!(loaded.config.limits.held_in_memory, 2_000_000);
     assert!(loaded.warnings.iter().any(|w| w.contains("\"spare\"")), "{:?}", loaded.warnings);
 

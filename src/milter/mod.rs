@@ -112,6 +112,9 @@ struct Slot {
     filter: Option<Filter>,
     /// Accepted the session (at connect or HELO), or dropped after a failure: not asked again.
     done: bool,
+    /// Failed: every later message of the session gets its default action (unless
+    /// that is "accept"), as Postfix does; no message passes a filter that is down.
+    failed: bool,
     /// Accepted this message: not asked again until the next.
     message_done: bool,
 }
@@ -137,7 +140,7 @@ impl Filters {
         Filters {
             slots: configs
                 .iter()
-                .map(|c| Slot { config: c.clone(), filter: None, done: false, message_done: false })
+                .map(|c| Slot { config: c.clone(), filter: None, done: false, failed: false, message_done: false })
                 .collect(),
             connected: false,
             discard_all: false,
@@ -169,6 +172,9 @@ impl Filters {
             if verdict != Verdict::Continue {
                 return verdict;
             }
+        }
+        if let Some(slot) = self.slots.iter().find(|s| s.failed && s.config.default_action != DefaultAction::Accept) {
+            return default_verdict(slot.config.default_action);
         }
         let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
         let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
@@ -388,12 +394,17 @@ fn settle(slot: &mut Slot, step: Step, response: Response) -> Verdict {
 fn failed(slot: &mut Slot, step: &'static str, error: &MilterError) -> Verdict {
     slot.filter = None;
     slot.done = true;
+    slot.failed = true;
     let action = slot.config.default_action;
     tracing::warn!(
         milter = %slot.config.name, address = %slot.config.address, step, %error, default_action = ?action,
         "content filter failed; its default action applies"
     );
     metrics::milter_error(&slot.config.name, error.kind());
+    default_verdict(action)
+}
+
+fn default_verdict(action: DefaultAction) -> Verdict {
     match action {
         DefaultAction::Tempfail => Verdict::Refuse(TEMPFAILED.into()),
         DefaultAction::Reject => Verdict::Refuse(REJECTED.into()),
