@@ -59,11 +59,12 @@ impl Drop for Sink {
     }
 }
 
+/// (Without connection reuse: some tests read what Postfix logs when a connection ends.)
 fn proxy_to(backend: std::net::SocketAddr, local_domains: &str) -> Proxy {
     init_logs();
     Proxy::start(&format!(
         "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [{local_domains}]\n\
-         [[backend]]\naddress = \"{backend}\"\nidentity = \"xforward\"\ncheck_interval = \"200ms\"\n"
+         [[backend]]\naddress = \"{backend}\"\nidentity = \"xforward\"\ncheck_interval = \"200ms\"\nreuse = false\n"
     ))
 }
 

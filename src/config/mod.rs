@@ -253,6 +253,17 @@ pub struct Backend {
     pub health: Arc<BackendHealth>,
     /// The extensions it offered last; carried over like `health`.
     pub capabilities: Arc<Learned>,
+    /// Greeted connections kept between sessions; none when off.
+    pub reuse: Option<Reuse>,
+}
+
+/// Backend connection reuse (`reuse = true` on a `[[backend]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// How long a kept connection waits for its next session before it is closed.
+    pub idle: Duration,
+    /// Messages one connection carries before it is closed.
+    pub max_messages: u32,
 }
 
 /// The slowest a message body may arrive, against byte trickling. Checked once the
@@ -850,9 +861,24 @@ impl Validator {
                 self.error(format!("{key}.{name}"), "must be at least 1");
             }
         }
+        let identity = identity?;
+        let reuse_wanted = raw.reuse.unwrap_or(identity == Identity::Xforward);
+        if reuse_wanted && !matches!(identity, Identity::Xforward | Identity::None) {
+            self.error(
+                format!("{key}.reuse"),
+                format!(
+                    "identity {:?} binds a backend connection to one client: its connections cannot be reused",
+                    identity.name()
+                ),
+            );
+        }
+        let reuse = reuse_wanted.then(|| Reuse {
+            idle: self.duration(&format!("{key}.reuse_idle"), raw.reuse_idle.as_deref(), Duration::from_secs(5), false),
+            max_messages: raw.reuse_max_messages.unwrap_or(100).max(1),
+        });
         Some(Backend {
             address: raw.address.clone(),
-            identity: identity?,
+            identity,
             connect_timeout,
             reply_timeout,
             data_timeout,
@@ -866,6 +892,7 @@ impl Validator {
             check,
             health: Arc::new(BackendHealth::default()),
             capabilities: Arc::new(Learned::default()),
+            reuse,
         })
         .filter(|_| address_ok)
     }

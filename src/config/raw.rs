@@ -241,6 +241,13 @@ pub struct RawBackend {
     pub check_timeout: Option<String>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    /// Keep greeted connections between sessions (identities that do not bind a
+    /// connection to one client); absent: on for xforward.
+    pub reuse: Option<bool>,
+    /// How long a kept connection may wait for its next session.
+    pub reuse_idle: Option<String>,
+    /// Messages one kept connection carries at most before it is closed.
+    pub reuse_max_messages: Option<u32>,
 }
 
 fn xclient() -> String {

@@ -27,6 +27,9 @@ pub struct DnsLists {
     pub timeout: Duration,
 }
 
+/// The least time a "not listed" answer is kept.
+const NEGATIVE_MIN_TTL: Duration = Duration::from_secs(60);
+
 /// Answers cached by one worker, at most.
 const CACHE_ENTRIES: u64 = 20_000;
 
@@ -61,6 +64,9 @@ fn resolver(lists: &DnsLists) -> Option<TokioResolver> {
         opts.timeout = lists.timeout / 2;
         opts.attempts = 1;
         opts.cache_size = CACHE_ENTRIES;
+        // "Not listed" without a TTL of its own (no SOA in the answer) is still kept a
+        // minute, as postscreen's dnsbl_min_ttl does; listings keep their own TTLs.
+        opts.negative_min_ttl = Some(NEGATIVE_MIN_TTL);
         opts.use_hosts_file = ResolveHosts::Never;
         let built = TokioResolver::builder_with_config(
             ResolverConfig::from_parts(None, vec![], servers),

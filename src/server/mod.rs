@@ -7,6 +7,7 @@ pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod log_limit;
+pub(crate) mod pool;
 pub(crate) mod proxy_header;
 pub(crate) mod reload;
 pub(crate) mod session;

@@ -374,10 +374,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // A backend connection is closed with QUIT after a clean end; otherwise it is
         // dropped: the backend sees the connection close, never a final dot.
         if let Some(upstream) = self.upstream.take()
-            && outcome == Outcome::Quit
+            && matches!(outcome, Outcome::Quit | Outcome::ClientClosed)
             && self.phase.transaction().is_none()
         {
-            Box::pin(upstream.quit()).await;
+            Box::pin(self.give_back(upstream)).await;
         }
         if let Some(filters) = self.filters.take() {
             Box::pin(filters.quit()).await;

@@ -123,6 +123,10 @@ pub struct Upstream {
     /// for a health check).
     _slot: Option<OwnedSemaphorePermit>,
     reply_timer: metrics::Histogram,
+    /// Transactions begun on this connection (MAIL sent), over every session it served.
+    pub messages: u32,
+    /// A transaction is open at the backend (MAIL sent, its end not yet answered).
+    in_transaction: bool,
 }
 
 impl Upstream {
@@ -229,8 +233,10 @@ impl Upstream {
         // Identities that carry the client's HELO themselves greet with our name; with
         // the others the backend sees the client's own (checked) EHLO name, as it would
         // without a proxy, in its HELO checks, logs and Received: lines.
+        // A connection kept for other sessions greets with our name too: it is nobody's.
         let name = match backend.identity {
             Identity::Xclient | Identity::Xforward => Name::Ours(hostname),
+            Identity::None if backend.reuse.is_some() => Name::Ours(hostname),
             _ => Name::Clients(&facts.helo),
         };
         let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
@@ -275,6 +281,8 @@ impl Upstream {
             owed: VecDeque::from([Asked::Greeting]),
             _slot: slot,
             reply_timer: admin_metrics::backend_reply_timer(&backend.address),
+            messages: 0,
+            in_transaction: false,
         };
         if let Some(header) = header(backend.identity) {
             up.write(&header).await?;
@@ -411,6 +419,8 @@ impl Upstream {
     /// reply to MAIL. A refused XFORWARD is an error; the caller then drops this
     /// connection, which also ends a MAIL the backend may have accepted.
     pub async fn mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
+        self.messages += 1;
+        self.in_transaction = true;
         if self.identity != Identity::Xforward {
             return self.command(mail_line, Asked::Mail).await;
         }
@@ -489,6 +499,22 @@ impl Upstream {
         self.read_reply().await
     }
 
+    /// Whether this connection may serve another session: nothing owed, nothing
+    /// unasked from the backend (a 421 it sent while idle, or its close), the same
+    /// identity as `backend` has now.
+    pub fn reusable_for(&mut self, backend: &Backend) -> bool {
+        self.identity == backend.identity && self.owed.is_empty() && self.ensure_quiet().is_ok()
+    }
+
+    /// Ends an open transaction (RSET), so the next session starts clean; false when
+    /// the backend did not agree (the connection is then not kept).
+    pub async fn reset_for_reuse(&mut self) -> bool {
+        if !self.in_transaction {
+            return true;
+        }
+        matches!(self.command(b"RSET\r\n", Asked::Rset).await, Ok(r) if r.is_positive())
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         timeout(self.reply_timeout, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
@@ -536,6 +562,10 @@ impl Upstream {
         };
         let reply = timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)??;
         admin_metrics::record_reply(&self.reply_timer, started.elapsed());
+        if matches!(asked, Asked::EndOfData | Asked::BdatLast | Asked::Rset) {
+            // The transaction is over, whatever the reply (RFC 5321 4.1.1.4, 4.1.1.5).
+            self.in_transaction = false;
+        }
         if !asked.allows(reply.code) {
             return Err(self.out_of_step(format!("answered {} with {:?}", asked.name(), reply.first_line())));
         }
@@ -553,6 +583,17 @@ impl Upstream {
     pub async fn quit(mut self) {
         let _ = self.write(b"QUIT\r\n").await;
     }
+}
+
+/// The backend a new connection would be tried on first: the first that is not in
+/// `skip`, may take failed-over sessions, and is up (or any, when none is up).
+pub fn first_choice<'a>(backends: &'a [Backend], skip: &[String]) -> Option<&'a Backend> {
+    let any_up = backends.iter().any(|b| b.health.is_up());
+    backends
+        .iter()
+        .enumerate()
+        .find(|(i, b)| !skip.contains(&b.address) && usable(backends, *i) && (!any_up || b.health.is_up()))
+        .map(|(_, b)| b)
 }
 
 /// Whether backend `i` may take sessions that failed over to it: it must tell the

@@ -1,10 +1,12 @@
-//! The session's backend connection: opened with the client's facts, given back while
-//! the client idles without a recipient, dropped when the backend fails.
+//! The session's backend connection: taken from the kept ones ([`pool`]) or opened
+//! with the client's facts, given back while the client idles without a recipient and
+//! at the session's end, dropped when the backend fails.
 
 use super::{Session, Step};
 use crate::admin::metrics;
 use crate::identity::ClientFacts;
-use crate::server::upstream::{Upstream, UpstreamError};
+use crate::server::pool;
+use crate::server::upstream::{self, Upstream, UpstreamError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -25,6 +27,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// `skip`; failures are logged here.
     pub(super) async fn connect_upstream(&mut self, skip: &[String]) -> Result<(), UpstreamError> {
         if self.upstream.is_some() {
+            return Ok(());
+        }
+        if let Some(backend) = upstream::first_choice(&self.config.backends, skip)
+            && let Some(up) = pool::take(backend)
+        {
+            tracing::debug!(peer = %self.peer, backend = %up.address, "kept backend connection reused");
+            self.upstream = Some(up);
             return Ok(());
         }
         let facts = self.facts();
@@ -93,6 +102,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(tx) = self.phase.transaction_mut() {
             tx.released = true;
         }
-        up.quit().await;
+        self.give_back(up).await;
+    }
+
+    /// The backend connection is done with this session: kept for another one when its
+    /// backend reuses connections and no login at the backend is bound to it, else QUIT.
+    pub(super) async fn give_back(&mut self, up: Upstream) {
+        let backend = self.config.backends.iter().find(|b| b.address == up.address);
+        if self.logged_in_at_backend() {
+            return up.quit().await;
+        }
+        pool::give_back(up, backend).await;
     }
 }

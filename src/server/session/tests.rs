@@ -69,6 +69,7 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
             "EHLO" => format!("250-fake\r\n{caps}"),
             "XCLIENT" => "220 fake ESMTP again\r\n".into(),
             "QUIT" => "221 2.0.0 Bye\r\n".into(),
+            "MAIL" if text.contains("<refused@") => "550 5.1.8 Sender refused\r\n".into(),
             "BDAT" => {
                 // BDAT <size> [LAST]: exactly that many bytes follow.
                 let size: usize = text.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -118,8 +119,15 @@ fn config(backends: &[(SocketAddr, &str)], extra: &str) -> Arc<Config> {
     );
     text.push_str(extra);
     for (addr, identity) in backends {
+        // Connection reuse has tests of its own ("xforward+reuse"); elsewhere each
+        // session's backend connection ends with it, as the tests expect.
+        let (identity, reuse) = match identity.strip_suffix("+reuse") {
+            Some(identity) => (identity, true),
+            None => (*identity, false),
+        };
+        let reuse = if matches!(identity, "xforward" | "none") { format!("reuse = {reuse}\n") } else { String::new() };
         text.push_str(&format!(
-            "[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"2s\"\n"
+            "[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nconnect_timeout = \"2s\"\n{reuse}"
         ));
     }
     Arc::new(crate::config::parse(&text).unwrap().config)
@@ -301,6 +309,56 @@ async fn xforward_is_sent_before_every_mail() {
             "EOF"
         ]
     );
+}
+
+/// Two clients in turn: the second session takes the first one's backend connection
+/// (no new greeting or EHLO), and each transaction carries its own client.
+#[tokio::test]
+async fn a_kept_connection_serves_the_next_session_with_its_own_client() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xforward+reuse")], "");
+    for peer in ["203.0.113.9:40000", "198.51.100.20:40001"] {
+        let mut c = Client::greeted(cfg.clone(), peer).await;
+        c.cmd("MAIL FROM:<s@example.org>", "250").await;
+        c.cmd("RCPT TO:<u@example.com>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send("Subject: x\r\n\r\nbody\r\n.\r\n").await;
+        assert!(c.reply().await.starts_with("250"));
+        c.cmd("QUIT", "221").await;
+        // The connection goes back to the pool once the session has ended.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = backend.lines();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("EHLO")).count(), 1, "{lines:?}");
+    let addrs: Vec<&String> = lines.iter().filter(|l| l.starts_with("XFORWARD")).collect();
+    assert_eq!(addrs.len(), 2, "{lines:?}");
+    assert!(addrs[0].contains("ADDR=203.0.113.9") && addrs[1].contains("ADDR=198.51.100.20"), "{addrs:?}");
+    assert!(!lines.iter().any(|l| l == "QUIT" || l == "RSET"), "a finished transaction needs no RSET: {lines:?}");
+}
+
+/// A session that leaves a transaction the backend accepted gives the connection back
+/// only after RSET; a session that ends without QUIT mid-transaction does not give it
+/// back at all.
+#[tokio::test]
+async fn a_kept_connection_is_reset_or_not_kept() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xforward+reuse")], "");
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("MAIL FROM:<refused@example.org>", "550").await;
+    c.cmd("QUIT", "221").await;
+    backend.wait_for("RSET").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = backend.lines().iter().filter(|l| *l == "RSET").count();
+    assert_eq!(before, 2, "the client's RSET, then ours after the refused MAIL: {:?}", backend.lines());
+
+    let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<u@example.com>", "250").await;
+    drop(c);
+    backend.wait_for("EOF").await;
+    assert_eq!(backend.lines().iter().filter(|l| l.starts_with("EHLO")).count(), 1, "{:?}", backend.lines());
 }
 
 #[tokio::test]

@@ -1,0 +1,67 @@
+//! Backend connection reuse against a real Postfix (XFORWARD): two clients in turn are
+//! served over one kept connection, and Postfix logs each message with its own client,
+//! nothing carried over from the first; a connection is closed after reuse_max_messages.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+fn proxy(pf: &Postfix, extra: &str) -> Proxy {
+    init_logs();
+    Proxy::start(&format!(
+        r#"
+[server]
+workers = 1                      # one worker: one pool, so the second session finds the connection
+[[listener]]
+name = "mx"
+bind = "127.0.0.1:0"
+[relay]
+local_domains = ["example.com"]
+[[backend]]
+address = "{}"
+identity = "xforward"
+check_interval = "0s"
+{extra}
+"#,
+        pf.plain
+    ))
+}
+
+#[test]
+fn two_clients_in_turn_over_one_kept_connection() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    let pf = Postfix::shared();
+    let proxy = proxy(pf, "reuse = true\nreuse_max_messages = 2");
+    let mut ids = Vec::new();
+    for (i, client) in ["127.0.0.61", "127.0.0.62", "127.0.0.63"].iter().enumerate() {
+        let mark = marker(&format!("reuse-{i}"));
+        let mut c = Smtp::hello(client, proxy.addr("mx"));
+        let reply = c.message("s@example.org", &["u@example.com"], &format!("Subject: {mark}\r\n\r\nhi\r\n"));
+        assert!(reply.starts_with("250"), "{reply}");
+        c.cmd("QUIT", "221");
+        ids.push(pf.delivered(&mark).queue_id);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (id, client) in ids.iter().zip(["127.0.0.61", "127.0.0.62", "127.0.0.63"]) {
+        assert_eq!(
+            pf.client_line(id),
+            format!("localhost[127.0.0.1], orig_client=unknown[{client}]"),
+            "each message with its own client"
+        );
+    }
+    // Postfix counts each connection's commands when it ends: two messages on the first
+    // (then QUIT: reuse_max_messages = 2), the third on a new one, closed with QUIT
+    // by the pool once it waited reuse_idle (5 s) for another session.
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            let log = pf.log();
+            log.contains(" ehlo=1 xforward=2 mail=2 rcpt=2 data=2 quit=1 commands=10")
+                && log.contains(" ehlo=1 xforward=1 mail=1 rcpt=1 data=1 quit=1 commands=6")
+        },
+        "Postfix to log both connections' ends",
+    );
+}
