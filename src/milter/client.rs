@@ -5,6 +5,7 @@
 use super::protocol::{self, ALL_ACTIONS, Command, Modification, OFFERED_PROTOCOL, Response, Step};
 use super::{Address, MilterConfig};
 use bytes::{Buf, BytesMut};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -49,6 +50,8 @@ impl MilterError {
 pub struct Filter {
     pub config: Arc<MilterConfig>,
     stream: Box<dyn Io>,
+    /// The TCP socket, to ask for immediate ACKs (see [`quick_ack`]).
+    tcp_fd: Option<RawFd>,
     /// The protocol options in force: what the filter asked us to skip or not expect
     /// answers to, plus the steps the config skips.
     protocol: u32,
@@ -61,30 +64,34 @@ pub struct Filter {
 impl Filter {
     pub async fn open(config: Arc<MilterConfig>) -> Result<Filter, MilterError> {
         let limit = config.connect_timeout;
-        let stream: Box<dyn Io> = match &config.address {
+        let (stream, tcp_fd): (Box<dyn Io>, _) = match &config.address {
             Address::Inet(host, port) => {
                 let s = timeout(limit, tokio::net::TcpStream::connect((host.as_str(), *port)))
                     .await
                     .map_err(|_| MilterError::ConnectTimeout(limit))?
                     .map_err(MilterError::Connect)?;
                 let _ = s.set_nodelay(true);
-                Box::new(s)
+                let fd = s.as_raw_fd();
+                (Box::new(s), Some(fd))
             }
-            Address::Unix(path) => Box::new(
-                timeout(limit, tokio::net::UnixStream::connect(path))
+            Address::Unix(path) => {
+                let s = timeout(limit, tokio::net::UnixStream::connect(path))
                     .await
                     .map_err(|_| MilterError::ConnectTimeout(limit))?
-                    .map_err(MilterError::Connect)?,
-            ),
+                    .map_err(MilterError::Connect)?;
+                (Box::new(s), None)
+            }
         };
         let mut filter = Filter {
             config,
             stream,
+            tcp_fd,
             protocol: 0,
             actions: 0,
             inbuf: BytesMut::new(),
             out: BytesMut::with_capacity(256),
         };
+        filter.quick_ack();
         filter.send(&Command::Negotiate { actions: ALL_ACTIONS, protocol: OFFERED_PROTOCOL }).await?;
         match filter.response("negotiation", filter.config.command_timeout).await? {
             Response::Negotiated { version, actions, protocol } => {
@@ -143,6 +150,30 @@ impl Filter {
             self.inbuf.reserve(4096);
             if self.stream.read_buf(&mut self.inbuf).await? == 0 {
                 return Err(MilterError::Closed);
+            }
+            self.quick_ack();
+        }
+    }
+
+    /// libmilter writes each reply packet on its own with Nagle's algorithm on, so a
+    /// filter's second packet (a header it adds, then "accept") waits for our ACK of
+    /// the first, which Linux delays by up to 40 ms: measured, 44 ms per filter per
+    /// message. Asking for immediate ACKs (again after every read: the kernel drops the
+    /// flag) removes the stall.
+    fn quick_ack(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = self.tcp_fd {
+            let on: libc::c_int = 1;
+            // SAFETY: `fd` is the open socket `self.stream` owns; the option value is a
+            // c_int of the size given.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
             }
         }
     }
