@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 const MAX_KEPT: usize = 32;
 
 struct Kept {
-    upstream: Upstream,
+    upstream: Box<Upstream>,
     since: Instant,
 }
 
@@ -32,7 +32,7 @@ thread_local! {
 }
 
 /// A kept connection to `backend` that can serve a new session, if there is one.
-pub fn take(backend: &Backend) -> Option<Upstream> {
+pub fn take(backend: &Backend) -> Option<Box<Upstream>> {
     let reuse = backend.reuse?;
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -49,11 +49,11 @@ pub fn take(backend: &Backend) -> Option<Upstream> {
 
 /// Keeps `upstream` for another session when `backend` allows it and the connection
 /// is clean; otherwise closes it politely.
-pub async fn give_back(mut upstream: Upstream, backend: Option<&Backend>) {
-    let Some(reuse) = backend.and_then(|b| b.reuse) else { return upstream.quit().await };
+pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>) {
+    let Some(reuse) = backend.and_then(|b| b.reuse) else { return (*upstream).quit().await };
     let backend = backend.expect("reuse comes from it");
     if upstream.messages >= reuse.max_messages || !upstream.reset_for_reuse().await || !upstream.reusable_for(backend) {
-        return upstream.quit().await;
+        return (*upstream).quit().await;
     }
     let address = backend.address.clone();
     let mut evicted = expired(&address, reuse.idle);
@@ -66,7 +66,7 @@ pub async fn give_back(mut upstream: Upstream, backend: Option<&Backend>) {
         kept.push(Kept { upstream, since: Instant::now() });
     });
     for old in evicted {
-        old.quit().await;
+        (*old).quit().await;
     }
     if SWEEPING.with(|s| s.borrow_mut().insert(address.clone())) {
         // Without traffic nobody would look: a task on this worker closes connections
@@ -79,7 +79,7 @@ async fn sweep(address: String, idle: Duration) {
     loop {
         tokio::time::sleep(idle / 2).await;
         for old in expired(&address, idle) {
-            old.quit().await;
+            (*old).quit().await;
         }
         let empty = POOL.with(|pool| pool.borrow().get(&address).is_none_or(Vec::is_empty));
         if empty {
@@ -90,7 +90,7 @@ async fn sweep(address: String, idle: Duration) {
 }
 
 /// Takes out the connections to `address` that waited longer than `idle`.
-fn expired(address: &str, idle: Duration) -> Vec<Upstream> {
+fn expired(address: &str, idle: Duration) -> Vec<Box<Upstream>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let Some(kept) = pool.get_mut(address) else { return Vec::new() };

@@ -270,7 +270,7 @@ pub struct Session<S> {
     filters: Option<Box<crate::milter::Filters>>,
     /// The SASL mechanism the client logged in with (for filters' `{auth_type}`).
     auth_mechanism: Option<&'static str>,
-    upstream: Option<Upstream>,
+    upstream: Option<Box<Upstream>>,
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
     stop: CancellationToken,

@@ -39,7 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let facts = self.facts();
         match Upstream::connect(&self.config.backends, &facts, &self.config.hostname, skip).await {
             Ok(up) => {
-                self.upstream = Some(up);
+                self.upstream = Some(Box::new(up));
                 Ok(())
             }
             Err(e) => {
@@ -107,10 +107,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The backend connection is done with this session: kept for another one when its
     /// backend reuses connections and no login at the backend is bound to it, else QUIT.
-    pub(super) async fn give_back(&mut self, up: Upstream) {
+    pub(super) async fn give_back(&mut self, up: Box<Upstream>) {
         let backend = self.config.backends.iter().find(|b| b.address == up.address);
         if self.logged_in_at_backend() {
-            return up.quit().await;
+            return (*up).quit().await;
         }
         pool::give_back(up, backend).await;
     }
