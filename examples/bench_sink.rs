@@ -67,8 +67,8 @@ async fn skip_proxy_header(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Res
     loop {
         match buf.first() {
             None => {}
-            Some(b'\r') => {
-                if buf.len() >= 16 {
+            Some(b'\r')
+                if buf.len() >= 16 => {
                     if !buf.starts_with(V2_SIGNATURE) {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad PROXY v2 signature"));
                     }
@@ -78,7 +78,6 @@ async fn skip_proxy_header(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Res
                         return Ok(true);
                     }
                 }
-            }
             Some(b'P') => {
                 if let Some(end) = memchr(b'\n', buf) {
                     buf.drain(..=end);

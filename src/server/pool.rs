@@ -90,6 +90,8 @@ async fn sweep(address: String, idle: Duration) {
 }
 
 /// Takes out the connections to `address` that waited longer than `idle`.
+// Boxed: a session holds its connection boxed, and so it moves between the two.
+#[allow(clippy::vec_box)]
 fn expired(address: &str, idle: Duration) -> Vec<Box<Upstream>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
