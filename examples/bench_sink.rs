@@ -67,17 +67,16 @@ async fn skip_proxy_header(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Res
     loop {
         match buf.first() {
             None => {}
-            Some(b'\r')
-                if buf.len() >= 16 => {
-                    if !buf.starts_with(V2_SIGNATURE) {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad PROXY v2 signature"));
-                    }
-                    let total = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
-                    if buf.len() >= total {
-                        buf.drain(..total);
-                        return Ok(true);
-                    }
+            Some(b'\r') if buf.len() >= 16 => {
+                if !buf.starts_with(V2_SIGNATURE) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad PROXY v2 signature"));
                 }
+                let total = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
+                if buf.len() >= total {
+                    buf.drain(..total);
+                    return Ok(true);
+                }
+            }
             Some(b'P') => {
                 if let Some(end) = memchr(b'\n', buf) {
                     buf.drain(..=end);

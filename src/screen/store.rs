@@ -28,36 +28,37 @@ use tokio::runtime::Handle;
 /// How long local limits stand in after the store failed, before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-/// GCRA on one key (see `rate.rs`): KEYS[1] the rate key; ARGV interval and burst in
-/// milliseconds. Returns 0 when allowed, else the milliseconds until it would be.
-const GCRA: &str = r"
+/// The GCRA step (see `rate.rs`) on the key in `key`, ARGV[1] the interval and
+/// ARGV[2] the burst in milliseconds: 0 when allowed, else the milliseconds until it
+/// would be.
+macro_rules! gcra_step {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local tat = tonumber(redis.call('GET', key) or now)
 if tat < now then tat = now end
 local nxt = tat + interval
 if nxt - burst > now then return nxt - burst - now end
-redis.call('SET', KEYS[1], nxt, 'PX', math.max(1, nxt - now))
+redis.call('SET', key, nxt, 'PX', math.max(1, nxt - now))
 return 0
-";
+"
+    };
+}
+
+/// GCRA on KEYS[1].
+const GCRA: &str = concat!("local key = KEYS[1]\n", gcra_step!());
 
 /// A new connection: the ban on KEYS[1] first (returns minus its remaining
 /// milliseconds), then the GCRA on KEYS[2] when ARGV[1] (interval) is not 0.
-const ADMIT: &str = r"
-local left = redis.call('PTTL', KEYS[1])
-if left > 0 then return -left end
-if tonumber(ARGV[1]) == 0 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[2]) or now)
-if tat < now then tat = now end
-local nxt = tat + interval
-if nxt - burst > now then return nxt - burst - now end
-redis.call('SET', KEYS[2], nxt, 'PX', math.max(1, nxt - now))
-return 0
-";
+const ADMIT: &str = concat!(
+    "local left = redis.call('PTTL', KEYS[1])\n",
+    "if left > 0 then return -left end\n",
+    "if tonumber(ARGV[1]) == 0 then return 0 end\n",
+    "local key = KEYS[2]\n",
+    gcra_step!()
+);
 
 /// One failure: KEYS[1] the failure count, KEYS[2] the ban; ARGV after, window ms,
 /// ban ms, reason. Returns 1 when this failure started a ban.

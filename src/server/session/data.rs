@@ -55,19 +55,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.upstream.is_some() && !self.listener.milters.is_empty() {
             return Box::pin(self.filtered_data()).await;
         }
+        if self.backend_data(true).await? {
+            self.body().await?;
+        }
+        Ok(())
+    }
+
+    /// DATA at the backend: true when it said 354 (relayed to the client when
+    /// `relay_354`); otherwise the client has the backend's refusal or ours.
+    pub(super) async fn backend_data(&mut self, relay_354: bool) -> Result<bool, Outcome> {
         let Some(up) = self.upstream.as_mut() else {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
-            return Ok(());
+            return Ok(false);
         };
         let reply = match up.command(b"DATA\r\n", Asked::Data).await {
             Ok(r) => r,
-            Err(e) => return self.upstream_failed(e, "DATA"),
+            Err(e) => return self.upstream_failed(e, "DATA").map(|()| false),
         };
         if !reply.is_intermediate() {
-            return self.relay_reply(&reply);
+            return self.relay_reply(&reply).map(|()| false);
         }
-        self.relay_reply(&reply)?;
-        self.body().await
+        if relay_354 {
+            self.relay_reply(&reply)?;
+        }
+        Ok(true)
     }
 
     /// Streams the body to the backend chunk by chunk, as received, up to CRLF.CRLF.
@@ -80,7 +91,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             metrics::message("failed");
             return self.upstream_failed(e, "message body");
         }
-        let up = self.upstream.as_mut().expect("DATA needs an upstream");
+        self.finish_message().await
+    }
+
+    /// The backend's reply to the end of data (whose dot has gone out), counted and
+    /// relayed to the client.
+    pub(super) async fn finish_message(&mut self) -> Step {
+        let up = self.upstream.as_mut().expect("a message needs an upstream");
         match up.end_of_data().await {
             Ok(reply) => {
                 self.count_message(&reply);

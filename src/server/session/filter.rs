@@ -264,17 +264,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// DATA at the backend, then the held message with the filters' changes.
     async fn deliver_held(&mut self, held: &Held, edits: &Edits) -> Step {
-        let Some(up) = self.upstream.as_mut() else {
-            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+        if !self.backend_data(false).await? {
             return Ok(());
-        };
-        let reply = match up.command(b"DATA\r\n", Asked::Data).await {
-            Ok(r) => r,
-            Err(e) => return self.upstream_failed(e, "DATA"),
-        };
-        if !reply.is_intermediate() {
-            return self.relay_reply(&reply);
         }
+        let up = self.upstream.as_mut().expect("the backend said 354");
         let mut buf = vec![0u8; 64 * 1024];
         for part in held.render(edits) {
             let sent = match part {
@@ -303,16 +296,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.upstream_failed(e, "message body");
             }
         }
-        match up.end_of_data().await {
-            Ok(reply) => {
-                self.count_message(&reply);
-                self.relay_reply(&reply)
-            }
-            Err(e) => {
-                metrics::message("failed");
-                self.upstream_failed(e, "end of data")
-            }
-        }
+        self.finish_message().await
     }
 
     /// The transaction ended before its end of data: the filters forget it.
