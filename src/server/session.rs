@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 /// Read size while receiving a message body.
 const DATA_CHUNK: usize = 16 * 1024;
 /// Read size between commands; small, because idle sessions hold it.
-const COMMAND_CHUNK: usize = 512;
+const COMMAND_CHUNK: usize = 256;
 
 /// How a session ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

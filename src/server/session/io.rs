@@ -85,10 +85,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.stats.bytes_out += self.out.len() as u64;
         let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
-        self.out.clear();
-        if self.out.capacity() > 4096 {
-            self.out = Vec::new();
-        }
+        // Given back, not kept: a session spends most of its life waiting, and its
+        // memory then is what 10,000 idle sessions cost (a reply batch is one small
+        // allocation).
+        self.out = Vec::new();
         match written {
             Ok(Ok(())) => Ok(()),
             _ => Err(Outcome::WriteFailed),
