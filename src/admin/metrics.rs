@@ -86,7 +86,11 @@ fn describe() {
     );
     describe_gauge!(BACKEND_UP, "1 when the backend's health checks pass, 0 when it is considered down");
     describe_counter!(BACKEND_CHECKS, "Backend health checks by backend and result");
-    describe_histogram!(BACKEND_REPLY_SECONDS, Unit::Seconds, "Time from a command to the backend's reply, by backend");
+    describe_histogram!(
+        BACKEND_REPLY_SECONDS,
+        Unit::Seconds,
+        "Time from the end of a message's data to the backend's reply (its verdict on the message), by backend"
+    );
     describe_counter!(RELOADS, "Configuration reloads by result (ok, failed)");
     describe_counter!(LIMIT_REFUSALS, "Refusals by the limit that was reached");
     describe_counter!(TLS_HANDSHAKES, "Client TLS handshakes by listener and result");

@@ -97,20 +97,22 @@ pub fn addr_value(ip: IpAddr) -> String {
 /// for a line of its own is sent as `[UNAVAILABLE]`.
 pub fn pack_commands(verb: &str, attrs: &[(&str, String)]) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
-    let mut current = String::new();
+    let mut current = String::with_capacity(128);
     for (name, value) in attrs {
-        let mut attr = format!("{name}={value}");
-        if verb.len() + 1 + attr.len() + 2 > MAX_COMMAND {
-            attr = format!("{name}=[UNAVAILABLE]");
-        }
-        if !current.is_empty() && current.len() + 1 + attr.len() + 2 > MAX_COMMAND {
+        // One attribute too long for a line of its own is sent as unavailable.
+        let value =
+            if verb.len() + 1 + name.len() + 1 + value.len() + 2 > MAX_COMMAND { "[UNAVAILABLE]" } else { value };
+        let attr_len = name.len() + 1 + value.len();
+        if !current.is_empty() && current.len() + 1 + attr_len + 2 > MAX_COMMAND {
             lines.push(std::mem::take(&mut current) + "\r\n");
         }
         if current.is_empty() {
             current.push_str(verb);
         }
         current.push(' ');
-        current.push_str(&attr);
+        current.push_str(name);
+        current.push('=');
+        current.push_str(value);
     }
     if !current.is_empty() {
         lines.push(current + "\r\n");
