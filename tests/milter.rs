@@ -542,3 +542,69 @@ fn a_filters_discard_and_tempfail_at_data_reach_no_backend() {
     c.cmd("QUIT", "221");
     assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A filter cannot end the message early or send commands to the backend through what
+/// it changes, nor answer out of turn: each such filter counts as failed (its default
+/// action, tempfail, applies) and the backend gets no message.
+#[test]
+fn a_filter_cannot_smuggle_through_its_changes_or_answer_out_of_turn() {
+    init_logs();
+    let (sink, delivered, lines) = recording_sink();
+    type Answer = Box<dyn Fn(u8, &[u8]) -> Option<Vec<Vec<u8>>> + Send>;
+    let cases: Vec<(&str, Answer)> = vec![
+        (
+            "a header value that ends the message",
+            Box::new(|code, _| {
+                Some(if code == b'E' {
+                    vec![packet(b'h', &[b"X-Evil\0x\n.\nRSET\nMAIL FROM:<a@b>\0"]), b"a".to_vec()]
+                } else {
+                    vec![b"c".to_vec()]
+                })
+            }),
+        ),
+        (
+            "a recipient that carries a command",
+            Box::new(|code, _| {
+                Some(if code == b'E' {
+                    vec![packet(b'+', &[b"<x@example.com>\r\nRSET\0"]), b"a".to_vec()]
+                } else {
+                    vec![b"c".to_vec()]
+                })
+            }),
+        ),
+        (
+            "two answers to MAIL",
+            Box::new(|code, _| {
+                Some(if code == b'M' { vec![b"c".to_vec(), b"c".to_vec()] } else { vec![b"c".to_vec()] })
+            }),
+        ),
+    ];
+    for (what, answer) in cases {
+        let (filter, _h) = scripted_milter(answer);
+        let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{filter}"), "")], ""));
+        let mut c = Smtp::hello("127.0.0.83", proxy.addr("mx"));
+        let replies = c.try_message(&message("s@example.org", "smuggle", "body"));
+        let last = replies.last().unwrap();
+        assert!(last.starts_with("451 4.7.1"), "{what}: {replies:?}");
+        c.cmd("QUIT", "221");
+    }
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let seen = lines.lock().unwrap().clone();
+    assert!(!seen.iter().any(|l| l == "DATA" || l.contains("RSET") && !l.starts_with("RSET") || l == "."), "{seen:?}");
+}
+
+/// A filter that fails at RCPT keeps failing the transaction: later recipients and
+/// the message do not pass it unfiltered.
+#[test]
+fn a_filter_failing_at_rcpt_fails_the_rest_of_the_transaction() {
+    init_logs();
+    let (sink, delivered) = counting_sink();
+    let (hang, _h) = hanging_milter(b'R');
+    let proxy = Proxy::start(&config(sink, &[("slow", format!("inet:{hang}"), "command_timeout = \"1s\"")], ""));
+    let mut c = Smtp::hello("127.0.0.84", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<a@example.com>", "451 4.7.1");
+    c.cmd("RCPT TO:<b@example.com>", "451 4.7.1");
+    c.cmd("DATA", "503");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

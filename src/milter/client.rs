@@ -6,11 +6,16 @@ use super::protocol::{self, ALL_ACTIONS, Command, Modification, OFFERED_PROTOCOL
 use super::{Address, MilterConfig};
 use bytes::{Buf, BytesMut};
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+
+/// How many times its timeout a step may take when the filter keeps sending "progress".
+const PROGRESS_LIMIT: u32 = 10;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -33,6 +38,10 @@ pub enum MilterError {
     Unexpected(&'static str, Response),
     #[error("the filter speaks milter protocol version {0}; 2 to 6 are understood")]
     Version(u32),
+    #[error("the filter sent a packet nobody asked for")]
+    Unasked,
+    #[error("the filter's changes exceed {0} bytes")]
+    TooMuch(u64),
 }
 
 impl MilterError {
@@ -42,7 +51,11 @@ impl MilterError {
             MilterError::Connect(_) | MilterError::ConnectTimeout(_) => "unreachable",
             MilterError::Timeout(..) => "timeout",
             MilterError::Io(_) | MilterError::Closed => "closed",
-            MilterError::Protocol(_) | MilterError::Unexpected(..) | MilterError::Version(_) => "protocol",
+            MilterError::Protocol(_)
+            | MilterError::Unexpected(..)
+            | MilterError::Version(_)
+            | MilterError::Unasked
+            | MilterError::TooMuch(_) => "protocol",
         }
     }
 }
@@ -119,6 +132,7 @@ impl Filter {
     }
 
     async fn send(&mut self, command: &Command<'_>) -> Result<(), MilterError> {
+        self.ensure_quiet()?;
         self.out.clear();
         command.encode(&mut self.out);
         let limit = self.config.command_timeout;
@@ -128,10 +142,31 @@ impl Filter {
         Ok(())
     }
 
-    /// The next answer that is not "progress", each within `limit`.
+    /// Nothing may be waiting from the filter when we send: a packet it sent unasked (a
+    /// reply to a step it said it would not answer, a second reply) would otherwise be
+    /// read as the answer to the next step.
+    fn ensure_quiet(&mut self) -> Result<(), MilterError> {
+        if self.inbuf.is_empty() {
+            self.inbuf.reserve(64);
+            let mut cx = Context::from_waker(Waker::noop());
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.inbuf) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) => return Err(MilterError::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Err(e.into()),
+            }
+        }
+        Err(MilterError::Unasked)
+    }
+
+    /// The next answer that is not "progress", each within `limit`, all of them within
+    /// [`PROGRESS_LIMIT`] times it: a filter that only ever says "still working" does
+    /// not hold a session forever.
     async fn response(&mut self, what: &'static str, limit: Duration) -> Result<Response, MilterError> {
+        let deadline = tokio::time::Instant::now() + limit * PROGRESS_LIMIT;
         loop {
-            let response = timeout(limit, self.packet()).await.map_err(|_| MilterError::Timeout(what, limit))??;
+            let wait = limit.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let response = timeout(wait, self.packet()).await.map_err(|_| MilterError::Timeout(what, limit))??;
             if response != Response::Progress {
                 return Ok(response);
             }
@@ -203,16 +238,19 @@ impl Filter {
         }
     }
 
-    /// End of message: the modifications the filter makes, then its verdict.
+    /// End of message: the modifications the filter makes (at most `max_bytes` of
+    /// them), then its verdict.
     pub async fn end_of_message(
         &mut self,
         macros: &[(&str, String)],
+        max_bytes: u64,
     ) -> Result<(Vec<Modification>, Response), MilterError> {
         if !macros.is_empty() {
             self.send(&Command::Macros { step: Step::EndOfMessage, pairs: macros }).await?;
         }
         self.send(&Command::EndOfMessage).await?;
         let mut modifications = Vec::new();
+        let mut bytes = 0u64;
         loop {
             match self.response("end of message", self.config.message_timeout).await? {
                 Response::Modify(m) => {
@@ -221,6 +259,16 @@ impl Filter {
                             "end of message (a change it did not ask to make)",
                             Response::Modify(m),
                         ));
+                    }
+                    if !writable(&m) {
+                        return Err(MilterError::Unexpected(
+                            "end of message (a change that cannot be written safely)",
+                            Response::Modify(m),
+                        ));
+                    }
+                    bytes += m.size() as u64;
+                    if bytes > max_bytes {
+                        return Err(MilterError::TooMuch(max_bytes));
                     }
                     modifications.push(m);
                 }
@@ -243,6 +291,21 @@ impl Filter {
     }
 }
 
+/// Whether `m` can be applied without letting the filter end the message early or
+/// inject commands toward the backend.
+fn writable(m: &Modification) -> bool {
+    match m {
+        Modification::AddHeader { name, value }
+        | Modification::InsertHeader { name, value, .. }
+        | Modification::ChangeHeader { name, value, .. } => protocol::header_ok(name, value),
+        Modification::AddRecipient { address, params } | Modification::ChangeFrom { address, params } => {
+            protocol::envelope_ok(address, params.as_deref())
+        }
+        Modification::DeleteRecipient(address) => protocol::envelope_ok(address, None),
+        Modification::ReplaceBody(_) | Modification::Quarantine(_) => true,
+    }
+}
+
 /// Whether the filter negotiated the right to make `m`.
 fn allowed(m: &Modification, actions: u32) -> bool {
     use protocol::*;
@@ -251,7 +314,7 @@ fn allowed(m: &Modification, actions: u32) -> bool {
         Modification::ChangeHeader { .. } => CHANGE_HEADERS,
         Modification::ReplaceBody(_) => CHANGE_BODY,
         Modification::AddRecipient { params: None, .. } => ADD_RCPT,
-        Modification::AddRecipient { params: Some(_), .. } => ADD_RCPT_PAR,
+        Modification::AddRecipient { params: Some(_), .. } => ADD_RCPT_PAR | ADD_RCPT,
         Modification::DeleteRecipient(_) => DELETE_RCPT,
         Modification::ChangeFrom { .. } => CHANGE_FROM,
         Modification::Quarantine(_) => QUARANTINE,

@@ -264,22 +264,30 @@ fn parse_headers(head: &[u8]) -> (Vec<Header>, u64, bool) {
     (headers, pos as u64, false)
 }
 
-/// Dot-stuffs a body a filter gave (line ends made CRLF; a last line without one gets
-/// one).
+/// Dot-stuffs a body a filter gave. Every line end becomes CRLF, bare LF and bare CR
+/// alike (a bare CR before a dot is what SMTP smuggling uses to end a message early
+/// at a lenient backend); a last line without one gets one.
 fn stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 2);
     let mut line_start = true;
-    let mut prev = 0u8;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == b'\r' || b == b'\n' {
+            // CRLF, a bare CR or a bare LF: one line end.
+            if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            out.extend_from_slice(b"\r\n");
+            line_start = true;
+        } else {
+            if line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            line_start = false;
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-        prev = b;
+        i += 1;
     }
     if !body.is_empty() && !line_start {
         out.extend_from_slice(b"\r\n");
@@ -448,6 +456,11 @@ mod tests {
             "DKIM-Signature: v=1;\r\n\tb=abc\r\nSubject: [spam] hi\r\nTo: u@example.com\r\nX-Virus-Scanned: clean\r\n\
              \r\nbody\r\n..dot line\r\n.\r\n"
         );
+    }
+
+    #[test]
+    fn every_line_end_of_a_new_body_becomes_crlf() {
+        assert_eq!(stuff(b"a\r.\r\nb\n.c\rd"), b"a\r\n..\r\nb\r\n..c\r\nd\r\n".to_vec());
     }
 
     #[test]

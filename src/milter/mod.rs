@@ -173,8 +173,8 @@ impl Filters {
                 return verdict;
             }
         }
-        if let Some(slot) = self.slots.iter().find(|s| s.failed && s.config.default_action != DefaultAction::Accept) {
-            return default_verdict(slot.config.default_action);
+        if let Some(v) = self.failed_verdict() {
+            return v;
         }
         let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
         let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
@@ -237,8 +237,20 @@ impl Filters {
         self.each(Step::Helo, &macros, &Command::Helo(&facts.helo)).await
     }
 
+    /// The default action of a filter that failed earlier in this session, if it is
+    /// not "accept": no step passes a filter that is down.
+    fn failed_verdict(&self) -> Option<Verdict> {
+        self.slots
+            .iter()
+            .find(|s| s.failed && s.config.default_action != DefaultAction::Accept)
+            .map(|s| default_verdict(s.config.default_action))
+    }
+
     /// One recipient, before the backend sees it.
     pub async fn rcpt(&mut self, args: &[&str]) -> Verdict {
+        if let Some(v) = self.failed_verdict() {
+            return v;
+        }
         let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
         let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
         let macros =
@@ -248,18 +260,25 @@ impl Filters {
 
     /// DATA, before the client gets its 354.
     pub async fn data(&mut self) -> Verdict {
+        if let Some(v) = self.failed_verdict() {
+            return v;
+        }
         let macros = [("i", self.queue_id.clone())];
         self.each(Step::Data, &macros, &Command::Data).await
     }
 
     /// The whole message: headers, end of headers, body, end of message, filter by
     /// filter; the verdict and every change they asked for.
-    pub async fn message(&mut self, held: &Held) -> (Verdict, Edits) {
-        self.open = false;
+    pub async fn message(&mut self, held: &Held, max_changes: u64) -> (Verdict, Edits) {
         let mut edits = Edits::default();
+        if let Some(v) = self.failed_verdict() {
+            self.abort().await;
+            return (v, edits);
+        }
         let macros = [("i", self.queue_id.clone())];
         let mut chunk = Vec::new();
-        for slot in &mut self.slots {
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
             if slot.done || slot.message_done {
                 continue;
             }
@@ -287,7 +306,7 @@ impl Filters {
                         }
                     }
                 }
-                let (changes, verdict) = filter.end_of_message(&macros).await?;
+                let (changes, verdict) = filter.end_of_message(&macros, max_changes).await?;
                 let mut replacing = false;
                 for m in changes {
                     edits.take(m, &mut replacing);
@@ -302,9 +321,13 @@ impl Filters {
                 Err(e) => failed(slot, "message", &e),
             };
             if verdict != Verdict::Continue {
+                // Filters after this one saw the transaction begin: they forget it.
+                self.abort_from(index + 1).await;
+                self.open = false;
                 return (verdict, edits);
             }
         }
+        self.open = false;
         (Verdict::Continue, edits)
     }
 
@@ -314,7 +337,11 @@ impl Filters {
         if !std::mem::replace(&mut self.open, false) {
             return;
         }
-        for slot in &mut self.slots {
+        self.abort_from(0).await;
+    }
+
+    async fn abort_from(&mut self, first: usize) {
+        for slot in &mut self.slots[first..] {
             if slot.done {
                 continue;
             }
@@ -373,6 +400,7 @@ fn settle(slot: &mut Slot, step: Step, response: Response) -> Verdict {
         }
         Response::Reject => (Verdict::Refuse(REJECTED.into()), "reject"),
         Response::Tempfail => (Verdict::Refuse(TEMPFAILED.into()), "tempfail"),
+        Response::ReplyCode(text) if text.starts_with("421") => (Verdict::Close, "shutdown"),
         Response::ReplyCode(text) => {
             let label = if text.starts_with('4') { "tempfail" } else { "reject" };
             (Verdict::Refuse(text), label)

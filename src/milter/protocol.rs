@@ -334,6 +334,22 @@ pub enum Modification {
     Quarantine(String),
 }
 
+impl Modification {
+    /// The bytes it carries, to bound what one filter may make us hold.
+    pub fn size(&self) -> usize {
+        match self {
+            Modification::AddHeader { name, value }
+            | Modification::InsertHeader { name, value, .. }
+            | Modification::ChangeHeader { name, value, .. } => name.len() + value.len(),
+            Modification::ReplaceBody(b) => b.len(),
+            Modification::AddRecipient { address, params } | Modification::ChangeFrom { address, params } => {
+                address.len() + params.as_ref().map_or(0, String::len)
+            }
+            Modification::DeleteRecipient(a) | Modification::Quarantine(a) => a.len(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProtocolError {
     #[error("packet of {0} bytes, over the limit")]
@@ -344,6 +360,52 @@ pub enum ProtocolError {
     Unknown(char),
     #[error("malformed {0:?} response")]
     Malformed(char),
+}
+
+/// Whether a filter's own reply is one well-formed 4xx or 5xx SMTP reply: lines
+/// joined by CRLF, each `ddd-text` but the last `ddd text` (or `ddd`), one code for
+/// all, no empty line, no stray CR or LF. Anything else would put the client out of
+/// step with the session (a second reply it never asked for).
+fn reply_ok(text: &str) -> bool {
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    let code = &text.as_bytes()[..text.len().min(3)];
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) || !matches!(code[0], b'4' | b'5') {
+        return false;
+    }
+    lines.iter().enumerate().all(|(i, line)| {
+        let b = line.as_bytes();
+        let last = i + 1 == lines.len();
+        b.len() >= 3
+            && &b[..3] == code
+            && match b.get(3) {
+                None => last,
+                Some(b' ') => last,
+                Some(b'-') => !last,
+                _ => false,
+            }
+            && !b.iter().any(|c| *c == b'\r' || *c == b'\n' || *c < 0x20 && *c != b'\t')
+    })
+}
+
+/// Whether a header a filter adds or changes can be written as it is: a field name of
+/// printable ASCII without a colon, a value without CR or NUL whose line breaks are
+/// folds (LF followed by a space or tab). Anything else could end the header section
+/// or the message early at the backend.
+pub fn header_ok(name: &str, value: &str) -> bool {
+    let name_ok = !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    let v = value.as_bytes();
+    let value_ok = !v.iter().any(|b| *b == b'\r' || *b == 0)
+        && v.iter().enumerate().all(|(i, b)| *b != b'\n' || matches!(v.get(i + 1), Some(b' ' | b'\t')));
+    name_ok && value_ok
+}
+
+/// Whether an address and parameters a filter gives for MAIL or RCPT can go into a
+/// command line: no control characters or spaces in the address, parameters of
+/// printable ASCII only.
+pub fn envelope_ok(address: &str, params: Option<&str>) -> bool {
+    let address_ok = !address.is_empty() && address.len() <= 512 && address.bytes().all(|b| b > 0x20 && b != 0x7f);
+    let params_ok = params.is_none_or(|p| p.len() <= 512 && p.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    address_ok && params_ok
 }
 
 /// The length a packet header announces, checked; `Ok(None)` while fewer than four
@@ -387,11 +449,7 @@ pub fn decode(packet: &[u8]) -> Result<Response, ProtocolError> {
         b'f' => Response::ConnectionFail,
         b'y' => {
             let text = string()?;
-            let ok = text.len() >= 3
-                && text.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                && matches!(text.as_bytes()[0], b'4' | b'5')
-                && text.as_bytes().get(3).is_none_or(|b| *b == b' ' || *b == b'-');
-            if !ok || text.contains(['\r', '\n']) && !text.contains("\r\n") {
+            if !reply_ok(&text) {
                 return Err(bad());
             }
             Response::ReplyCode(text)
@@ -467,6 +525,22 @@ mod tests {
         assert_eq!(decode(b"y550 5.7.1 Virus found\0"), Ok(Response::ReplyCode("550 5.7.1 Virus found".into())));
         assert!(decode(b"y250 ok\0").is_err(), "a filter cannot make a refusal a success");
         assert!(decode(b"yabc\0").is_err());
+        assert_eq!(
+            decode(b"y550-5.7.1 one\r\n550 5.7.1 two\0"),
+            Ok(Response::ReplyCode("550-5.7.1 one\r\n550 5.7.1 two".into()))
+        );
+        for bad in [&b"y550 x\r\n250 ok\0"[..], b"y550 x\r\n\0", b"y550-x\0", b"y550 x\n550 y\0", b"y550 a\rb\0"] {
+            assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(header_ok("X-Spam", "yes;\n\tscore=5"));
+        for (n, v) in
+            [("X", "a\n.\nRSET"), ("X", "a\r\nb"), ("X Y", "v"), ("X:", "v"), ("", "v"), ("X", "a\0"), ("X", "end\n")]
+        {
+            assert!(!header_ok(n, v), "{n:?} {v:?}");
+        }
+        assert!(envelope_ok("<a@b>", Some("NOTIFY=NEVER")));
+        assert!(!envelope_ok("<a@b>\r\nRCPT TO:<x@y>", None));
+        assert!(!envelope_ok("<a@b>", Some("X=1\r\nDATA")));
         assert_eq!(
             decode(b"m\0\0\0\x01Subject\0\0"),
             Ok(Response::Modify(Modification::ChangeHeader { index: 1, name: "Subject".into(), value: String::new() }))

@@ -48,8 +48,10 @@ pub fn take(backend: &Backend) -> Option<Box<Upstream>> {
 }
 
 /// Keeps `upstream` for another session when `backend` allows it and the connection
-/// is clean; otherwise closes it politely.
-pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>) {
+/// is clean; otherwise closes it politely. A worker keeps at most its share
+/// (`max_connections` over `workers`) of the backend's connections, so that kept ones
+/// never starve another worker's sessions.
+pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>, workers: usize) {
     let Some(reuse) = backend.and_then(|b| b.reuse) else { return (*upstream).quit().await };
     let backend = backend.expect("reuse comes from it");
     if upstream.messages >= reuse.max_messages || !upstream.reset_for_reuse().await || !upstream.reusable_for(backend) {
@@ -60,7 +62,8 @@ pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>) {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let kept = pool.entry(address.clone()).or_default();
-        if kept.len() >= MAX_KEPT {
+        let share = (backend.max_connections / workers.max(1)).clamp(1, MAX_KEPT);
+        while kept.len() >= share {
             evicted.push(kept.remove(0).upstream);
         }
         kept.push(Kept { upstream, since: Instant::now() });

@@ -127,6 +127,9 @@ pub struct Upstream {
     pub messages: u32,
     /// A transaction is open at the backend (MAIL sent, its end not yet answered).
     in_transaction: bool,
+    /// AUTH went over this connection (finished or not): a login, or half of one, is
+    /// bound to it, so it never serves another session.
+    auth_used: bool,
 }
 
 impl Upstream {
@@ -283,6 +286,7 @@ impl Upstream {
             reply_timer: admin_metrics::backend_reply_timer(&backend.address),
             messages: 0,
             in_transaction: false,
+            auth_used: false,
         };
         if let Some(header) = header(backend.identity) {
             up.write(&header).await?;
@@ -471,7 +475,10 @@ impl Upstream {
     ) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
         self.write(bytes).await?;
-        self.owed.extend(asked);
+        for a in asked {
+            self.auth_used |= a == Asked::Auth;
+            self.owed.push_back(a);
+        }
         Ok(())
     }
 
@@ -503,7 +510,7 @@ impl Upstream {
     /// unasked from the backend (a 421 it sent while idle, or its close), the same
     /// identity as `backend` has now.
     pub fn reusable_for(&mut self, backend: &Backend) -> bool {
-        self.identity == backend.identity && self.owed.is_empty() && self.ensure_quiet().is_ok()
+        !self.auth_used && self.identity == backend.identity && self.owed.is_empty() && self.ensure_quiet().is_ok()
     }
 
     /// Ends an open transaction (RSET), so the next session starts clean; false when

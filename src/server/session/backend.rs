@@ -112,6 +112,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.logged_in_at_backend() {
             return (*up).quit().await;
         }
-        pool::give_back(up, backend).await;
+        pool::give_back(up, backend, self.config.workers).await;
     }
 }

@@ -139,7 +139,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tracing::debug!(peer = %self.peer, size = held.size(), "message held in a temporary file");
         }
         let (verdict, edits) = match self.filters.as_mut() {
-            Some(filters) => filters.message(&held).await,
+            // A filter's changes may come to the size of a message, not more.
+            Some(filters) => filters.message(&held, self.config.limits.max_message_size + 1024 * 1024).await,
             None => (Verdict::Continue, Edits::default()),
         };
         let discard = match self.apply(verdict, "end of data")? {
@@ -197,6 +198,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ) -> Result<bool, Outcome> {
         let mut lines: Vec<Vec<u8>> =
             rcpt_lines.iter().filter(|line| !edits.deleted.iter().any(|d| rcpt_is(line, d))).cloned().collect();
+        // The client was told these were accepted: each must be again, or the message
+        // waits (451) rather than reach fewer recipients than the client was told.
+        let kept = lines.len();
         for (address, params) in &edits.added {
             let address = bracketed(address);
             let line = match params {
@@ -207,7 +211,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let mail = match &edits.new_from {
             Some((address, Some(p))) => format!("MAIL FROM:{} {p}\r\n", bracketed(address)).into_bytes(),
-            Some((address, None)) => format!("MAIL FROM:{}\r\n", bracketed(address)).into_bytes(),
+            // Without parameters of its own, the new sender keeps the client's (SIZE,
+            // BODY, SMTPUTF8, ...): the message has not changed kind.
+            Some((address, None)) => match mail_params(mail_line) {
+                Some(p) => format!("MAIL FROM:{} {p}\r\n", bracketed(address)).into_bytes(),
+                None => format!("MAIL FROM:{}\r\n", bracketed(address)).into_bytes(),
+            },
             None => mail_line.to_vec(),
         };
         tracing::info!(
@@ -234,12 +243,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Some(Some(reply)));
             }
             let mut accepted = 0;
-            for line in &lines {
+            for (i, line) in lines.iter().enumerate() {
                 let reply = up.command(line, Asked::Rcpt).await?;
                 if reply.is_positive() {
                     accepted += 1;
                 } else {
                     tracing::warn!(rcpt = ?String::from_utf8_lossy(line).trim_end(), reply = ?reply.first_line(), "backend refused a recipient after a filter's change");
+                    if i < kept {
+                        return Ok(Some(None));
+                    }
                 }
             }
             Ok(if accepted == 0 { Some(None) } else { None })
@@ -251,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.upstream = None;
                 match refusal {
                     Some(reply) => self.relay_reply(&reply)?,
-                    None => self.reply("554 5.5.1 Error: no valid recipients"),
+                    None => self.reply("451 4.3.0 Error: the recipients could not be confirmed again, try again later"),
                 }
                 Ok(false)
             }
@@ -317,6 +329,13 @@ fn args(path: &str, params: &[Param<'_>]) -> Vec<String> {
         });
     }
     out
+}
+
+/// The parameters of a MAIL line (after its path), if any.
+fn mail_params(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let after = text.trim_end().split_once('>')?.1.trim();
+    (!after.is_empty()).then(|| after.to_string())
 }
 
 fn bracketed(address: &str) -> String {
