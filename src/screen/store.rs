@@ -29,19 +29,19 @@ use tokio::runtime::Handle;
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The GCRA step (see `rate.rs`) on the key in `key`, ARGV[1] the interval and
-/// ARGV[2] the burst in milliseconds: 0 when allowed, else the milliseconds until it
+/// ARGV[2] the burst in microseconds: 0 when allowed, else the microseconds until it
 /// would be.
 macro_rules! gcra_step {
     () => {
         r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', key) or now)
 if tat < now then tat = now end
 local nxt = tat + interval
 if nxt - burst > now then return nxt - burst - now end
-redis.call('SET', key, nxt, 'PX', math.max(1, nxt - now))
+redis.call('SET', key, string.format('%.0f', nxt), 'PX', math.max(1, math.ceil((nxt - now) / 1000)))
 return 0
 "
     };
@@ -51,7 +51,8 @@ return 0
 const GCRA: &str = concat!("local key = KEYS[1]\n", gcra_step!());
 
 /// A new connection: the ban on KEYS[1] first (returns minus its remaining
-/// milliseconds), then the GCRA on KEYS[2] when ARGV[1] (interval) is not 0.
+/// milliseconds), then the GCRA on KEYS[2] when ARGV[1] (interval) is not 0
+/// (returning microseconds to wait).
 const ADMIT: &str = concat!(
     "local left = redis.call('PTTL', KEYS[1])\n",
     "if left > 0 then return -left end\n",
@@ -218,7 +219,7 @@ impl Store {
     /// A new connection from `client`: banned, over the rate, or admitted.
     pub async fn admit(self: &Arc<Self>, client: IpNet, rate: Option<Rate>) -> Option<Result<(), Refusal>> {
         let (ban, key) = (self.key("ban", client), self.key("rate:conn", client));
-        let (interval, burst) = rate.map(millis).unwrap_or((0, 0));
+        let (interval, burst) = rate.map(micros).unwrap_or((0, 0));
         let script = self.admit.clone();
         let answer: i64 = self
             .call("admit", move |mut c| async move {
@@ -235,14 +236,14 @@ impl Store {
     /// One event against `rate` on `key` (message or recipient rates).
     pub async fn rate(self: &Arc<Self>, kind: &'static str, who: &str, rate: Rate) -> Option<Result<(), Duration>> {
         let key = self.key(kind, who);
-        let (interval, burst) = millis(rate);
+        let (interval, burst) = micros(rate);
         let script = self.gcra.clone();
         let wait: u64 =
             self.call("rate", move |mut c| async move {
                 script.key(key).arg(interval).arg(burst).invoke_async(&mut c).await
             })
             .await?;
-        Some(if wait == 0 { Ok(()) } else { Err(Duration::from_millis(wait)) })
+        Some(if wait == 0 { Ok(()) } else { Err(Duration::from_micros(wait)) })
     }
 
     /// Counts one failure toward a fleet-wide ban; `local` runs instead when the store
@@ -334,8 +335,8 @@ impl Store {
     }
 }
 
-/// A rate as the scripts take it: interval and burst in milliseconds.
-fn millis(rate: Rate) -> (u64, u64) {
-    let interval = (rate.period.as_millis() as u64 / u64::from(rate.count)).max(1);
+/// A rate as the scripts take it: interval and burst in microseconds.
+fn micros(rate: Rate) -> (u64, u64) {
+    let interval = (rate.period.as_micros() as u64 / u64::from(rate.count)).max(1);
     (interval, interval * u64::from(rate.count))
 }
