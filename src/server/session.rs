@@ -4,7 +4,8 @@
 //! This file owns the state and the command loop; each verb group has its handler in
 //! a module of its own: [`ehlo`], [`mail`], [`rcpt`], [`data`], [`bdat`], [`rset`],
 //! [`starttls`], [`auth`]; [`backend`] keeps the backend connection, [`io`] the
-//! client's lines and replies.
+//! client's lines and replies, [`screen`] the screening before the greeting, and
+//! [`filter`] the content filters.
 //!
 //! The state: the [`Phase`] (connected, greeted, in a transaction), `authenticated`,
 //! the client stream (plain or TLS) and `upstream` (the backend connection, opened by
@@ -371,8 +372,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(outcome) => outcome,
         };
         let _ = self.flush().await;
-        // A backend connection is closed with QUIT after a clean end; otherwise it is
-        // dropped: the backend sees the connection close, never a final dot.
+        // A backend connection is given back after a clean end (kept for another session
+        // where the backend reuses connections, else QUIT); otherwise it is dropped: the
+        // backend sees the connection close, never a final dot.
         if let Some(upstream) = self.upstream.take()
             && matches!(outcome, Outcome::Quit | Outcome::ClientClosed)
             && self.phase.transaction().is_none()
