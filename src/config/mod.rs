@@ -948,17 +948,8 @@ impl Validator {
     }
 
     fn limits(&mut self, raw: &raw::RawLimits) -> Limits {
-        let max_message_size = match &raw.max_message_size {
-            None => DEFAULT_MAX_MESSAGE_SIZE,
-            Some(RawSize::Bytes(n)) => *n,
-            Some(RawSize::Text(t)) => match t.parse::<bytesize::ByteSize>() {
-                Ok(size) => size.as_u64(),
-                Err(_) => {
-                    self.error("limits.max_message_size", format!("{t:?}: expected a size such as \"50MB\""));
-                    DEFAULT_MAX_MESSAGE_SIZE
-                }
-            },
-        };
+        let max_message_size =
+            self.size("limits.max_message_size", raw.max_message_size.as_ref(), DEFAULT_MAX_MESSAGE_SIZE);
         if max_message_size == 0 {
             self.error("limits.max_message_size", "must be more than 0");
         }
@@ -1040,12 +1031,13 @@ impl Validator {
         }
     }
 
+    /// A size: bytes, or a string such as "50MB"; absent: `default`.
     fn size(&mut self, key: &str, raw: Option<&RawSize>, default: u64) -> u64 {
         match raw {
             None => default,
             Some(RawSize::Bytes(n)) => *n,
             Some(RawSize::Text(t)) => t.parse::<bytesize::ByteSize>().map(|s| s.as_u64()).unwrap_or_else(|_| {
-                self.error(key, format!("{t:?}: expected a size such as \"1MB\""));
+                self.error(key, format!("{t:?}: expected a size such as \"50MB\""));
                 default
             }),
         }

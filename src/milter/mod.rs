@@ -176,8 +176,7 @@ impl Filters {
         if let Some(v) = self.failed_verdict() {
             return v;
         }
-        let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
-        let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
+        let (address, host) = address_and_host(args);
         let mut macros = vec![("i", self.queue_id.clone()), ("{mail_addr}", address.to_string())];
         macros.push(("{mail_host}", host));
         macros.push(("{mail_mailer}", "smtp".into()));
@@ -251,8 +250,7 @@ impl Filters {
         if let Some(v) = self.failed_verdict() {
             return v;
         }
-        let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
-        let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
+        let (address, host) = address_and_host(args);
         let macros =
             [("{rcpt_addr}", address.to_string()), ("{rcpt_host}", host), ("{rcpt_mailer}", "smtp".to_string())];
         self.each(Step::Rcpt, &macros, &Command::Rcpt(args)).await
@@ -383,6 +381,14 @@ impl Filters {
         }
         Verdict::Continue
     }
+}
+
+/// The address of a MAIL or RCPT (the first argument, without angle brackets) and
+/// its domain, for the `{mail_addr}`/`{rcpt_addr}` and `_host` macros.
+fn address_and_host<'a>(args: &[&'a str]) -> (&'a str, String) {
+    let address = args.first().map(|a| a.trim_start_matches('<').trim_end_matches('>')).unwrap_or("");
+    let host = address.rsplit_once('@').map(|(_, h)| h).unwrap_or("").to_string();
+    (address, host)
 }
 
 /// A filter's answer at `step`, made a verdict (and the slot's state updated).

@@ -153,7 +153,7 @@ impl Store {
         F: Future<Output = RedisResult<T>> + Send + 'static,
         T: Send + 'static,
     {
-        if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until) {
+        if self.resting() {
             return None;
         }
         let task = self.runtime.spawn(call(self.conn.clone()));
@@ -172,7 +172,7 @@ impl Store {
     where
         F: Future<Output = RedisResult<()>> + Send + 'static,
     {
-        if self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until) {
+        if self.resting() {
             on_failure();
             return;
         }
@@ -187,6 +187,11 @@ impl Store {
                 on_failure();
             }
         });
+    }
+
+    /// Whether the store failed lately and is left alone for now.
+    fn resting(&self) -> bool {
+        self.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until)
     }
 
     fn noted<T>(&self, what: &'static str, result: Result<T, String>) -> Option<T> {
