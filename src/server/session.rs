@@ -3,9 +3,9 @@
 //!
 //! This file owns the state and the command loop; each verb group has its handler in
 //! a module of its own: [`ehlo`], [`mail`], [`rcpt`], [`data`], [`bdat`], [`rset`],
-//! [`starttls`], [`auth`]; [`backend`] keeps the backend connection, [`io`] the
-//! client's lines and replies, [`screen`] the screening before the greeting, and
-//! [`filter`] the content filters.
+//! [`starttls`], [`auth`]; [`backend`] keeps the backend connection, [`pipeline`] the
+//! replies owed for commands pipelined to it, [`io`] the client's lines and replies,
+//! [`screen`] the screening before the greeting, and [`filter`] the content filters.
 //!
 //! The state: the [`Phase`] (connected, greeted, in a transaction), `authenticated`,
 //! the client stream (plain or TLS) and `upstream` (the backend connection, opened by
@@ -22,6 +22,7 @@ mod ehlo;
 mod filter;
 mod io;
 mod mail;
+mod pipeline;
 mod rcpt;
 mod rset;
 mod screen;
@@ -272,6 +273,8 @@ pub struct Session<S> {
     /// The SASL mechanism the client logged in with (for filters' `{auth_type}`).
     auth_mechanism: Option<&'static str>,
     upstream: Option<Box<Upstream>>,
+    /// Replies owed to the client for commands pipelined to the backend, in order.
+    pending: std::collections::VecDeque<pipeline::Pending>,
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
     stop: CancellationToken,
@@ -300,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             filters: None,
             auth_mechanism: None,
             upstream: None,
+            pending: Default::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
         }
@@ -445,6 +449,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             let parsed = command::parse(text);
+            if !self.pending.is_empty() && !matches!(parsed, Ok(Command::Rcpt { .. } | Command::Data)) {
+                // Only RCPT and DATA join a pipelined group at the backend.
+                Box::pin(self.settle()).await?;
+            }
             if let Ok(command) = &parsed {
                 self.pace(command)?;
             }

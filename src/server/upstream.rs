@@ -119,6 +119,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Replies the backend owes, oldest first.
     owed: VecDeque<Asked>,
+    /// Commands queued for one write (a pipelined group), sent before the next read.
+    queued: Vec<u8>,
     /// One of the backend's `max_connections`, given back when this is dropped (none
     /// for a health check).
     _slot: Option<OwnedSemaphorePermit>,
@@ -282,6 +284,7 @@ impl Upstream {
             data_timeout: backend.data_timeout,
             idle_timeout: backend.idle_timeout,
             owed: VecDeque::from([Asked::Greeting]),
+            queued: Vec::new(),
             _slot: slot,
             reply_timer: admin_metrics::backend_reply_timer(&backend.address),
             messages: 0,
@@ -291,7 +294,7 @@ impl Upstream {
         if let Some(header) = header(backend.identity) {
             up.write(&header).await?;
         }
-        let greeting = up.read_reply().await?;
+        let greeting = up.reply().await?;
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
@@ -423,29 +426,41 @@ impl Upstream {
     /// reply to MAIL. A refused XFORWARD is an error; the caller then drops this
     /// connection, which also ends a MAIL the backend may have accepted.
     pub async fn mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
+        if self.caps.pipelining || self.identity != Identity::Xforward {
+            self.queue_mail(facts, mail_line)?;
+            return self.mail_reply().await;
+        }
         self.messages += 1;
         self.in_transaction = true;
-        if self.identity != Identity::Xforward {
-            return self.command(mail_line, Asked::Mail).await;
-        }
-        let xforward = xforward::commands(facts, &self.caps);
-        if self.caps.pipelining {
-            let mut batch = xforward.concat().into_bytes();
-            batch.extend_from_slice(mail_line);
-            let asked = xforward.iter().map(|_| Asked::Xforward).chain([Asked::Mail]);
-            self.send_commands(&batch, asked).await?;
-        }
-        for line in &xforward {
-            if !self.caps.pipelining {
-                self.send_commands(line.as_bytes(), [Asked::Xforward]).await?;
-            }
-            let reply = self.read_reply().await?;
+        for line in xforward::commands(facts, &self.caps) {
+            let reply = self.command(line.as_bytes(), Asked::Xforward).await?;
             self.check_identity_reply("XFORWARD", &reply)?;
         }
-        if !self.caps.pipelining {
-            self.send_commands(mail_line, [Asked::Mail]).await?;
+        self.command(mail_line, Asked::Mail).await
+    }
+
+    /// Queues the start of a transaction (XFORWARD when that is the identity method,
+    /// then MAIL) for the next write; [`Upstream::mail_reply`] reads its replies. With
+    /// XFORWARD this needs PIPELINING (see [`Upstream::mail`]).
+    pub fn queue_mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<(), UpstreamError> {
+        self.messages += 1;
+        self.in_transaction = true;
+        if self.identity == Identity::Xforward {
+            for line in xforward::commands(facts, &self.caps) {
+                self.queue(line.as_bytes(), Asked::Xforward)?;
+            }
         }
-        self.read_reply().await
+        self.queue(mail_line, Asked::Mail)
+    }
+
+    /// The reply to a queued MAIL, after those to its XFORWARD commands, which must
+    /// all accept.
+    pub async fn mail_reply(&mut self) -> Result<Reply, UpstreamError> {
+        while self.owed.front() == Some(&Asked::Xforward) {
+            let reply = self.reply().await?;
+            self.check_identity_reply("XFORWARD", &reply)?;
+        }
+        self.reply().await
     }
 
     fn refused(&self, detail: &str) -> UpstreamError {
@@ -462,40 +477,42 @@ impl Upstream {
 
     /// Writes one command line (CRLF included) and reads its reply.
     pub async fn command(&mut self, line: &[u8], asked: Asked) -> Result<Reply, UpstreamError> {
-        self.send_commands(line, [asked]).await?;
-        self.read_reply().await
+        self.queue(line, asked)?;
+        self.reply().await
     }
 
-    /// Writes `bytes`, holding one command for each of `asked`, after making sure the
-    /// backend said nothing unasked.
-    async fn send_commands(
-        &mut self,
-        bytes: &[u8],
-        asked: impl IntoIterator<Item = Asked>,
-    ) -> Result<(), UpstreamError> {
+    /// Queues one command line (CRLF included) for the next write, its reply owed;
+    /// before the first of a group, makes sure the backend said nothing unasked.
+    pub fn queue(&mut self, line: &[u8], asked: Asked) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
-        self.write(bytes).await?;
-        for a in asked {
-            self.auth_used |= a == Asked::Auth;
-            self.owed.push_back(a);
+        self.auth_used |= asked == Asked::Auth;
+        self.queued.extend_from_slice(line);
+        self.owed.push_back(asked);
+        Ok(())
+    }
+
+    /// Writes the queued commands, if any.
+    async fn send_queued(&mut self) -> Result<(), UpstreamError> {
+        if self.queued.is_empty() {
+            return Ok(());
         }
+        let written = timeout(self.reply_timeout, self.stream.write_all(&self.queued)).await;
+        self.queued.clear();
+        written.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
     }
 
     /// Starts a BDAT chunk (`header` is its command line); its bytes follow with
-    /// [`Upstream::send_body`], its reply with [`Upstream::chunk_reply`].
+    /// [`Upstream::send_body`], its reply with [`Upstream::reply`].
     pub async fn bdat(&mut self, header: &[u8], last: bool) -> Result<(), UpstreamError> {
-        self.send_commands(header, [if last { Asked::BdatLast } else { Asked::Bdat }]).await
-    }
-
-    /// The reply to a BDAT chunk whose bytes were all sent.
-    pub async fn chunk_reply(&mut self) -> Result<Reply, UpstreamError> {
-        self.read_reply().await
+        self.queue(header, if last { Asked::BdatLast } else { Asked::Bdat })?;
+        self.send_queued().await
     }
 
     /// Writes message bytes after the 354 to DATA, or inside a BDAT chunk.
     pub async fn send_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
+        self.send_queued().await?;
         self.write(bytes).await
     }
 
@@ -503,7 +520,7 @@ impl Upstream {
     pub async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
         self.ensure_quiet()?;
         self.owed.push_back(Asked::EndOfData);
-        self.read_reply().await
+        self.reply().await
     }
 
     /// Whether this connection may serve another session: nothing owed, nothing
@@ -548,8 +565,10 @@ impl Upstream {
         Err(self.out_of_step(format!("sent {first:?} with no command outstanding")))
     }
 
-    /// Reads the reply to the oldest outstanding command and checks that it fits.
-    async fn read_reply(&mut self) -> Result<Reply, UpstreamError> {
+    /// Reads the reply to the oldest outstanding command, the queued commands sent
+    /// first, and checks that it fits.
+    pub async fn reply(&mut self) -> Result<Reply, UpstreamError> {
+        self.send_queued().await?;
         let Some(asked) = self.owed.pop_front() else {
             return Err(self.out_of_step("a reply was awaited with no command outstanding".into()));
         };

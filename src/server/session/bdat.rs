@@ -171,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(());
             }
             (true, true) => up.end_of_data().await,
-            (false, _) => up.chunk_reply().await,
+            (false, _) => up.reply().await,
         };
         let reply = match reply {
             Ok(r) => r,

@@ -2,6 +2,7 @@
 //! finds its end and enforces size and line-ending rules; the reply to the final dot is
 //! the backend's.
 
+use super::pipeline::Pending;
 use super::{Outcome, Session, Step};
 use crate::admin::metrics;
 use crate::server::upstream::UpstreamError;
@@ -36,7 +37,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn data(&mut self) -> Step {
         match self.phase.transaction() {
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
-            Some(tx) if tx.recipients == 0 => return self.refuse("503 5.5.1 Error: need RCPT command"),
+            Some(tx) if tx.recipients == 0 && self.recipients_pending() == 0 => {
+                return self.refuse("503 5.5.1 Error: need RCPT command");
+            }
             Some(tx) if tx.chunks.is_some() => return self.refuse("503 5.5.1 Error: DATA after BDAT"),
             Some(tx) if tx.binary => return self.refuse("503 5.5.1 Error: BODY=BINARYMIME needs BDAT"),
             Some(_) => {}
@@ -55,7 +58,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.upstream.is_some() && !self.listener.milters.is_empty() {
             return Box::pin(self.filtered_data()).await;
         }
-        if self.backend_data(true).await? {
+        let body_follows = if self.pending.is_empty() {
+            self.backend_data(true).await?
+        } else {
+            // DATA ends the pipelined group; its reply comes after the others.
+            let queued = self.upstream.as_mut().map(|up| up.queue(b"DATA\r\n", Asked::Data));
+            match queued {
+                Some(Ok(())) => self.pending.push_back(Pending::Data),
+                Some(Err(e)) => self.upstream_failed(e, "DATA")?,
+                None => self.without_backend()?,
+            }
+            Box::pin(self.settle_group()).await?
+        };
+        if body_follows {
             self.body().await?;
         }
         Ok(())
@@ -68,12 +83,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("451 4.4.2 Connection to the mail server lost, try again later");
             return Ok(false);
         };
-        let reply = match up.command(b"DATA\r\n", Asked::Data).await {
-            Ok(r) => r,
+        let reply = up.command(b"DATA\r\n", Asked::Data).await;
+        self.data_replied(reply, relay_354)
+    }
+
+    /// The backend's reply to DATA, or its failure: true when the body may follow.
+    pub(super) fn data_replied(
+        &mut self,
+        result: Result<Reply, UpstreamError>,
+        relay_354: bool,
+    ) -> Result<bool, Outcome> {
+        let reply = match result {
+            Ok(reply) => reply,
             Err(e) => return self.upstream_failed(e, "DATA").map(|()| false),
         };
         if !reply.is_intermediate() {
             return self.relay_reply(&reply).map(|()| false);
+        }
+        if self.phase.transaction().is_none_or(|tx| tx.recipients == 0) {
+            // Pipelined after refusals: the backend has no recipient either, or it
+            // would not have accepted what we refused. Its body would be read as
+            // commands; the connection is dropped.
+            let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+            let detail = "answered DATA with 354 with no recipient accepted".to_string();
+            return self.upstream_failed(UpstreamError::OutOfStep { backend, detail }, "DATA").map(|()| false);
         }
         if relay_354 {
             self.relay_reply(&reply)?;

@@ -1,6 +1,7 @@
 //! Talking to the client: replies queued and flushed in one write per pipelined group,
 //! lines read with their limits and timeouts, and the shutdown that can cut a read short.
 
+use super::pipeline::Pending;
 use super::{COMMAND_CHUNK, DATA_CHUNK, Line, Outcome, Read, Session, Step};
 use crate::admin::metrics;
 use crate::smtp::Reply;
@@ -13,6 +14,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Passes the backend's reply on unchanged. A 421 means the backend is closing:
     /// the session ends after relaying it.
     pub(super) fn relay_reply(&mut self, reply: &Reply) -> Step {
+        debug_assert!(self.pending.is_empty(), "backend replies are relayed in order");
         self.out.extend_from_slice(reply.as_bytes());
         if reply.code == 421 {
             self.upstream = None;
@@ -22,9 +24,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Our own reply; it waits behind the backend's replies still owed, if any.
     pub(super) fn reply(&mut self, text: &str) {
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        let out = if self.pending.is_empty() {
+            &mut self.out
+        } else {
+            if !matches!(self.pending.back(), Some(Pending::Local(_))) {
+                self.pending.push_back(Pending::Local(Vec::new()));
+            }
+            let Some(Pending::Local(out)) = self.pending.back_mut() else { unreachable!("pushed above") };
+            out
+        };
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Reads more client bytes into `inbuf`, unless `limit` passes first or the server
@@ -79,9 +91,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Writes the replies, after reading those the backend still owes.
     pub(super) async fn flush(&mut self) -> Step {
+        let settled = if self.pending.is_empty() { Ok(()) } else { Box::pin(self.settle()).await };
         if self.out.is_empty() {
-            return Ok(());
+            return settled;
         }
         self.stats.bytes_out += self.out.len() as u64;
         let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
@@ -90,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // allocation).
         self.out = Vec::new();
         match written {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => settled,
             _ => Err(Outcome::WriteFailed),
         }
     }

@@ -1,13 +1,17 @@
 //! MAIL: the listener's conditions (TLS, AUTH), the parameters, then the backend's own
-//! verdict on the sender, on a backend connection opened (or opened again) here.
+//! verdict on the sender, on a backend connection opened (or opened again) here. The
+//! transaction opens when MAIL goes to the backend and ends again if the backend
+//! refuses it (its reply may come later: [`super::pipeline`]).
 
+use super::pipeline::Pending;
 use super::{Outcome, Session, Step, Transaction};
 use crate::admin::metrics;
 use crate::config::AuthPolicy;
 use crate::server::upstream::UpstreamError;
+use crate::smtp::Reply;
 use crate::smtp::command::{self, Command, Param};
 use crate::smtp::mail::{self, MailRefusal};
-use crate::smtp::{Capabilities, Reply};
+use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -61,24 +65,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             super::filter::Filtered::Discard => true,
             super::filter::Filtered::Refused => return Ok(()),
         };
-        let sent = self.start_backend_transaction(|caps| mail::for_backend(caps, line, path, params)).await;
-        let reply = match sent {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(refusal)) => return self.backend_lacks(&refusal.reply(), "MAIL"),
+        if let Err(e) = self.connect_upstream(&[]).await {
+            return self.upstream_failed(e, "MAIL");
+        }
+        let facts = self.facts();
+        let up = self.upstream.as_mut().expect("connected above");
+        let forward = match mail::for_backend(up.capabilities(), line, path, params) {
+            Ok(forward) => forward,
+            Err(refusal) => return self.backend_lacks(&refusal.reply(), "MAIL"),
+        };
+        // Open until the backend refuses the MAIL: pipelined RCPTs are checked against it.
+        let tx = Transaction {
+            mail_line: line.to_vec(),
+            smtputf8: declared.smtputf8,
+            binary: declared.binary,
+            ..Transaction::default()
+        };
+        self.phase.begin_transaction(tx);
+        if self.pipelines() {
+            let up = self.upstream.as_mut().expect("connected above");
+            match up.queue_mail(&facts, &forward) {
+                Ok(()) => self.pending.push_back(Pending::Mail { discard }),
+                Err(e) => self.mail_replied(Err(e), discard, &Default::default()).await?,
+            }
+            return Ok(());
+        }
+        let up = self.upstream.as_mut().expect("connected above");
+        let sent = up.mail(&facts, &forward).await;
+        self.mail_replied(sent, discard, &Default::default()).await
+    }
+
+    /// The backend's reply to MAIL, or its failure. Nothing of the transaction is
+    /// acknowledged yet, so when the connection fails here a fresh one may do better:
+    /// once more, or on the next backend when this one broke the protocol; commands
+    /// pipelined after the MAIL (`after`) go out again on it.
+    pub(super) async fn mail_replied(
+        &mut self,
+        result: Result<Reply, UpstreamError>,
+        discard: bool,
+        after: &VecDeque<Pending>,
+    ) -> Step {
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) if e.worth_reconnecting() => {
+                let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
+                tracing::warn!(
+                    peer = %self.peer, backend = %address, error = ?e.to_string(),
+                    "backend failed at MAIL; connection closed, trying a new one"
+                );
+                let skip = if e.is_out_of_step() { vec![address] } else { Vec::new() };
+                match self.send_mail_again(skip).await {
+                    Ok(Ok(reply)) => {
+                        self.queue_again(after);
+                        reply
+                    }
+                    Ok(Err(refusal)) => {
+                        self.phase.end_transaction();
+                        return self.backend_lacks(&refusal.reply(), "MAIL");
+                    }
+                    Err(e) => return self.upstream_failed(e, "MAIL"),
+                }
+            }
             Err(e) => return self.upstream_failed(e, "MAIL"),
         };
         if reply.is_positive() {
-            let tx = Transaction {
-                mail_line: line.to_vec(),
-                smtputf8: declared.smtputf8,
-                binary: declared.binary,
-                ..Transaction::default()
-            };
-            self.phase.begin_transaction(tx);
             self.stats.transactions += 1;
             if discard {
                 self.discard_current();
             }
+        } else {
+            self.phase.end_transaction();
         }
         self.relay_reply(&reply)?;
         if reply.code >= 500 {
@@ -87,23 +143,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    /// Sends MAIL (`line`, given the backend's capabilities) on the backend connection,
-    /// opening one if needed; the inner error when the backend cannot take the MAIL
-    /// the client sent (nothing was sent then). Nothing of the transaction is
-    /// acknowledged yet, so when the connection fails here a fresh one may do better:
-    /// once more, or on the next backend when this one broke the protocol.
-    pub(super) async fn start_backend_transaction(
-        &mut self,
-        line: impl Fn(&Capabilities) -> Result<Vec<u8>, MailRefusal>,
-    ) -> Result<Result<Reply, MailRefusal>, UpstreamError> {
-        let mut skip = Vec::new();
+    /// Sends the open transaction's MAIL on a new backend connection, passing over the
+    /// backends in `skip`, and tries again while the failure is one a fresh connection
+    /// may not have; the inner error when the backend cannot take the MAIL the client
+    /// sent (nothing was sent then).
+    async fn send_mail_again(&mut self, mut skip: Vec<String>) -> Result<Result<Reply, MailRefusal>, UpstreamError> {
+        let client_line = self.phase.transaction().map(|tx| tx.mail_line.clone()).unwrap_or_default();
+        let text = &client_line[..client_line.len().saturating_sub(2)];
+        let Ok(Command::Mail { path, params }) = command::parse(text) else {
+            return Err(UpstreamError::Unreachable("no MAIL to send again".into()));
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
+            self.upstream = None;
             self.connect_upstream(&skip).await?;
             let facts = self.facts();
             let up = self.upstream.as_mut().expect("connected above");
-            let forward = match line(up.capabilities()) {
+            let forward = match mail::for_backend(up.capabilities(), &client_line, path, &params) {
                 Ok(forward) => forward,
                 Err(refusal) => return Ok(Err(refusal)),
             };
@@ -113,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
                     tracing::warn!(
                         peer = %self.peer, backend = %address, error = ?e.to_string(),
-                        "backend failed at MAIL; connection closed, trying a new one"
+                        "backend failed at MAIL again; connection closed, trying a new one"
                     );
                     if e.is_out_of_step() {
                         skip.push(address);
@@ -128,14 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// gets a new one, and its MAIL again. False when that failed; the client has its
     /// reply and the transaction is over.
     pub(super) async fn resume_transaction(&mut self) -> Result<bool, Outcome> {
-        let client_line = self.phase.transaction().map(|tx| tx.mail_line.clone()).unwrap_or_default();
-        let text = &client_line[..client_line.len().saturating_sub(2)];
-        let Ok(Command::Mail { path, params }) = command::parse(text) else {
-            self.phase.end_transaction();
-            self.reply("451 4.3.0 Transaction lost, try again later");
-            return Ok(false);
-        };
-        match self.start_backend_transaction(|caps| mail::for_backend(caps, &client_line, path, &params)).await {
+        match self.send_mail_again(Vec::new()).await {
             Ok(Ok(reply)) if reply.is_positive() => {
                 if let Some(tx) = self.phase.transaction_mut() {
                     tx.released = false;

@@ -1,11 +1,13 @@
 //! RCPT: syntax, the recipient limit and the relay policy first (a refused recipient
 //! never reaches the backend), then the backend's verdict.
 
+use super::pipeline::Pending;
 use super::{Session, Step};
 use crate::admin::metrics;
 use crate::policy::{RelayClient, RelayVerdict, address};
+use crate::server::upstream::UpstreamError;
 use crate::smtp::command::Param;
-use crate::smtp::{Asked, rcpt};
+use crate::smtp::{Asked, Reply, rcpt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -29,21 +31,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.upstream.is_none() && !self.resume_transaction().await? {
             return Ok(());
         }
+        let pipelines = self.pipelines();
         let up = self.upstream.as_mut().expect("checked above");
         if let Err(refusal) = rcpt::for_backend(up.capabilities(), params) {
             return self.backend_lacks(&refusal.reply(), "RCPT");
         }
-        let up = self.upstream.as_mut().expect("checked above");
-        let reply = match up.command(line, Asked::Rcpt).await {
-            Ok(r) => r,
+        if pipelines {
+            return match up.queue(line, Asked::Rcpt) {
+                Ok(()) => {
+                    self.pending.push_back(Pending::Rcpt(line.to_vec()));
+                    Ok(())
+                }
+                Err(e) => self.upstream_failed(e, "RCPT"),
+            };
+        }
+        let reply = up.command(line, Asked::Rcpt).await;
+        self.recipient_replied(line, reply)
+    }
+
+    /// The backend's verdict on a recipient (`line`), or its failure.
+    pub(super) fn recipient_replied(&mut self, line: &[u8], result: Result<Reply, UpstreamError>) -> Step {
+        let reply = match result {
+            Ok(reply) => reply,
             Err(e) => return self.upstream_failed(e, "RCPT"),
         };
         if reply.is_positive() {
+            let Some(tx) = self.phase.transaction_mut() else {
+                // Pipelined after a MAIL the backend refused: it has no transaction.
+                let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+                let detail = "accepted a recipient after refusing MAIL".to_string();
+                return self.upstream_failed(UpstreamError::OutOfStep { backend, detail }, "RCPT");
+            };
+            tx.recipients += 1;
             self.stats.rcpt_accepted += 1;
             metrics::recipient("accepted");
-            if let Some(tx) = self.phase.transaction_mut() {
-                tx.recipients += 1;
-            }
             if let Some(filters) = self.filters.as_mut() {
                 filters.rcpt_lines.push(line.to_vec());
             }
@@ -96,7 +117,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return refused(self, "501 5.1.3 Bad recipient address syntax");
             }
         };
-        if tx.recipients >= self.config.limits.max_recipients {
+        if tx.recipients + self.recipients_pending() >= self.config.limits.max_recipients {
+            // Recipients whose replies are still to come may be refused: count them
+            // only when they are known.
+            if self.recipients_pending() > 0 {
+                Box::pin(self.settle()).await?;
+                return Box::pin(self.recipient_allowed(path, params)).await;
+            }
             self.stats.rcpt_refused += 1;
             metrics::limit_refused("limits.max_recipients");
             return refused(self, "452 4.5.3 Error: too many recipients");

@@ -946,6 +946,7 @@ async fn silent_client_inside_data_times_out() {
 
 mod bdat;
 mod lockstep;
+mod pipeline;
 
 #[tokio::test]
 async fn refusals_count_toward_max_errors() {

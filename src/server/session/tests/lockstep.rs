@@ -331,3 +331,70 @@ async fn a_backend_that_does_not_expect_a_proxy_header_is_given_up() {
     let lines = got.lock().unwrap().clone();
     assert!(!lines.iter().any(|l| l.starts_with("MAIL") || l.starts_with("HELO")), "{lines:?}");
 }
+
+/// [`run`] with a client that pipelines MAIL, RCPT and DATA, which go to the backend
+/// in one write.
+async fn run_pipelined(step: Step, fault: Fault) -> (Scripted, Vec<(String, String)>) {
+    let backend = Scripted::start(step, fault).await;
+    let config = config(&[(backend.addr, "xclient")], "[limits]\nmax_errors = 100\n");
+    let mut c = Client::greeted(config, OUTSIDER).await;
+    let mut seen = Vec::new();
+    for cmd in ["MAIL FROM:<r@example.org>", "RSET"] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.send(&format!("{cmd}\r\n")).await;
+        seen.push((cmd.to_string(), c.reply().await));
+    }
+    for sender in ["a@example.org", "b@example.org"] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let group = [format!("MAIL FROM:<{sender}>"), "RCPT TO:<u@example.com>".into(), "DATA".into()];
+        c.send(&group.iter().map(|l| format!("{l}\r\n")).collect::<String>()).await;
+        for cmd in group {
+            seen.push((cmd, c.reply().await));
+        }
+        if seen.last().unwrap().1.starts_with("354") {
+            c.send(BODY).await;
+            seen.push((BODY.into(), c.reply().await));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.cmd("RSET", "250").await;
+    }
+    c.cmd("QUIT", "221").await;
+    (backend, seen)
+}
+
+/// Replies to a pipelined group are matched by position, so an extra reply can answer
+/// the next command of the group (as with any pipelining client). What holds: no body
+/// byte goes out unless the reply taken for DATA is the backend's 354 to it, nothing of
+/// a body reaches the backend as commands, and "queued" comes only from the backend's
+/// reply to the dot of a message it received.
+#[tokio::test]
+async fn a_backend_out_of_step_in_a_pipelined_group_takes_no_message_it_did_not_answer() {
+    let steps = [Step::Mail, Step::Rcpt, Step::Data, Step::EndOfData, Step::Rset];
+    for step in steps {
+        for fault in [Fault::Extra, Fault::ExtraLater, Fault::Wrong, Fault::Premature, Fault::Split] {
+            let (backend, seen) = run_pipelined(step, fault).await;
+            let case = format!("{fault:?} at {step:?}: {seen:?}");
+            let log = backend.log.lock().unwrap().clone();
+            for line in log.iter().filter(|l| !l.starts_with("BODY:")) {
+                assert!(!line.contains("elsewhere"), "{case}\nmessage text reached the backend as a command: {line:?}");
+            }
+            for (cmd, reply) in &seen {
+                if reply.starts_with("354") {
+                    assert!(cmd == "DATA" && reply.contains("data-tag"), "{case}\n354 not the backend's to DATA");
+                }
+                if reply.contains("queued-tag") {
+                    assert_eq!(cmd, BODY, "{case}\n'queued' answered something else");
+                }
+                if cmd == BODY {
+                    assert!(reply.contains("queued-tag") || reply.starts_with('4'), "{case}\nbody answered {reply:?}");
+                }
+            }
+            let told_queued = seen.iter().filter(|(_, r)| r.contains("queued-tag")).count();
+            let delivered = log.iter().filter(|l| l.starts_with("BODY:")).count();
+            assert!(told_queued <= delivered && delivered >= 1, "{case}\n{log:?}");
+            if fault == Fault::Split {
+                assert_eq!((told_queued, *backend.connections.lock().unwrap()), (2, 1), "{case}");
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Commands pipelined to the backend. When the backend offers PIPELINING (RFC 2920),
+//! MAIL, RCPT and DATA go out without waiting for their replies, and those replies are
+//! read, in order, when the client must have them: before the session writes to the
+//! client or reads from it again, before any other command, and at DATA (which ends a
+//! group). A client that pipelines MAIL, RCPT... and DATA so costs one backend round
+//! trip instead of one per command; one that does not sees no difference.
+//!
+//! The client's replies keep its commands' order: a reply of our own (a relay refusal
+//! between two forwarded recipients, say) waits in the same queue as the backend's.
+//! What a pipelined command is checked against is what the replies before it would
+//! make of the session: the transaction is open from MAIL on (and ends if the backend
+//! refuses it), recipients still unanswered count toward the recipient limit (when
+//! they would reach it, their replies are read first), and DATA goes to the backend
+//! only while a recipient may still be accepted.
+//!
+//! Replies are matched to commands by position. A backend that answers a command twice
+//! shifts every later reply by one; the shift is caught where it matters: DATA accepts
+//! only 354 or a failure, a 354 after no accepted recipient drops the connection, and
+//! anything after the reply to DATA is out of step ([`crate::server::upstream`]). No
+//! body byte leaves unless the reply read for DATA is the 354 to it.
+
+use super::{Outcome, Session, Step};
+use std::collections::VecDeque;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A client command whose reply is owed, in the client's order.
+pub(super) enum Pending {
+    /// MAIL sent to the backend; `discard` when a filter said to drop the message.
+    Mail { discard: bool },
+    /// RCPT sent to the backend (its line, for the filters' record and to send again).
+    Rcpt(Vec<u8>),
+    /// DATA sent to the backend.
+    Data,
+    /// Our own replies (CRLF included), for commands the backend never saw.
+    Local(Vec<u8>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Whether MAIL, RCPT and DATA may go to the backend ahead of their replies.
+    /// Listeners with content filters ask them between commands, in lock step.
+    pub(super) fn pipelines(&self) -> bool {
+        self.listener.milters.is_empty() && self.upstream.as_ref().is_some_and(|up| up.capabilities().pipelining)
+    }
+
+    /// Recipients sent to the backend whose replies are still to come.
+    pub(super) fn recipients_pending(&self) -> u32 {
+        self.pending.iter().filter(|p| matches!(p, Pending::Rcpt(_))).count() as u32
+    }
+
+    /// Reads every reply owed and queues the client's replies in order.
+    pub(super) async fn settle(&mut self) -> Step {
+        let body_follows = self.settle_group().await?;
+        debug_assert!(!body_follows, "a pipelined DATA is settled where it is sent");
+        Ok(())
+    }
+
+    /// [`Self::settle`], for a group that ends with DATA: true when the last reply
+    /// was the backend's 354 to it, so the body follows.
+    pub(super) async fn settle_group(&mut self) -> Result<bool, Outcome> {
+        let mut owed = std::mem::take(&mut self.pending);
+        let mut body_follows = false;
+        while let Some(item) = owed.pop_front() {
+            match item {
+                Pending::Local(text) => self.out.extend_from_slice(&text),
+                Pending::Mail { discard } => {
+                    let result = match self.upstream.as_mut() {
+                        Some(up) => up.mail_reply().await,
+                        None => Err(crate::server::upstream::UpstreamError::Closed),
+                    };
+                    Box::pin(self.mail_replied(result, discard, &owed)).await?;
+                }
+                Pending::Rcpt(line) => match self.upstream.as_mut() {
+                    Some(up) => {
+                        let result = up.reply().await;
+                        self.recipient_replied(&line, result)?;
+                    }
+                    None => self.without_backend()?,
+                },
+                Pending::Data => {
+                    body_follows = match self.upstream.as_mut() {
+                        Some(up) => {
+                            let result = up.reply().await;
+                            self.data_replied(result, true)?
+                        }
+                        None => self.without_backend().map(|()| false)?,
+                    }
+                }
+            }
+        }
+        Ok(body_follows)
+    }
+
+    /// The reply to a pipelined command whose backend connection failed before it:
+    /// what the session would have said had the command come after the failure.
+    pub(super) fn without_backend(&mut self) -> Step {
+        if self.phase.transaction().is_none() {
+            return self.refuse("503 5.5.1 Error: need MAIL command");
+        }
+        self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+        Ok(())
+    }
+
+    /// Commands pipelined after a MAIL that was sent again on a new connection go out
+    /// again on it, in order. (They were checked against the first backend's
+    /// extensions; a failover backend that lacks one refuses the command itself.)
+    pub(super) fn queue_again(&mut self, after: &VecDeque<Pending>) {
+        let Some(up) = self.upstream.as_mut() else { return };
+        for item in after {
+            let queued = match item {
+                Pending::Rcpt(line) => up.queue(line, crate::smtp::Asked::Rcpt),
+                Pending::Data => up.queue(b"DATA\r\n", crate::smtp::Asked::Data),
+                Pending::Mail { .. } | Pending::Local(_) => Ok(()),
+            };
+            if queued.is_err() {
+                // The backend spoke out of turn: the replies owed are read from no
+                // connection, and each command gets the answer for a lost backend.
+                self.upstream = None;
+                return;
+            }
+        }
+    }
+}
