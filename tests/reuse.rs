@@ -1,6 +1,7 @@
 //! Backend connection reuse against a real Postfix (XFORWARD): two clients in turn are
 //! served over one kept connection, and Postfix logs each message with its own client,
 //! nothing carried over from the first; a connection is closed after reuse_max_messages.
+//! A client's pipelined group goes to Postfix pipelined, with our refusals in between.
 
 mod support;
 
@@ -64,4 +65,38 @@ fn two_clients_in_turn_over_one_kept_connection() {
         },
         "Postfix to log both connections' ends",
     );
+}
+
+#[test]
+fn a_pipelined_group_reaches_postfix_with_our_refusals_in_between() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    let pf = Postfix::shared();
+    let proxy = proxy(pf, "reuse = false");
+    let mark = marker("pipelined");
+    let mut c = Smtp::hello("127.0.0.64", proxy.addr("mx"));
+    c.send(
+        "MAIL FROM:<s@example.org>\r\nRCPT TO:<u@example.com>\r\nRCPT TO:<x@elsewhere.test>\r\n\
+         RCPT TO:<v@example.com>\r\nDATA\r\n",
+    );
+    let replies: Vec<String> = (0..5).map(|_| c.reply()).collect();
+    let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
+    assert_eq!(codes, ["250", "250", "550", "250", "354"], "{replies:?}");
+    assert!(replies[2].contains("Relay access denied"), "{replies:?}");
+    c.send(&format!("Subject: {mark}\r\n\r\nhi\r\n.\r\n"));
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT", "221");
+    let delivered = pf.delivered(&mark);
+    assert_eq!(pf.client_line(&delivered.queue_id), "localhost[127.0.0.1], orig_client=unknown[127.0.0.64]");
+    assert!(delivered.text.contains("<u@example.com>") || delivered.text.contains("u@example.com"));
+    // Postfix saw two recipients, never the refused one, and no improper pipelining.
+    wait_until(
+        Duration::from_secs(10),
+        || pf.log().contains(" ehlo=1 xforward=1 mail=1 rcpt=2 data=1 quit=1 commands=7"),
+        "Postfix to log the session's commands",
+    );
+    let log = pf.log();
+    assert!(!log.contains("elsewhere.test"), "a refused recipient reached Postfix");
+    assert!(!log.contains("improper command pipelining"), "{log}");
 }
