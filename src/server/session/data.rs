@@ -100,14 +100,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !reply.is_intermediate() {
             return self.relay_reply(&reply).map(|()| false);
         }
-        if self.phase.transaction().is_none_or(|tx| tx.recipients == 0) {
-            // Pipelined after refusals: the backend has no recipient either, or it
-            // would not have accepted what we refused. Its body would be read as
-            // commands; the connection is dropped.
-            let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
-            let detail = "answered DATA with 354 with no recipient accepted".to_string();
-            return self.upstream_failed(UpstreamError::OutOfStep { backend, detail }, "DATA").map(|()| false);
-        }
         if relay_354 {
             self.relay_reply(&reply)?;
         }

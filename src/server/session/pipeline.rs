@@ -20,6 +20,7 @@
 //! body byte leaves unless the reply read for DATA is the 354 to it.
 
 use super::{Outcome, Session, Step};
+use crate::server::upstream::UpstreamError;
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -65,7 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Pending::Mail { discard } => {
                     let result = match self.upstream.as_mut() {
                         Some(up) => up.mail_reply().await,
-                        None => Err(crate::server::upstream::UpstreamError::Closed),
+                        None => Err(UpstreamError::Closed),
                     };
                     Box::pin(self.mail_replied(result, discard, &owed)).await?;
                 }
@@ -79,7 +80,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Pending::Data => {
                     body_follows = match self.upstream.as_mut() {
                         Some(up) => {
-                            let result = up.reply().await;
+                            let mut result = up.reply().await;
+                            let no_recipient = self.phase.transaction().is_none_or(|tx| tx.recipients == 0);
+                            if result.as_ref().is_ok_and(|r| r.is_intermediate()) && no_recipient {
+                                // The backend has no recipient either, or it would not
+                                // have accepted what we refused: its body would be read
+                                // as commands. The connection is dropped.
+                                let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+                                let detail = "answered DATA with 354 with no recipient accepted".to_string();
+                                result = Err(UpstreamError::OutOfStep { backend, detail });
+                            }
                             self.data_replied(result, true)?
                         }
                         None => self.without_backend().map(|()| false)?,
