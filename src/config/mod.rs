@@ -105,13 +105,9 @@ impl Config {
 
     /// What the backend a new session would most likely reach supports: the first one
     /// up, as it last showed itself. Nothing learned yet: no extension.
-    pub fn expected_capabilities(&self) -> crate::smtp::Capabilities {
-        self.backends
-            .iter()
-            .find(|b| b.health.is_up())
-            .or(self.backends.first())
-            .and_then(|b| b.capabilities.get())
-            .unwrap_or_default()
+    pub fn with_expected_capabilities<R>(&self, f: impl Fn(&crate::smtp::Capabilities) -> R) -> R {
+        let backend = self.backends.iter().find(|b| b.health.is_up()).or(self.backends.first());
+        backend.and_then(|b| b.capabilities.read(&f)).unwrap_or_else(|| f(&crate::smtp::Capabilities::default()))
     }
 }
 

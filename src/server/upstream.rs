@@ -317,7 +317,7 @@ impl Upstream {
         .await?;
         // Sessions learn what the backend offers them (after TLS and XCLIENT, EHLO
         // again); the check's own view only fills in until the first session has.
-        if backend.capabilities.get().is_none() {
+        if backend.capabilities.read(|_| ()).is_none() {
             backend.capabilities.set(&up.caps);
         }
         up.quit().await;

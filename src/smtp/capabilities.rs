@@ -71,8 +71,9 @@ impl Capabilities {
 pub struct Learned(Mutex<Option<Capabilities>>);
 
 impl Learned {
-    pub fn get(&self) -> Option<Capabilities> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// `f` of the capabilities learnt, if any yet, without copying them.
+    pub fn read<R>(&self, f: impl FnOnce(&Capabilities) -> R) -> Option<R> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(f)
     }
 
     pub fn set(&self, caps: &Capabilities) {

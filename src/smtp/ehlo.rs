@@ -3,7 +3,7 @@
 /// The extensions offered to one client: what Portcullis supports, narrowed to what
 /// the listener allows now (STARTTLS before TLS, AUTH where configured) and to what
 /// the backend supports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Offer {
     /// Advertised with SIZE and enforced on `SIZE=` and on the real bytes.
     pub max_size: u64,
@@ -31,36 +31,31 @@ impl Offer {
 
 /// The EHLO reply, without the final CRLF.
 pub fn reply(hostname: &str, offer: &Offer) -> String {
-    let mut lines = vec![hostname.to_string(), "PIPELINING".into(), format!("SIZE {}", offer.max_size)];
-    lines.push("8BITMIME".into());
-    if offer.starttls {
-        lines.push("STARTTLS".into());
+    let size = format!("SIZE {}", offer.max_size);
+    let keywords = [
+        (true, "PIPELINING"),
+        (true, size.as_str()),
+        (true, "8BITMIME"),
+        (offer.starttls, "STARTTLS"),
+        (offer.auth, "AUTH PLAIN LOGIN"),
+        (true, "ENHANCEDSTATUSCODES"),
+        (!offer.held, "CHUNKING"),
+        (offer.binarymime && !offer.held, "BINARYMIME"),
+        (offer.dsn, "DSN"),
+        (offer.smtputf8, "SMTPUTF8"),
+    ];
+    let mut out = String::with_capacity(160 + hostname.len());
+    out.push_str("250-");
+    out.push_str(hostname);
+    let mut last = 0;
+    for (_, keyword) in keywords.iter().filter(|(offered, _)| *offered) {
+        out.push_str("\r\n");
+        last = out.len();
+        out.push_str("250-");
+        out.push_str(keyword);
     }
-    if offer.auth {
-        lines.push("AUTH PLAIN LOGIN".into());
-    }
-    lines.push("ENHANCEDSTATUSCODES".into());
-    if !offer.held {
-        lines.push("CHUNKING".into());
-    }
-    if offer.binarymime && !offer.held {
-        lines.push("BINARYMIME".into());
-    }
-    if offer.dsn {
-        lines.push("DSN".into());
-    }
-    if offer.smtputf8 {
-        lines.push("SMTPUTF8".into());
-    }
-    let last = lines.len() - 1;
-    let mut out = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        out.push_str(if i == last { "250 " } else { "250-" });
-        out.push_str(line);
-        if i != last {
-            out.push_str("\r\n");
-        }
-    }
+    // The last line says "250 ".
+    out.replace_range(last + 3..last + 4, " ");
     out
 }
 

@@ -32,17 +32,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// What this client is offered now: the extensions that depend on the backend
     /// follow the one this session is connected to, or else the one it would reach.
     pub(super) fn offer(&self) -> Offer {
-        let caps = match &self.upstream {
-            Some(up) => up.capabilities().clone(),
-            None => self.config.expected_capabilities(),
-        };
-        Offer {
+        let offer = Offer {
             max_size: self.config.limits.max_message_size,
             starttls: self.listener.tls == ListenerTls::StartTls && !self.client.is_tls(),
             auth: self.auth_offered(),
             held: !self.listener.milters.is_empty(),
             ..Offer::default()
+        };
+        match &self.upstream {
+            Some(up) => offer.following(up.capabilities()),
+            None => self.config.with_expected_capabilities(|caps| offer.following(caps)),
         }
-        .following(&caps)
     }
 }
