@@ -83,9 +83,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         self.phase.begin_transaction(tx);
         if self.pipelines() {
+            // (Never with filters, so never a message to discard.)
             let up = self.upstream.as_mut().expect("connected above");
             match up.queue_mail(&facts, &forward) {
-                Ok(()) => self.pending.push_back(Pending::Mail { discard }),
+                Ok(()) => self.pending.push_back(Pending::Mail),
                 Err(e) => self.mail_replied(Err(e), discard, &Default::default()).await?,
             }
             return Ok(());

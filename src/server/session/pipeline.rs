@@ -26,8 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A client command whose reply is owed, in the client's order.
 pub(super) enum Pending {
-    /// MAIL sent to the backend; `discard` when a filter said to drop the message.
-    Mail { discard: bool },
+    /// MAIL sent to the backend.
+    Mail,
     /// RCPT sent to the backend (its line, for the filters' record and to send again).
     Rcpt(Vec<u8>),
     /// DATA sent to the backend.
@@ -63,12 +63,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         while let Some(item) = owed.pop_front() {
             match item {
                 Pending::Local(text) => self.out.extend_from_slice(&text),
-                Pending::Mail { discard } => {
+                Pending::Mail => {
                     let result = match self.upstream.as_mut() {
                         Some(up) => up.mail_reply().await,
                         None => Err(UpstreamError::Closed),
                     };
-                    Box::pin(self.mail_replied(result, discard, &owed)).await?;
+                    Box::pin(self.mail_replied(result, false, &owed)).await?;
                 }
                 Pending::Rcpt(line) => match self.upstream.as_mut() {
                     Some(up) => {
@@ -119,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let queued = match item {
                 Pending::Rcpt(line) => up.queue(line, crate::smtp::Asked::Rcpt),
                 Pending::Data => up.queue(b"DATA\r\n", crate::smtp::Asked::Data),
-                Pending::Mail { .. } | Pending::Local(_) => Ok(()),
+                Pending::Mail | Pending::Local(_) => Ok(()),
             };
             if queued.is_err() {
                 // The backend spoke out of turn: the replies owed are read from no
