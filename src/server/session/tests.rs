@@ -64,6 +64,9 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
         }
         let text = String::from_utf8_lossy(&line).trim_end_matches("\r\n").to_string();
         log.lock().unwrap().push(text.clone());
+        if !caps.contains("PIPELINING") && !stream.buffer().is_empty() {
+            log.lock().unwrap().push("PIPELINED WITHOUT PIPELINING".into());
+        }
         let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
         let reply: String = match verb.as_str() {
             "EHLO" => format!("250-fake\r\n{caps}"),

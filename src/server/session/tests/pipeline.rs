@@ -262,3 +262,22 @@ async fn a_group_whose_mail_failed_goes_out_again_on_the_next_backend() {
     let commands: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(commands[1..6], ["XFORWARD", "MAIL", "RCPT", "RCPT", "DATA"], "{lines:?}");
 }
+
+/// A legacy backend without PIPELINING gets one command at a time (XFORWARD included),
+/// while the client pipelines: it sees the same replies in the same order.
+#[tokio::test]
+async fn a_backend_without_pipelining_gets_one_command_at_a_time() {
+    let backend = FakeBackend::start("250 XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n").await;
+    let cfg = config(&[(backend.addr, "xforward")], "");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.send("MAIL FROM:<s@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n").await;
+    let replies = c.replies(4).await;
+    assert_eq!(codes(&replies), ["250 2.0.0", "550 5.7.1", "250 2.0.0", "354 End d"], "{replies:?}");
+    c.send("Subject: legacy\r\n\r\nbody\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as FAKE1\r\n");
+    c.cmd("QUIT", "221").await;
+    let lines = backend.lines();
+    let commands: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(commands[1..5], ["XFORWARD", "MAIL", "RCPT", "DATA"], "{lines:?}");
+    assert!(!lines.iter().any(|l| l == "PIPELINED WITHOUT PIPELINING"), "{lines:?}");
+}
