@@ -449,8 +449,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             let parsed = command::parse(text);
-            if !self.pending.is_empty() && !matches!(parsed, Ok(Command::Rcpt { .. } | Command::Data)) {
-                // Only RCPT and DATA join a pipelined group at the backend.
+            let joins_group = matches!(parsed, Ok(Command::Rcpt { .. } | Command::Data)) && self.pipelines();
+            if !self.pending.is_empty() && !joins_group {
+                // Only RCPT and DATA join a pipelined group at the backend, and only while
+                // the session pipelines (a reload may just have given the listener filters).
                 Box::pin(self.settle()).await?;
             }
             if let Ok(command) = &parsed {

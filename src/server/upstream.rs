@@ -471,6 +471,11 @@ impl Upstream {
         UpstreamError::OutOfStep { backend: self.address.clone(), detail }
     }
 
+    /// Whether a reply is owed for a command sent or queued.
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
     }

@@ -126,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// `smtpd_per_request_deadline`). A line longer than `max_line_length` gets one
     /// reply and the session ends: the rest of it is not read.
     pub(super) async fn read_line(&mut self, command: bool) -> Result<Line, Outcome> {
-        let deadline = tokio::time::Instant::now() + self.config.limits.command_timeout;
+        let mut deadline = tokio::time::Instant::now() + self.config.limits.command_timeout;
         loop {
             if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
                 let line = self.inbuf.split_to(nl + 1);
@@ -149,7 +149,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply("500 5.5.2 Error: line too long");
                 return Err(Outcome::LineTooLong);
             }
+            let settles = !self.pending.is_empty();
             self.flush().await?;
+            if settles {
+                // The client was waiting on the backend's replies, not the other way round.
+                deadline = tokio::time::Instant::now() + self.config.limits.command_timeout;
+            }
             if self.inbuf.is_empty() && self.inbuf.capacity() > 4 * COMMAND_CHUNK {
                 // Let go of a large DATA buffer while idle.
                 self.inbuf = BytesMut::new();

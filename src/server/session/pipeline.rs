@@ -21,6 +21,7 @@
 
 use super::{Outcome, Session, Step};
 use crate::server::upstream::UpstreamError;
+use crate::smtp::Asked;
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -72,7 +73,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Pending::Rcpt(line) => match self.upstream.as_mut() {
                     Some(up) => {
-                        let result = up.reply().await;
+                        // Not yet sent when the MAIL went again to a backend without
+                        // PIPELINING (see `queue_again`): one command at a time there.
+                        let result = if up.owes() { up.reply().await } else { up.command(&line, Asked::Rcpt).await };
                         self.recipient_replied(&line, result)?;
                     }
                     None => self.without_backend()?,
@@ -80,7 +83,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Pending::Data => {
                     body_follows = match self.upstream.as_mut() {
                         Some(up) => {
-                            let mut result = up.reply().await;
+                            let mut result =
+                                if up.owes() { up.reply().await } else { up.command(b"DATA\r\n", Asked::Data).await };
                             let no_recipient = self.phase.transaction().is_none_or(|tx| tx.recipients == 0);
                             if result.as_ref().is_ok_and(|r| r.is_intermediate()) && no_recipient {
                                 // The backend has no recipient either, or it would not
@@ -111,20 +115,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Commands pipelined after a MAIL that was sent again on a new connection go out
-    /// again on it, in order. (They were checked against the first backend's
+    /// again on it, in order: in one write where it offers PIPELINING, else one at a
+    /// time as their replies are read. (They were checked against the first backend's
     /// extensions; a failover backend that lacks one refuses the command itself.)
     pub(super) fn queue_again(&mut self, after: &VecDeque<Pending>) {
+        if !self.pipelines() {
+            return;
+        }
         let Some(up) = self.upstream.as_mut() else { return };
         for item in after {
             let queued = match item {
-                Pending::Rcpt(line) => up.queue(line, crate::smtp::Asked::Rcpt),
-                Pending::Data => up.queue(b"DATA\r\n", crate::smtp::Asked::Data),
+                Pending::Rcpt(line) => up.queue(line, Asked::Rcpt),
+                Pending::Data => up.queue(b"DATA\r\n", Asked::Data),
                 Pending::Mail | Pending::Local(_) => Ok(()),
             };
             if queued.is_err() {
-                // The backend spoke out of turn: the replies owed are read from no
-                // connection, and each command gets the answer for a lost backend.
+                // The backend spoke out of turn: the commands owed get the answer for
+                // a lost backend, and the next RCPT sends the MAIL again.
                 self.upstream = None;
+                if let Some(tx) = self.phase.transaction_mut() {
+                    tx.released = true;
+                }
                 return;
             }
         }

@@ -223,6 +223,13 @@ async fn a_pipelined_data_without_a_recipient_gets_no_354() {
 /// in order, on the next backend, and the client sees only that one's replies.
 #[tokio::test]
 async fn a_group_whose_mail_failed_goes_out_again_on_the_next_backend() {
+    // The next backend pipelines, or (a legacy one) takes one command at a time.
+    for caps in [POSTFIX_CAPS, "250 XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n"] {
+        group_sent_again(caps).await;
+    }
+}
+
+async fn group_sent_again(caps: &'static str) {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let broken = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -248,7 +255,7 @@ async fn a_group_whose_mail_failed_goes_out_again_on_the_next_backend() {
             });
         }
     });
-    let good = FakeBackend::start(POSTFIX_CAPS).await;
+    let good = FakeBackend::start(caps).await;
     let cfg = config(&[(broken, "xforward"), (good.addr, "xforward")], "");
     let mut c = Client::greeted(cfg, OUTSIDER).await;
     c.send("MAIL FROM:<s@example.org>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n").await;
@@ -261,6 +268,7 @@ async fn a_group_whose_mail_failed_goes_out_again_on_the_next_backend() {
     let lines = good.lines();
     let commands: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(commands[1..6], ["XFORWARD", "MAIL", "RCPT", "RCPT", "DATA"], "{lines:?}");
+    assert!(!lines.iter().any(|l| l == "PIPELINED WITHOUT PIPELINING"), "{lines:?}");
 }
 
 /// A legacy backend without PIPELINING gets one command at a time (XFORWARD included),
