@@ -21,7 +21,7 @@
 
 use super::{Outcome, Session, Step};
 use crate::server::upstream::UpstreamError;
-use crate::smtp::Asked;
+use crate::smtp::{Asked, Reply};
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -71,29 +71,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     Box::pin(self.mail_replied(result, false, &owed)).await?;
                 }
-                Pending::Rcpt(line) => match self.upstream.as_mut() {
-                    Some(up) => {
-                        // Not yet sent when the MAIL went again to a backend without
-                        // PIPELINING (see `queue_again`): one command at a time there.
-                        let result = if up.owes() { up.reply().await } else { up.command(&line, Asked::Rcpt).await };
-                        self.recipient_replied(&line, result)?;
-                    }
+                Pending::Rcpt(line) => match self.reply_owed(&line, Asked::Rcpt).await {
+                    Some(result) => self.recipient_replied(&line, result)?,
                     None => self.without_backend()?,
                 },
                 Pending::Data => {
-                    body_follows = match self.upstream.as_mut() {
-                        Some(up) => {
-                            let mut result =
-                                if up.owes() { up.reply().await } else { up.command(b"DATA\r\n", Asked::Data).await };
-                            let no_recipient = self.phase.transaction().is_none_or(|tx| tx.recipients == 0);
-                            if result.as_ref().is_ok_and(|r| r.is_intermediate()) && no_recipient {
-                                // The backend has no recipient either, or it would not
-                                // have accepted what we refused: its body would be read
-                                // as commands. The connection is dropped.
-                                let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
-                                let detail = "answered DATA with 354 with no recipient accepted".to_string();
-                                result = Err(UpstreamError::OutOfStep { backend, detail });
-                            }
+                    body_follows = match self.reply_owed(b"DATA\r\n", Asked::Data).await {
+                        Some(result) => {
+                            let result = self.refuse_354_without_recipient(result);
                             self.data_replied(result, true)?
                         }
                         None => self.without_backend().map(|()| false)?,
@@ -102,6 +87,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         Ok(body_follows)
+    }
+
+    /// The backend's reply to a pipelined command (`line`); `None` without a backend.
+    /// A command not yet sent (after a MAIL sent again to a backend without
+    /// PIPELINING, see [`Self::queue_again`]) goes now, one at a time.
+    async fn reply_owed(&mut self, line: &[u8], asked: Asked) -> Option<Result<Reply, UpstreamError>> {
+        let up = self.upstream.as_mut()?;
+        Some(if up.owes() { up.reply().await } else { up.command(line, asked).await })
+    }
+
+    /// A 354 to a pipelined DATA when no recipient was accepted: the backend has none
+    /// either, or it would not have accepted what we refused, and its body would be
+    /// read as commands. Out of step: the connection is dropped.
+    fn refuse_354_without_recipient(&self, result: Result<Reply, UpstreamError>) -> Result<Reply, UpstreamError> {
+        let no_recipient = self.phase.transaction().is_none_or(|tx| tx.recipients == 0);
+        if !(result.as_ref().is_ok_and(|r| r.is_intermediate()) && no_recipient) {
+            return result;
+        }
+        let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+        Err(UpstreamError::OutOfStep { backend, detail: "answered DATA with 354 with no recipient accepted".into() })
     }
 
     /// The reply to a pipelined command whose backend connection failed before it:
