@@ -123,31 +123,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ///
     /// `command_timeout` is a deadline for the whole line, not an idle timer: a client
     /// trickling a byte at a time cannot hold the session longer (Postfix's
-    /// `smtpd_per_request_deadline`). A line longer than `max_line_length` gets one
-    /// reply and the session ends: the rest of it is not read.
+    /// `smtpd_per_request_deadline`). A line longer than `max_line_length` (CRLF
+    /// included) gets one reply and the session ends: the rest of it is not read.
     pub(super) async fn read_line(&mut self, command: bool) -> Result<Line, Outcome> {
         let mut deadline = tokio::time::Instant::now() + self.config.limits.command_timeout;
         loop {
-            if let Some(nl) = memchr::memchr(b'\n', &self.inbuf) {
+            let end = memchr::memchr(b'\n', &self.inbuf);
+            if end.is_none() && command && self.inbuf.first().is_some_and(|&b| b == 0x16 || b == 0 || b >= 0x80) {
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, first = self.inbuf[0], "not an SMTP client (TLS or binary data); closed");
+                self.inbuf.clear();
+                self.reply("554 5.5.1 Error: this is an SMTP server");
+                return Err(Outcome::NotSmtp);
+            }
+            // The one place a line's length is decided, however it arrived: whole in one
+            // read, split across reads, or behind a message's final dot. Without its end
+            // yet, the line is at least one byte longer than what is buffered.
+            let length = end.map_or(self.inbuf.len() + 1, |nl| nl + 1);
+            if length > self.config.limits.max_line_length {
+                self.inbuf.clear();
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, length, "line too long; closed");
+                metrics::limit_refused("limits.max_line_length");
+                self.reply("500 5.5.2 Error: line too long");
+                return Err(Outcome::LineTooLong);
+            }
+            if let Some(nl) = end {
                 let line = self.inbuf.split_to(nl + 1);
                 if nl == 0 || line[nl - 1] != b'\r' {
                     tracing::info!(peer = %self.peer, "line ended by bare LF; refused");
                     return Ok(Err("500 5.5.2 Error: command line must end with CRLF"));
                 }
                 return Ok(Ok(line));
-            }
-            if command && self.inbuf.first().is_some_and(|&b| b == 0x16 || b == 0 || b >= 0x80) {
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, first = self.inbuf[0], "not an SMTP client (TLS or binary data); closed");
-                self.inbuf.clear();
-                self.reply("554 5.5.1 Error: this is an SMTP server");
-                return Err(Outcome::NotSmtp);
-            }
-            if self.inbuf.len() >= self.config.limits.max_line_length {
-                self.inbuf.clear();
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, "line too long; closed");
-                metrics::limit_refused("limits.max_line_length");
-                self.reply("500 5.5.2 Error: line too long");
-                return Err(Outcome::LineTooLong);
             }
             let settles = !self.pending.is_empty();
             self.flush().await?;

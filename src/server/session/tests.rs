@@ -948,6 +948,7 @@ async fn silent_client_inside_data_times_out() {
 }
 
 mod bdat;
+mod limits;
 mod lockstep;
 mod pipeline;
 
