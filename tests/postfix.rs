@@ -317,3 +317,76 @@ fn client_disconnect_mid_data_delivers_nothing() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(pf.count(&mark), 0);
 }
+
+/// A list server's message to 150 recipients, from Python's smtplib: 100 accepted, 50
+/// deferred with 452 (to be retried), the session kept, and Postfix queues the message
+/// once, for the 100.
+#[test]
+fn recipients_over_the_limit_are_deferred_and_the_rest_delivered_once() {
+    if !need(&["postfix", "python3"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
+    let mark = marker("overshoot");
+    let script = r#"
+import smtplib, sys
+host, port, mark = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rcpts = ["u%d@example.com" % i for i in range(150)]
+with smtplib.SMTP(host, port, source_address=("127.0.0.79", 0), timeout=30) as s:
+    refused = s.sendmail("list@example.org", rcpts, "Subject: %s\r\n\r\nlist mail\r\n" % mark)
+    codes = sorted(set((c, m.decode()) for c, m in refused.values()))
+    print(len(refused), codes, s.noop()[0])
+"#;
+    let addr = proxy.addr("mx");
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), &mark])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "50 [(452, '4.5.3 Error: too many recipients')] 250");
+    let msg = pf.delivered(&mark);
+    let queued = format!("{}: from=<list@example.org>", msg.queue_id);
+    wait_until(std::time::Duration::from_secs(10), || pf.log().contains(&queued), "qmgr's line");
+    let log = pf.log();
+    let line = log.lines().find(|l| l.contains(&queued)).unwrap();
+    assert!(line.contains("nrcpt=100 "), "{line}");
+    assert_eq!(log.matches(" from=<list@example.org>, size=").count(), 1, "queued once");
+}
+
+/// Python's smtplib, asked for SMTPUTF8, adds its own and says it twice: taken as
+/// Postfix takes it, and the message to a UTF-8 address is delivered.
+#[test]
+fn smtputf8_said_twice_by_smtplib_is_delivered() {
+    if !need(&["postfix", "python3"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
+    let mark = marker("utf8twice");
+    let script = r#"
+import smtplib, sys
+host, port, mark = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from email.message import EmailMessage
+msg = EmailMessage()
+msg["From"], msg["To"], msg["Subject"] = "jørn@example.org", "blåbær@example.com", mark
+msg.set_content("hej")
+with smtplib.SMTP(host, port, source_address=("127.0.0.79", 0), timeout=30) as s:
+    s.set_debuglevel(1)
+    refused = s.send_message(msg, mail_options=["SMTPUTF8"])
+    print("refused:", refused)
+"#;
+    let addr = proxy.addr("mx");
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), &mark])
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{transcript}");
+    assert!(transcript.contains("SMTPUTF8 SMTPUTF8"), "smtplib no longer repeats it: {transcript}");
+    assert!(transcript.contains("refused: {}"), "{transcript}");
+    pf.delivered(&mark);
+}

@@ -16,6 +16,7 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.max_line_length", &o.max_line_length, &n.max_line_length);
     field("limits.max_message_size", &o.max_message_size, &n.max_message_size);
     field("limits.max_recipients", &o.max_recipients, &n.max_recipients);
+    field("limits.recipient_overshoot_limit", &o.recipient_overshoot_limit, &n.recipient_overshoot_limit);
     field("limits.bare_lf", &o.bare_lf, &n.bare_lf);
     field("limits.max_connections", &o.max_connections, &n.max_connections);
     field("limits.max_connections_per_ip", &o.max_connections_per_ip, &n.max_connections_per_ip);

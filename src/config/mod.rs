@@ -42,6 +42,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
 pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
+pub const DEFAULT_RECIPIENT_OVERSHOOT_LIMIT: u32 = 1000;
 /// RFC 5321 4.5.3.2: 5 minutes between commands, 3 minutes per DATA block.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
@@ -284,6 +285,10 @@ pub struct Limits {
     pub max_line_length: usize,
     pub max_message_size: u64,
     pub max_recipients: u32,
+    /// Recipients past `max_recipients` in one transaction that get 452 without
+    /// counting as errors (Postfix's smtpd_recipient_overshoot_limit): a list
+    /// server sends to the first ones and retries the rest (RFC 5321 4.5.3.1.10).
+    pub recipient_overshoot_limit: u32,
     pub bare_lf: BareLf,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -1003,6 +1008,7 @@ impl Validator {
             min_data_rate,
             max_message_size,
             max_recipients,
+            recipient_overshoot_limit: raw.recipient_overshoot_limit.unwrap_or(DEFAULT_RECIPIENT_OVERSHOOT_LIMIT),
             bare_lf,
             max_connections,
             max_connections_per_ip,

@@ -268,6 +268,7 @@ pub struct RawLimits {
     pub max_line_length: Option<usize>,
     pub max_message_size: Option<RawSize>,
     pub max_recipients: Option<u32>,
+    pub recipient_overshoot_limit: Option<u32>,
     pub bare_lf: Option<String>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,

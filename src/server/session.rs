@@ -137,6 +137,8 @@ enum Read {
 #[derive(Debug, Default)]
 struct Transaction {
     recipients: u32,
+    /// Recipients refused for `max_recipients` so far.
+    overshoot: u32,
     /// The MAIL line as the backend got it, to send again when the backend connection
     /// was given back before any recipient (see `release_idle_upstream`).
     mail_line: Vec<u8>,
@@ -278,6 +280,9 @@ pub struct Session<S> {
     stats: Stats,
     /// Cancelled when a shutdown's drain deadline passes.
     stop: CancellationToken,
+    /// The verb of the command being handled ("-" for a line that is none), for the
+    /// log line of a refusal.
+    verb: &'static str,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -306,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pending: Default::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
+            verb: "-",
         }
     }
 
@@ -441,6 +447,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let line = match self.next_line().await? {
                 Ok(line) => line,
                 Err(reply) => {
+                    self.verb = "-";
                     self.refuse(reply)?;
                     continue;
                 }
@@ -449,6 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // `line` still ends with CRLF, so forwarded commands are the client's own bytes.
             let text = &line[..line.len() - 2];
             let parsed = command::parse(text);
+            self.verb = parsed.as_ref().map_or("-", Command::verb);
             let joins_group = matches!(parsed, Ok(Command::Rcpt { .. } | Command::Data)) && self.pipelines();
             if !self.pending.is_empty() && !joins_group {
                 // Only RCPT and DATA join a pipelined group at the backend, and only while
@@ -562,6 +570,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Our own refusal of a client's command: it counts as an error (see `count_error`).
     fn refuse(&mut self, reply: &str) -> Step {
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, command = self.verb, reply, "command refused");
         self.reply(reply);
         self.count_error()
     }

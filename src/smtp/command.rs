@@ -41,6 +41,26 @@ pub struct Param<'a> {
 }
 
 impl Command<'_> {
+    /// The verb, upper-case, for log lines.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Helo(_) => "HELO",
+            Command::Ehlo(_) => "EHLO",
+            Command::Mail { .. } => "MAIL",
+            Command::Rcpt { .. } => "RCPT",
+            Command::Data => "DATA",
+            Command::Bdat(_) => "BDAT",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Vrfy => "VRFY",
+            Command::Help => "HELP",
+            Command::StartTls => "STARTTLS",
+            Command::Auth(_) => "AUTH",
+            Command::NotImplemented(verb) | Command::Spoof(verb) => verb,
+        }
+    }
+
     /// RFC 2920 (and RFC 4954 for AUTH): commands after which a client must wait for
     /// the reply before sending more. DATA and STARTTLS are checked where they are
     /// handled, with their own replies.

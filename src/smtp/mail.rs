@@ -60,8 +60,12 @@ pub fn check(path: &str, params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Re
     }
     let mut out = MailParams::default();
     for (i, p) in params.iter().enumerate() {
-        if params[..i].iter().any(|q| q.keyword.eq_ignore_ascii_case(p.keyword)) {
-            return Err(MailRefusal::Duplicate);
+        match params[..i].iter().find(|q| q.keyword.eq_ignore_ascii_case(p.keyword)) {
+            // Said twice, the same way (Python's smtplib repeats its own SMTPUTF8):
+            // harmless, as Postfix and Exim find; the backend gets it once.
+            Some(q) if same(q, p) => continue,
+            Some(_) => return Err(MailRefusal::Duplicate),
+            None => {}
         }
         let is = |name: &str| p.keyword.eq_ignore_ascii_case(name);
         let value = p.value.unwrap_or("");
@@ -103,6 +107,16 @@ pub fn check(path: &str, params: &[Param<'_>], esmtp: bool, offer: &Offer) -> Re
     Ok(out)
 }
 
+/// Whether two parameters say the same (keywords and values compare without case).
+fn same(a: &Param<'_>, b: &Param<'_>) -> bool {
+    a.keyword.eq_ignore_ascii_case(b.keyword)
+        && match (a.value, b.value) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+            _ => false,
+        }
+}
+
 /// What happens to a checked MAIL parameter toward a backend with `caps`.
 enum Fate {
     Keep,
@@ -134,7 +148,11 @@ fn fate(caps: &Capabilities, p: &Param<'_>) -> Fate {
 /// The MAIL line for a backend with `caps`. `line` is the client's MAIL line (CRLF
 /// included) whose parameters passed [`check`].
 pub fn for_backend(caps: &Capabilities, line: &[u8], path: &str, params: &[Param<'_>]) -> Result<Vec<u8>, MailRefusal> {
-    let fates: Vec<Fate> = params.iter().map(|p| fate(caps, p)).collect();
+    let fates: Vec<Fate> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if params[..i].iter().any(|q| same(q, p)) { Fate::Drop } else { fate(caps, p) })
+        .collect();
     if fates.iter().any(|f| matches!(f, Fate::Refuse)) {
         return Err(MailRefusal::BackendLacks);
     }
@@ -211,6 +229,26 @@ mod tests {
         let plain = Offer { dsn: false, smtputf8: false, ..OFFER };
         assert_eq!(check("a@b", &[param("RET", "FULL")], true, &plain), Err(MailRefusal::Unsupported));
         assert_eq!(check("a@b", &utf8, true, &plain), Err(MailRefusal::Unsupported));
+    }
+
+    /// Python's smtplib with `mail_options=["SMTPUTF8"]` adds its own SMTPUTF8 too.
+    #[test]
+    fn a_parameter_said_twice_the_same_way_is_taken_once() {
+        let utf8 = Param { keyword: "SMTPUTF8", value: None };
+        let params = [param("size", "282"), utf8, Param { keyword: "smtputf8", value: None }, param("BODY", "8BITMIME")];
+        let declared = check("jørn@b", &params, true, &OFFER);
+        assert_eq!(declared, Ok(MailParams { size: Some(282), smtputf8: true, binary: false }));
+        let caps = Capabilities { size: true, eight_bit_mime: true, smtputf8: true, ..Capabilities::default() };
+        let line = "MAIL FROM:<jørn@b> size=282 SMTPUTF8 smtputf8 BODY=8BITMIME\r\n".as_bytes();
+        assert_eq!(
+            for_backend(&caps, line, "jørn@b", &params),
+            Ok("MAIL FROM:<jørn@b> size=282 SMTPUTF8 BODY=8BITMIME\r\n".as_bytes().to_vec())
+        );
+        // Saying two different things is still refused.
+        let ok = |params: &[Param<'_>]| check("a@b", params, true, &OFFER);
+        assert_eq!(ok(&[param("BODY", "7BIT"), param("BODY", "8BITMIME")]), Err(MailRefusal::Duplicate));
+        assert_eq!(ok(&[utf8, param("SMTPUTF8", "yes")]), Err(MailRefusal::Duplicate));
+        assert_eq!(ok(&[param("body", "8bitmime"), param("BODY", "8BITMIME")]), Ok(MailParams::default()));
     }
 
     #[test]

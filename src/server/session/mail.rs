@@ -32,7 +32,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(declared) => declared,
             Err(refusal) => {
                 if refusal == MailRefusal::TooBig {
-                    tracing::info!(peer = %self.peer, "message refused: declared SIZE over the limit");
                     metrics::limit_refused("limits.max_message_size");
                 }
                 return self.refuse(&refusal.reply());

@@ -126,6 +126,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             self.stats.rcpt_refused += 1;
             metrics::limit_refused("limits.max_recipients");
+            let overshoot = self.phase.transaction_mut().map_or(0, |tx| {
+                tx.overshoot += 1;
+                tx.overshoot
+            });
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, rcpt = ?path, overshoot, "recipient deferred: over max_recipients");
+            // A sender retries these later (RFC 5321 4.5.3.1.10): not errors, up to the
+            // overshoot allowance.
+            if overshoot <= self.config.limits.recipient_overshoot_limit {
+                self.reply("452 4.5.3 Error: too many recipients");
+                return Ok(false);
+            }
             return refused(self, "452 4.5.3 Error: too many recipients");
         }
         let client = RelayClient {

@@ -53,3 +53,57 @@ async fn a_long_line_is_refused_however_it_arrives() {
     backend.wait_for("EOF").await;
     assert!(backend.lines().iter().all(|l| l.len() <= 2046), "a long line reached the backend");
 }
+
+/// A list server's 150 recipients: the first 100 are accepted, the rest deferred
+/// without ending the session, and the message goes to the backend once, for the 100.
+#[tokio::test]
+async fn recipients_over_the_limit_are_deferred_not_errors() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "xforward")], "");
+    assert_eq!((cfg.limits.max_recipients, cfg.limits.max_errors), (100, 10));
+    for pipelined in [true, false] {
+        let mut c = Client::greeted(cfg.clone(), OUTSIDER).await;
+        c.cmd("MAIL FROM:<list@example.org>", "250").await;
+        let rcpts: Vec<String> = (0..150).map(|i| format!("RCPT TO:<u{i}@example.com>\r\n")).collect();
+        let mut replies = Vec::new();
+        if pipelined {
+            c.send(&rcpts.concat()).await;
+            for _ in &rcpts {
+                replies.push(c.reply().await);
+            }
+        } else {
+            for rcpt in &rcpts {
+                c.send(rcpt).await;
+                replies.push(c.reply().await);
+            }
+        }
+        assert!(replies[..100].iter().all(|r| r.starts_with("250")), "{pipelined}: {replies:?}");
+        assert!(replies[100..].iter().all(|r| r == "452 4.5.3 Error: too many recipients\r\n"), "{replies:?}");
+        c.cmd("DATA", "354").await;
+        c.send("Subject: list\r\n\r\nhi\r\n.\r\n").await;
+        assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued"));
+        c.cmd("QUIT", "221").await;
+    }
+    backend.wait_for("EOF").await;
+    let lines = backend.lines();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("RCPT")).count(), 200, "100 for each of two sessions");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("BODY:")).count(), 2);
+    assert!(!lines.iter().any(|l| l.contains("<u100@")), "a deferred recipient reached the backend");
+
+    // Past the overshoot allowance, each one more is an error.
+    let cfg = config(
+        &[(backend.addr, "xforward")],
+        "[limits]\nmax_recipients = 2\nrecipient_overshoot_limit = 3\nmax_errors = 2\n",
+    );
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<list@example.org>", "250").await;
+    for i in 0..2 {
+        c.cmd(&format!("RCPT TO:<u{i}@example.com>"), "250").await;
+    }
+    for i in 2..6 {
+        c.cmd(&format!("RCPT TO:<u{i}@example.com>"), "452 4.5.3").await;
+    }
+    c.send("RCPT TO:<u6@example.com>\r\n").await;
+    assert_eq!(c.reply().await, "452 4.5.3 Error: too many recipients\r\n");
+    assert_eq!(c.reply().await, "421 4.7.0 proxy.test Error: too many errors\r\n");
+}
