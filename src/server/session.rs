@@ -193,13 +193,16 @@ enum Phase {
     Greeted(Helo),
     /// MAIL accepted: the transaction is open.
     Transaction(Helo, Transaction),
+    /// The backend was lost inside a transaction: its later commands get 4xx (the
+    /// fault is temporary) until RSET, MAIL or a new greeting.
+    Lost(Helo),
 }
 
 impl Phase {
     fn helo(&self) -> Option<&Helo> {
         match self {
             Phase::Connected => None,
-            Phase::Greeted(h) | Phase::Transaction(h, _) => Some(h),
+            Phase::Greeted(h) | Phase::Transaction(h, _) | Phase::Lost(h) => Some(h),
         }
     }
 
@@ -219,23 +222,40 @@ impl Phase {
 
     /// Opens a transaction; only a greeted session can (MAIL checks that first).
     fn begin_transaction(&mut self, tx: Transaction) {
-        if let Phase::Greeted(h) = std::mem::replace(self, Phase::Connected) {
-            *self = Phase::Transaction(h, tx);
+        match std::mem::replace(self, Phase::Connected) {
+            Phase::Greeted(h) | Phase::Lost(h) => *self = Phase::Transaction(h, tx),
+            other => *self = other,
         }
     }
 
-    /// Ends the open transaction, if any, and returns it.
+    /// Ends the open transaction, if any, and returns it; a lost one is forgotten.
     fn end_transaction(&mut self) -> Option<Transaction> {
         match std::mem::replace(self, Phase::Connected) {
             Phase::Transaction(h, tx) => {
                 *self = Phase::Greeted(h);
                 Some(tx)
             }
+            Phase::Lost(h) => {
+                *self = Phase::Greeted(h);
+                None
+            }
             other => {
                 *self = other;
                 None
             }
         }
+    }
+
+    /// The backend went away inside the open transaction, if any.
+    fn lose_transaction(&mut self) {
+        *self = match std::mem::replace(self, Phase::Connected) {
+            Phase::Transaction(h, _) => Phase::Lost(h),
+            other => other,
+        };
+    }
+
+    fn lost(&self) -> bool {
+        matches!(self, Phase::Lost(_))
     }
 }
 

@@ -53,15 +53,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// The backend failed: drop it and the transaction, tell the client to retry. Not
-    /// the client's error, so not counted.
+    /// the client's error, so not counted; nor are the transaction's later commands,
+    /// which get 4xx too (see [`Self::transaction_lost`]).
     pub(super) fn upstream_failed(&mut self, error: UpstreamError, step: &'static str) -> Step {
         let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
         if !backend.is_empty() {
             metrics::backend_error(&backend, step, error.kind());
         }
-        self.phase.end_transaction();
+        self.phase.lose_transaction();
         tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
         self.reply(error.client_reply());
+        Ok(())
+    }
+
+    /// RCPT, DATA or BDAT of a transaction whose backend was lost: as temporary as the
+    /// fault (a 503 here would make a sending MTA bounce what it should retry).
+    pub(super) fn transaction_lost(&mut self) -> Step {
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, command = self.verb, "command in a transaction whose backend was lost; 451");
+        self.reply("451 4.4.2 Connection to the mail server lost, try again later");
         Ok(())
     }
 

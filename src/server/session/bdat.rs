@@ -34,6 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Not offered where messages are held for content filters; the chunk is
             // still read whole, never taken for commands.
             _ if self.offered.held => Some("502 5.5.1 Error: BDAT not offered here; use DATA"),
+            None if self.phase.lost() => Some("451 4.4.2 Connection to the mail server lost, try again later"),
             None => Some("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => Some("503 5.5.1 Error: need RCPT command"),
             Some(_) if self.upstream.is_none() => Some("451 4.4.2 Connection to the mail server lost, try again later"),
@@ -52,7 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.phase.end_transaction();
             }
             if reply.starts_with('4') {
-                self.phase.end_transaction();
+                self.phase.lose_transaction();
                 self.reply(reply);
                 return Ok(());
             }

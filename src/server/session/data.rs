@@ -36,6 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     pub(super) async fn data(&mut self) -> Step {
         match self.phase.transaction() {
+            None if self.phase.lost() => return self.transaction_lost(),
             None => return self.refuse("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 && self.recipients_pending() == 0 => {
                 return self.refuse("503 5.5.1 Error: need RCPT command");

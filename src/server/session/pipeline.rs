@@ -112,11 +112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The reply to a pipelined command whose backend connection failed before it:
     /// what the session would have said had the command come after the failure.
     pub(super) fn without_backend(&mut self) -> Step {
-        if self.phase.transaction().is_none() {
+        if self.phase.transaction().is_none() && !self.phase.lost() {
             return self.refuse("503 5.5.1 Error: need MAIL command");
         }
-        self.reply("451 4.4.2 Connection to the mail server lost, try again later");
-        Ok(())
+        self.transaction_lost()
     }
 
     /// Commands pipelined after a MAIL that was sent again on a new connection go out

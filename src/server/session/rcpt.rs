@@ -85,6 +85,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn recipient_allowed(&mut self, path: &str, params: &[Param<'_>]) -> Result<bool, super::Outcome> {
         let refused = |s: &mut Self, reply: &str| s.refuse(reply).map(|()| false);
         let Some(tx) = self.phase.transaction() else {
+            if self.phase.lost() {
+                return self.transaction_lost().map(|()| false);
+            }
             return refused(self, "503 5.5.1 Error: need MAIL command");
         };
         if tx.chunks.is_some() {
@@ -98,10 +101,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             self.stats.rcpt_refused += 1;
             return refused(self, &reply);
-        }
-        if self.upstream.is_none() && !tx.released {
-            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
-            return Ok(false);
         }
         if let Err(refusal) = rcpt::check(params, &self.offered) {
             return refused(self, &refusal.reply());

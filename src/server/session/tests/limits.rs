@@ -107,3 +107,66 @@ async fn recipients_over_the_limit_are_deferred_not_errors() {
     assert_eq!(c.reply().await, "452 4.5.3 Error: too many recipients\r\n");
     assert_eq!(c.reply().await, "421 4.7.0 proxy.test Error: too many errors\r\n");
 }
+
+/// A backend whose first connection dies at the second recipient; later ones serve.
+async fn dies_at_second_rcpt() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((stream, _)) = socket.accept().await {
+            let dies = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                stream.get_mut().write_all(b"220 fragile ESMTP\r\n").await.unwrap();
+                let mut rcpts = 0;
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let verb = line[..4.min(line.len())].to_ascii_uppercase();
+                    line.clear();
+                    let reply = match verb.as_str() {
+                        "EHLO" => "250-fragile\r\n250 ENHANCEDSTATUSCODES\r\n",
+                        "RCPT" => {
+                            rcpts += 1;
+                            if dies && rcpts == 2 {
+                                return;
+                            }
+                            "250 2.1.5 Ok\r\n"
+                        }
+                        "QUIT" => "221 2.0.0 Bye\r\n",
+                        _ => "250 2.0.0 Ok\r\n",
+                    };
+                    stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A backend lost between two recipients: every later command of that transaction
+/// is told to retry (4xx, not counted as an error); RSET or MAIL start afresh.
+#[tokio::test]
+async fn a_transaction_whose_backend_died_stays_temporary() {
+    let backend = dies_at_second_rcpt().await;
+    let lost = "451 4.4.2 Connection to the mail server lost, try again later\r\n";
+    let cfg = config(&[(backend, "none")], "[limits]\nmax_errors = 2\n");
+    let mut c = Client::greeted(cfg, OUTSIDER).await;
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("RCPT TO:<b@example.com>", "451 4.4.2").await;
+    for command in ["RCPT TO:<c@example.com>", "DATA", "RCPT TO:<d@example.com>", "BDAT 3 LAST"] {
+        c.send(&format!("{command}\r\n")).await;
+        if command.starts_with("BDAT") {
+            c.send("abc").await;
+        }
+        assert_eq!(c.reply().await, lost, "{command}");
+    }
+    c.cmd("RSET", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "503 5.5.1").await;
+    // MAIL starts a new transaction on a new connection, with or without RSET.
+    c.cmd("MAIL FROM:<s@example.org>", "250").await;
+    c.cmd("RCPT TO:<a@example.com>", "250").await;
+    c.cmd("RCPT TO:<b@example.com>", "250").await;
+    c.cmd("QUIT", "221").await;
+}
