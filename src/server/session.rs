@@ -47,6 +47,10 @@ use tokio_util::sync::CancellationToken;
 const DATA_CHUNK: usize = 16 * 1024;
 /// Read size between commands; small, because idle sessions hold it.
 const COMMAND_CHUNK: usize = 256;
+/// After the last reply: how long, and how many bytes, the client's input is still
+/// read and dropped before the connection closes (see `linger`).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// How a session ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +417,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if let Some(filters) = self.filters.take() {
             Box::pin(filters.quit()).await;
+        }
+        if !matches!(outcome, Outcome::ClientClosed | Outcome::ClientClosedInData | Outcome::WriteFailed) {
+            self.linger().await;
         }
         tracing::info!(
             peer = %self.peer,

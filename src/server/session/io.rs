@@ -2,7 +2,7 @@
 //! lines read with their limits and timeouts, and the shutdown that can cut a read short.
 
 use super::pipeline::Pending;
-use super::{COMMAND_CHUNK, DATA_CHUNK, Line, Outcome, Read, Session, Step};
+use super::{COMMAND_CHUNK, DATA_CHUNK, LINGER_BYTES, LINGER_TIME, Line, Outcome, Read, Session, Step};
 use crate::admin::metrics;
 use crate::smtp::Reply;
 use bytes::BytesMut;
@@ -89,6 +89,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(Outcome::TooSlow);
         }
         Ok(())
+    }
+
+    /// Closes as web servers do: writing is shut down first (the client reads the last
+    /// reply, then the end), and what the client still sends is read and dropped for a
+    /// moment. Closing with its bytes unread would make the kernel answer with a reset,
+    /// which can destroy the last reply before the client reads it.
+    pub(super) async fn linger(&mut self) {
+        let client = &mut self.client;
+        let drain = async {
+            let _ = client.shutdown().await;
+            let mut scratch = vec![0u8; 4096];
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match client.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = timeout(LINGER_TIME, drain).await;
     }
 
     /// Writes the replies, after reading those the backend still owes.

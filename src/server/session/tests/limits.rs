@@ -170,3 +170,36 @@ async fn a_transaction_whose_backend_died_stays_temporary() {
     c.cmd("RCPT TO:<b@example.com>", "250").await;
     c.cmd("QUIT", "221").await;
 }
+
+/// A client that keeps sending after a line that ends its session reads the reply and
+/// then the end of the stream, never a reset: the session shuts its writing down and
+/// reads what still comes for a moment before it closes.
+#[tokio::test]
+async fn a_refused_client_reads_the_reply_then_the_end() {
+    let backend = FakeBackend::start(POSTFIX_CAPS).await;
+    let cfg = config(&[(backend.addr, "none")], "");
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, peer) = socket.accept().await.unwrap();
+        let listener = cfg.listeners[0].clone();
+        Session::new(cfg, listener, stream, ClientAddr::new(peer), LocalAddr::new(addr)).run().await;
+    });
+    let mut client = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut greeting = String::new();
+    client.read_line(&mut greeting).await.unwrap();
+    assert_eq!(greeting, "220 proxy.test ESMTP\r\n");
+    let junk = vec![b'x'; 64 * 1024];
+    let mut burst = format!("{}\r\n", long_mail(3000)).into_bytes();
+    burst.extend_from_slice(&junk);
+    client.get_mut().write_all(&burst).await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.expect("the end, not a reset");
+    assert_eq!(String::from_utf8_lossy(&rest), "500 5.5.2 Error: line too long\r\n");
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.get_mut().write_all(&junk).await.expect("still read, not reset");
+    }
+    drop(client);
+    timeout(Duration::from_secs(5), server).await.expect("closed once the client is gone").unwrap();
+}
