@@ -283,4 +283,26 @@ fn a_reload_reads_the_users_file_again() {
     proxy.reload(&text);
     login(proxy.addr("sub"), "second", "235");
     login(proxy.addr("sub"), "first", "535");
+
+    // A session logged in before a reload keeps its login while the users file still
+    // has it, and loses it when the file no longer does: it may not relay any more.
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode("\0alice\0second");
+    let mut c = Smtp::hello("127.0.0.78", proxy.addr("sub"));
+    c.cmd(&format!("AUTH PLAIN {token}"), "235");
+    c.cmd("MAIL FROM:<alice@example.org>", "250");
+    c.cmd("RCPT TO:<someone@remote.test>", "250");
+    c.cmd("RSET", "250");
+    let hash = portcullis::auth::users::hash_password("x").unwrap();
+    let alice = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(&users, format!("{alice}bob:{hash}\n")).unwrap();
+    proxy.reload(&text);
+    c.cmd("MAIL FROM:<alice@example.org>", "250");
+    c.cmd("RCPT TO:<someone@remote.test>", "250");
+    c.cmd("RSET", "250");
+    std::fs::write(&users, format!("bob:{hash}\n")).unwrap();
+    proxy.reload(&text);
+    c.cmd("MAIL FROM:<alice@example.org>", "250");
+    c.cmd("RCPT TO:<someone@remote.test>", "550 5.7.1");
+    c.cmd("QUIT", "221");
 }

@@ -105,6 +105,12 @@ impl Users {
         self.hashes.is_empty()
     }
 
+    /// Whether a login as `user` checked against `old` still stands here: the user is
+    /// here with the same password.
+    pub fn still_admits(&self, old: &Users, user: &str) -> bool {
+        self.hashes.get(user).is_some_and(|hash| old.hashes.get(user) == Some(hash))
+    }
+
     /// Checks a password. CPU-heavy by design: run it off the async threads. Unknown
     /// users cost the same as known ones, so timing does not tell which names exist.
     pub fn verify(&self, user: &str, password: &str) -> bool {

@@ -173,6 +173,17 @@ struct Stats {
     transactions: u32,
 }
 
+/// Whether a login made under `old` stands under `new`: the same users file entry,
+/// or logins still checked by the backend.
+fn login_stands(old: &Config, new: &Config, user: &str) -> bool {
+    use crate::config::AuthSource;
+    match (old.auth.as_ref().map(|a| &a.source), new.auth.as_ref().map(|a| &a.source)) {
+        (Some(AuthSource::File(old)), Some(AuthSource::File(new))) => new.still_admits(old, user),
+        (Some(AuthSource::Backend), Some(AuthSource::Backend)) => true,
+        _ => false,
+    }
+}
+
 /// Session ids: unique in the process and, being seeded with the start time, across
 /// restarts; every log line of a session carries its id.
 fn next_session_id() -> u64 {
@@ -367,6 +378,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let config = arc_swap::Guard::into_inner(current);
         if let Some(listener) = config.listener(&self.listener.name) {
             self.listener = listener.clone();
+        }
+        if let Some(user) = &self.authenticated
+            && !login_stands(&self.config, &config, user)
+        {
+            // Nothing of the old policy lingers: a login the new one would refuse is
+            // taken back (relay then follows the client's address alone).
+            tracing::warn!(peer = %self.peer, listener = %self.listener.name, %user, "login no longer valid after reload; taken back");
+            self.authenticated = None;
+            self.auth_mechanism = None;
         }
         self.config = config;
     }

@@ -235,7 +235,8 @@ mod tests {
     #[test]
     fn a_parameter_said_twice_the_same_way_is_taken_once() {
         let utf8 = Param { keyword: "SMTPUTF8", value: None };
-        let params = [param("size", "282"), utf8, Param { keyword: "smtputf8", value: None }, param("BODY", "8BITMIME")];
+        let params =
+            [param("size", "282"), utf8, Param { keyword: "smtputf8", value: None }, param("BODY", "8BITMIME")];
         let declared = check("jørn@b", &params, true, &OFFER);
         assert_eq!(declared, Ok(MailParams { size: Some(282), smtputf8: true, binary: false }));
         let caps = Capabilities { size: true, eight_bit_mime: true, smtputf8: true, ..Capabilities::default() };
