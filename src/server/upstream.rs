@@ -434,9 +434,10 @@ impl Upstream {
         self.in_transaction = true;
         for line in xforward::commands(facts, &self.caps) {
             let reply = self.command(line.as_bytes(), Asked::Xforward).await?;
-            self.check_identity_reply("XFORWARD", &reply)?;
+            self.check_identity_reply("XFORWARD", &self.closing_unasked(reply)?)?;
         }
-        self.command(mail_line, Asked::Mail).await
+        let reply = self.command(mail_line, Asked::Mail).await?;
+        self.closing_unasked(reply)
     }
 
     /// Queues the start of a transaction (XFORWARD when that is the identity method,
@@ -458,9 +459,21 @@ impl Upstream {
     pub async fn mail_reply(&mut self) -> Result<Reply, UpstreamError> {
         while self.owed.front() == Some(&Asked::Xforward) {
             let reply = self.reply().await?;
-            self.check_identity_reply("XFORWARD", &reply)?;
+            self.check_identity_reply("XFORWARD", &self.closing_unasked(reply)?)?;
         }
-        self.reply().await
+        let reply = self.reply().await?;
+        self.closing_unasked(reply)
+    }
+
+    /// A 421 to the start of a transaction on a connection that carried one before is
+    /// the backend closing it (its idle timeout) just as it was taken again, not an
+    /// answer meant for this client: like a close in that window, worth a fresh
+    /// connection.
+    fn closing_unasked(&self, reply: Reply) -> Result<Reply, UpstreamError> {
+        if reply.code == 421 && self.messages > 1 {
+            return Err(UpstreamError::Closed);
+        }
+        Ok(reply)
     }
 
     fn refused(&self, detail: &str) -> UpstreamError {

@@ -203,3 +203,74 @@ async fn a_refused_client_reads_the_reply_then_the_end() {
     drop(client);
     timeout(Duration::from_secs(5), server).await.expect("closed once the client is gone").unwrap();
 }
+
+/// A backend that closes each connection with 421 at its second transaction, as one
+/// whose idle timeout fires just as a kept connection is taken again.
+async fn closes_kept_connections() -> (SocketAddr, Arc<Mutex<u32>>) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            *counted.lock().unwrap() += 1;
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                stream.get_mut().write_all(b"220 sleepy ESMTP\r\n").await.unwrap();
+                let (mut transactions, mut in_data) = (0, false);
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let verb = line[..4.min(line.len())].to_ascii_uppercase();
+                    let ended = in_data && line == ".\r\n";
+                    line.clear();
+                    if in_data && !ended {
+                        continue;
+                    }
+                    let reply = match verb.as_str() {
+                        _ if ended => {
+                            in_data = false;
+                            "250 2.0.0 Ok: queued\r\n"
+                        }
+                        "EHLO" => "250-sleepy\r\n250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT\r\n250 PIPELINING\r\n",
+                        "XFOR" | "MAIL" if transactions == 1 => {
+                            let _ = stream.get_mut().write_all(b"421 4.4.2 sleepy Error: timeout exceeded\r\n").await;
+                            return;
+                        }
+                        "MAIL" => {
+                            transactions += 1;
+                            "250 2.1.0 Ok\r\n"
+                        }
+                        "DATA" => {
+                            in_data = true;
+                            "354 go on\r\n"
+                        }
+                        "QUIT" => "221 2.0.0 Bye\r\n",
+                        _ => "250 2.0.0 Ok\r\n",
+                    };
+                    stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// The next session that takes a kept connection the backend is just closing with 421
+/// is served on a fresh one, as when the close itself comes in that window.
+#[tokio::test]
+async fn a_kept_connection_closing_with_421_is_replaced() {
+    for identity in ["none+reuse", "xforward+reuse"] {
+        let (backend, connections) = closes_kept_connections().await;
+        let cfg = config(&[(backend, identity)], "");
+        for peer in ["203.0.113.9:40000", "198.51.100.20:40001"] {
+            let mut c = Client::greeted(cfg.clone(), peer).await;
+            c.cmd("MAIL FROM:<s@example.org>", "250").await;
+            c.cmd("RCPT TO:<u@example.com>", "250").await;
+            c.cmd("DATA", "354").await;
+            c.send("Subject: x\r\n\r\nbody\r\n.\r\n").await;
+            assert!(c.reply().await.starts_with("250"), "{identity}");
+            c.cmd("QUIT", "221").await;
+        }
+        assert_eq!(*connections.lock().unwrap(), 2, "{identity}: the kept one, then a fresh one");
+    }
+}
