@@ -67,10 +67,11 @@ enum Cmd {
         /// The admin endpoint's address ([admin] bind).
         #[arg(long, default_value = "127.0.0.1:9925")]
         admin: std::net::SocketAddr,
-        /// Lift the ban on this client address (needs --token-file).
+        /// Lift the ban on this client address.
         #[arg(long)]
         lift: Option<std::net::IpAddr>,
-        /// The file holding the admin token ([admin] token_file).
+        /// The file holding the admin token ([admin] token_file): listing and lifting
+        /// bans both need it.
         #[arg(long)]
         token_file: Option<PathBuf>,
     },

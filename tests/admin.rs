@@ -166,3 +166,40 @@ fn readiness_follows_the_backend_health_checks() {
     drop(proxy);
     wait_until(Duration::from_secs(10), || !health(admin).0, "the admin endpoint to go away");
 }
+
+/// A flood of idle connections to the admin endpoint cannot take the descriptors that
+/// SMTP needs: with a descriptor limit of 200, 400 idle admin connections leave the
+/// SMTP listener serving.
+#[test]
+fn idle_admin_connections_cannot_starve_smtp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, admin) = (free_port(), free_port());
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"proxy.test\"\n[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:{smtp}\"\n\
+             [[backend]]\naddress = \"127.0.0.1:9\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n"
+        ),
+    )
+    .unwrap();
+    let script =
+        format!("ulimit -n 200 && exec {} run --config {}", env!("CARGO_BIN_EXE_portcullis"), config.display());
+    let mut child = Command::new("sh").args(["-c", &script]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(admin_addr).is_ok(), "the admin endpoint");
+    let idle: Vec<std::net::TcpStream> =
+        (0..400).filter_map(|_| std::net::TcpStream::connect(admin_addr).ok()).collect();
+    assert!(idle.len() >= 300, "the kernel queued the idle connections");
+    std::thread::sleep(Duration::from_millis(500));
+    let mx: std::net::SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
+    // Promptly: the endpoint's own timeouts free descriptors after 10 s or so.
+    let mut c = std::net::TcpStream::connect(mx).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 64];
+    let n = std::io::Read::read(&mut c, &mut greeting).unwrap_or(0);
+    let greeting = String::from_utf8_lossy(&greeting[..n]).into_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(greeting.starts_with("220 proxy.test"), "SMTP starved of descriptors: {greeting:?}");
+}

@@ -404,7 +404,8 @@ fn sample(metrics: &str, name: &str, label: &str) -> f64 {
 // === the tests ===
 
 /// The configs shipped in docker/ (the image's default and the stacks') are valid for
-/// this build: no errors, no warnings.
+/// this build: no errors, no warnings but, in the stacks, that the admin endpoint is
+/// open to the Compose network (published on the host's loopback only) without a token.
 #[test]
 fn shipped_configs_check_clean() {
     for file in [
@@ -417,7 +418,13 @@ fn shipped_configs_check_clean() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && text.contains("0 warning(s)"), "{file}:\n{text}");
+        let open_admin = "warning: admin.bind (0.0.0.0:9925) is reachable from other hosts";
+        let clean = if file.contains("example") {
+            text.contains("0 warning(s)")
+        } else {
+            text.contains("1 warning(s)") && text.contains(open_admin)
+        };
+        assert!(out.status.success() && clean, "{file}:\n{text}");
     }
 }
 

@@ -219,7 +219,8 @@ fn a_connection_rate_and_a_ban_hold_across_the_fleet() {
     }
     // Listed by any instance, lifted through another.
     let listed = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["bans", "--admin", &fleet.instances[1].admin.to_string()])
+        .args(["bans", "--admin", &fleet.instances[1].admin.to_string(), "--token-file"])
+        .arg(&fleet.token_file)
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();

@@ -1,8 +1,12 @@
 //! The admin endpoint (`[admin] bind`): `/metrics` in Prometheus' text format,
 //! `/healthz` (the process answers), `/readyz` (listeners bound and at least one
 //! backend up) and `/bans`, over plain HTTP/1.1 for scrapers and container health
-//! checks. The one call that changes state, lifting a ban (`DELETE /bans/ADDRESS`),
-//! needs the token of `[admin] token_file`.
+//! checks. The bans (client addresses) and the one call that changes state, lifting a
+//! ban (`DELETE /bans/ADDRESS`), need the token of `[admin] token_file`.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once; more wait in the
+//! kernel's queue, unaccepted, so the endpoint can never take the descriptors that
+//! SMTP sessions need.
 
 pub mod metrics;
 
@@ -23,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one admin connection may last (a scrape is one request).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections served at once, at most.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What readiness is judged on.
 pub struct Status {
@@ -51,7 +57,17 @@ impl Status {
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A slot first, then the connection: past the cap, connections stay queued in
+        // the kernel and cost this process no descriptor.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -65,6 +81,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
         };
         let status = status.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let status = status.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &status).await) }
@@ -93,6 +110,9 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
     }
     match req.uri().path() {
         "/bans" => {
+            if let Err(refused) = authorized(req, status, "bans cannot be listed here") {
+                return refused;
+            }
             let lines: String = status
                 .screen
                 .bans()
@@ -122,17 +142,10 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
 /// `DELETE /bans/ADDRESS` with `Authorization: Bearer <token>` (`[admin] token_file`):
 /// lifts the ban on the client network of ADDRESS.
 async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> Response<Full<Bytes>> {
-    let config = status.live.load();
-    let Some(token) = config.admin_token.as_deref() else {
-        return text(StatusCode::FORBIDDEN, "no [admin] token_file is configured: bans cannot be lifted here\n".into());
-    };
-    let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let matches =
-        given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if !matches {
-        tracing::warn!("admin endpoint: a ban lift without the right token; refused");
-        return text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into());
+    if let Err(refused) = authorized(req, status, "bans cannot be lifted here") {
+        return refused;
     }
+    let config = status.live.load();
     let Ok(ip) = target.parse::<std::net::IpAddr>() else {
         return text(StatusCode::BAD_REQUEST, format!("{target:?} is not an IP address\n"));
     };
@@ -145,6 +158,27 @@ async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Statu
         Ok(false) => text(StatusCode::NOT_FOUND, format!("{client} is not banned\n")),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{client}: {e}; its shared ban, if any, stays\n")),
     }
+}
+
+/// Whether `req` carries the token of `[admin] token_file` (`Authorization: Bearer`);
+/// otherwise the response that says why not (`without`: what cannot be done).
+fn authorized(
+    req: &Request<hyper::body::Incoming>,
+    status: &Status,
+    without: &str,
+) -> Result<(), Response<Full<Bytes>>> {
+    let config = status.live.load();
+    let Some(token) = config.admin_token.as_deref() else {
+        return Err(text(StatusCode::FORBIDDEN, format!("no [admin] token_file is configured: {without}\n")));
+    };
+    let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let matches =
+        given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    if !matches {
+        tracing::warn!(method = %req.method(), path = req.uri().path(), "admin endpoint: a call without the right token; refused");
+        return Err(text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into()));
+    }
+    Ok(())
 }
 
 /// Compares without stopping at the first difference, so the time taken does not tell

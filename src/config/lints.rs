@@ -90,6 +90,25 @@ impl Validator {
                 ));
             }
         }
+        if raw.limits.bare_lf.as_deref() == Some("allow") {
+            self.warnings.push(
+                "limits.bare_lf = \"allow\": bare LF and bare CR reach the backend as they came; a backend that \
+                 takes them for line ends (Postfix before 3.9 with its defaults, most legacy servers) can be made \
+                 to queue a second, smuggled message (SMTP smuggling), and a retry then duplicates the real one. \
+                 Use \"reject\" or \"normalize\" unless every backend is known to be strict"
+                    .to_string(),
+            );
+        }
+        if let Some(admin) = &raw.admin
+            && admin.token_file.is_none()
+            && let Ok(bind) = admin.bind.parse::<std::net::SocketAddr>()
+            && !bind.ip().is_loopback()
+        {
+            self.warnings.push(format!(
+                "admin.bind ({bind}) is reachable from other hosts and admin.token_file is not set: anyone who \
+                 reaches it reads the metrics; bind it to loopback, or set a token_file (which /bans needs)"
+            ));
+        }
         for (i, l) in listeners {
             if l.auth != AuthPolicy::Off
                 && l.auth_plaintext

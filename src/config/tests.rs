@@ -246,6 +246,21 @@ fn min_data_rate() {
 }
 
 #[test]
+fn risky_settings_are_warned_about() {
+    let base = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:25\"\n[[backend]]\naddress = \"127.0.0.1:10025\"\n\
+                identity = \"xforward\"\n";
+    let warnings = |extra: &str| parse(&format!("{base}{extra}")).unwrap().warnings;
+    assert!(warnings("").is_empty());
+    let allow = warnings("[limits]\nbare_lf = \"allow\"\n");
+    assert!(allow.len() == 1 && allow[0].contains("SMTP smuggling"), "{allow:?}");
+    assert!(warnings("[limits]\nbare_lf = \"normalize\"\n").is_empty());
+    let open = warnings("[admin]\nbind = \"0.0.0.0:9925\"\n");
+    assert!(open.len() == 1 && open[0].starts_with("admin.bind (0.0.0.0:9925) is reachable"), "{open:?}");
+    assert!(warnings("[admin]\nbind = \"127.0.0.1:9925\"\n").is_empty());
+    assert!(warnings("[admin]\nbind = \"[::1]:9925\"\n").is_empty());
+}
+
+#[test]
 fn a_backend_that_learns_less_is_never_failed_over_to_unless_allowed() {
     let text = FULL.replace("allow_identity_downgrade = true\n", "");
     let loaded = parse(&text).unwrap();
