@@ -34,6 +34,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
 pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
 /// Of a message held for content filters, the bytes kept in memory by default.
 pub const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
+/// Largest store reply taken; our calls get a few bytes, a batch of the ban list some
+/// tens of kilobytes.
+pub const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
+/// Below this, listing the fleet's bans (1000 keys a reply) could fail.
+pub const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
 /// Longest command line, CRLF included (Postfix's line_length_limit; RFC 5321 asks for
 /// at least 512).
 pub const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
@@ -189,6 +194,8 @@ pub struct StoreConfig {
     pub url: String,
     pub timeout: Duration,
     pub prefix: String,
+    /// Bytes of one reply; past it the connection is dropped and the call fails open.
+    pub max_reply_size: u64,
 }
 
 /// Early-talker detection: a `220-` line, `wait`, then the final greeting line; a
@@ -677,7 +684,12 @@ impl Validator {
         if let Err(e) = redis::Client::open(url.as_str()) {
             self.error("store.redis", format!("{url:?}: {e}"));
         }
-        Some(StoreConfig { url, timeout, prefix: raw.prefix.clone().unwrap_or_else(|| "portcullis:".into()) })
+        let max_reply_size = self.size("store.max_reply_size", raw.max_reply_size.as_ref(), DEFAULT_STORE_MAX_REPLY);
+        if max_reply_size < MIN_STORE_MAX_REPLY {
+            self.error("store.max_reply_size", "must be at least 256KiB: a batch of the ban list is one reply");
+        }
+        let prefix = raw.prefix.clone().unwrap_or_else(|| "portcullis:".into());
+        Some(StoreConfig { url, timeout, prefix, max_reply_size })
     }
 
     /// A rate such as "60/min"; absent: none.

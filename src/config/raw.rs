@@ -88,6 +88,8 @@ pub struct RawStore {
     pub timeout: Option<String>,
     /// Prefix of every key (several fleets in one Redis).
     pub prefix: Option<String>,
+    /// Largest reply taken from the store; past it the connection is dropped.
+    pub max_reply_size: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -336,17 +336,22 @@ redis = "redis://10.0.0.9:6379/2"
     assert!(loaded.warnings.iter().any(|w| w.contains("submission") && w.contains("enforce")), "{:?}", loaded.warnings);
     let store = c.store.as_ref().unwrap();
     assert_eq!((store.prefix.as_str(), store.timeout), ("portcullis:", Duration::from_millis(200)));
+    assert_eq!(store.max_reply_size, 1024 * 1024);
+    let larger = text.replace("[store]\n", "[store]\nmax_reply_size = \"4MiB\"\n");
+    assert_eq!(parse(&larger).unwrap().config.store.unwrap().max_reply_size, 4 << 20);
 
     let bad = text
         .replace("127.0.0.[2..11]*3", "127.0.0.[11..2]*3")
         .replace("[::1]:5353", "resolver")
         .replace("threshold = 3", "threshold = 0")
         .replace("action = \"enforce\"", "action = \"drop\"")
-        .replace("redis://10.0.0.9:6379/2", "http://nope");
+        .replace("redis://10.0.0.9:6379/2", "http://nope")
+        .replace("[store]\n", "[store]\nmax_reply_size = \"1KB\"\n");
     let err = parse(&bad).unwrap_err().to_string();
     for key in ["screen.dnsbl[0]", "screen.nameservers[1]", "screen.threshold", "screen.action", "store.redis"] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
+    assert!(err.contains("store.max_reply_size"), "a bound too small for the ban list:\n{err}");
     let no_resolver = text.replace("nameservers = [\"127.0.0.1\", \"[::1]:5353\"]", "");
     assert!(parse(&no_resolver).unwrap_err().to_string().contains("screen.nameservers"));
 }

@@ -3,12 +3,12 @@
 //! update is one Lua script or one command, so concurrent instances never lose a count;
 //! time is the store's own (`TIME`), so instances need not agree on the clock.
 //!
-//! The store runs on a thread of its own (one connection, multiplexed and reconnected
-//! by the redis crate's connection manager); sessions on every worker send it calls.
-//! A call that fails or takes longer than `[store] timeout` returns `None`, and the
-//! caller applies its local state instead (fail open with local limits). After a
-//! failure the store is left alone for [`RETRY_AFTER`], so a dead store costs no
-//! waiting on every connection.
+//! The store runs on a thread of its own (one connection, multiplexed; see `link.rs`);
+//! sessions on every worker send it calls. A call that fails or takes longer than
+//! `[store] timeout` returns `None`, and the caller applies its local state instead
+//! (fail open with local limits); a reply larger than `[store] max_reply_size` is such
+//! a failure (see `reply.rs`). After a failure the store is left alone for
+//! [`RETRY_AFTER`], so a dead store costs no waiting on every connection.
 
 use super::Refusal;
 use super::bans::BanPolicy;
@@ -17,13 +17,17 @@ use crate::admin::metrics;
 use crate::config::StoreConfig;
 use crate::server::log_limit::LogLimit;
 use ipnet::IpNet;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use link::Link;
+use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Script};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
+
+mod link;
+mod reply;
 
 /// How long local limits stand in after the store failed, before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -79,7 +83,7 @@ return 0
 const MAX_LISTED: usize = 10_000;
 
 pub struct Store {
-    conn: ConnectionManager,
+    link: Arc<Link>,
     /// The store thread's runtime: calls run there, whichever worker asks.
     runtime: Handle,
     prefix: String,
@@ -102,38 +106,29 @@ impl Store {
     /// Starts the store thread; the connection itself is made at the first call (an
     /// unreachable store at start is one more failure, not a fatal error).
     pub fn start(config: &StoreConfig) -> RedisResult<Arc<Store>> {
-        let client = redis::Client::open(config.url.as_str())?;
+        let info = redis::Client::open(config.url.as_str())?.get_connection_info().clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        let timeout = config.timeout;
         std::thread::Builder::new()
             .name("portcullis-store".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(redis::RedisError::from(e)));
+                        let _ = tx.send(Err(e));
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    let settings = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(timeout))
-                        .set_number_of_retries(1)
-                        .set_max_delay(RETRY_AFTER);
-                    let made = ConnectionManager::new_lazy_with_config(client, settings);
-                    let _ = tx.send(made.map(|conn| (conn, Handle::current())));
-                    std::future::pending::<()>().await;
-                });
+                let _ = tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
             })
             .map_err(redis::RedisError::from)?;
-        let (conn, runtime) = rx.recv().map_err(|_| std::io::Error::other("store thread ended at start"))??;
+        let runtime = rx.recv().map_err(|_| std::io::Error::other("store thread ended at start"))??;
         metrics::store_up(true);
         Ok(Arc::new(Store {
-            conn,
+            link: Arc::new(Link::new(info, config.timeout, config.max_reply_size)),
             runtime,
             prefix: config.prefix.clone(),
-            timeout,
+            timeout: config.timeout,
             gcra: Arc::new(Script::new(GCRA)),
             admit: Arc::new(Script::new(ADMIT)),
             failure: Arc::new(Script::new(FAILURE)),
@@ -148,7 +143,11 @@ impl Store {
 
     /// Runs `call` on the store thread within the timeout; `None` when the store is
     /// down, failed or was too slow (then the caller uses its local state).
-    async fn call<T, F>(self: &Arc<Self>, what: &'static str, call: impl FnOnce(ConnectionManager) -> F) -> Option<T>
+    async fn call<T, F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        call: impl FnOnce(MultiplexedConnection) -> F + Send + 'static,
+    ) -> Option<T>
     where
         F: Future<Output = RedisResult<T>> + Send + 'static,
         T: Send + 'static,
@@ -156,10 +155,10 @@ impl Store {
         if self.resting() {
             return None;
         }
-        let task = self.runtime.spawn(call(self.conn.clone()));
+        let link = self.link.clone();
+        let task = self.runtime.spawn(async move { link.run(call).await });
         let result = match tokio::time::timeout(self.timeout, task).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
@@ -168,8 +167,12 @@ impl Store {
 
     /// [`Self::call`] without waiting for the answer, for updates nobody waits on;
     /// `on_failure` runs (on the store thread) when it did not reach the store.
-    fn send<F>(self: &Arc<Self>, what: &'static str, call: F, on_failure: impl FnOnce() + Send + 'static)
-    where
+    fn send<F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        call: impl FnOnce(MultiplexedConnection) -> F + Send + 'static,
+        on_failure: impl FnOnce() + Send + 'static,
+    ) where
         F: Future<Output = RedisResult<()>> + Send + 'static,
     {
         if self.resting() {
@@ -178,11 +181,7 @@ impl Store {
         }
         let store = self.clone();
         self.runtime.spawn(async move {
-            let result = match tokio::time::timeout(store.timeout, call).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {:?}", store.timeout)),
-            };
+            let result = store.link.run(call).await;
             if store.noted(what, result).is_none() {
                 on_failure();
             }
@@ -264,8 +263,7 @@ impl Store {
         let script = self.failure.clone();
         let (after, window, duration) =
             (policy.after, policy.window.as_millis() as u64, policy.duration.as_millis() as u64);
-        let mut c = self.conn.clone();
-        let call = async move {
+        let call = move |mut c: MultiplexedConnection| async move {
             let started: i64 =
                 script.key(fail).key(ban).arg(after).arg(window).arg(duration).arg(kind).invoke_async(&mut c).await?;
             if started == 1 {
@@ -283,9 +281,10 @@ impl Store {
 
     pub fn pass(self: &Arc<Self>, client: IpNet, ttl: Duration) {
         let key = self.key("passed", client);
-        let mut c = self.conn.clone();
         let ms = ttl.as_millis().max(1) as u64;
-        let call = async move { redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms).query_async(&mut c).await };
+        let call = move |mut c: MultiplexedConnection| async move {
+            redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms).query_async(&mut c).await
+        };
         self.send("pass", call, || {});
     }
 
@@ -345,3 +344,6 @@ fn micros(rate: Rate) -> (u64, u64) {
     let interval = (rate.period.as_micros() as u64 / u64::from(rate.count)).max(1);
     (interval, interval * u64::from(rate.count))
 }
+
+#[cfg(test)]
+mod tests;
