@@ -255,7 +255,10 @@ fn scripted_milter(
     (addr, handle)
 }
 
-fn serve_milter(mut s: TcpStream, answer: &dyn Fn(u8, &[u8]) -> Option<Vec<Vec<u8>>>) {
+/// What a scripted filter answers to a command byte and its data.
+type Answers = dyn Fn(u8, &[u8]) -> Option<Vec<Vec<u8>>>;
+
+fn serve_milter(mut s: TcpStream, answer: &Answers) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     loop {
         let mut len = [0u8; 4];
@@ -679,6 +682,63 @@ fn new_body(chunks: usize) -> Vec<Vec<u8>> {
     let line = &"0123456789abcdef".repeat(4)[..62];
     let chunk = format!("{line}\r\n").repeat(16 * 1024);
     (0..chunks).map(|_| packet(b'b', &[chunk.as_bytes()])).collect()
+}
+
+/// The header section is bounded (`limits.max_headers`, `limits.max_header_size`): past
+/// either bound a message is refused with 552 5.3.4 before any filter is shown a header,
+/// and nothing reaches the backend. A filter's header changes are bounded alike: one that
+/// adds too many or too large headers fails, and its default action (tempfail) applies.
+#[test]
+fn header_sections_and_filters_header_changes_are_bounded() {
+    init_logs();
+    let (sink, delivered) = counting_sink();
+    let count = |d: &std::sync::atomic::AtomicUsize| d.load(std::sync::atomic::Ordering::SeqCst);
+    let (filter, shown) = changing_milter(Vec::new());
+    let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{filter}"), "")], ""));
+    let mut c = Smtp::hello("127.0.0.85", proxy.addr("mx"));
+    // 250,000 tiny fields (1 MB): past max_headers.
+    let replies = c.try_message(&header_flood(250_000));
+    assert!(replies.last().unwrap().starts_with("552 5.3.4"), "{replies:?}");
+    // 300 fields of 1 KB: within max_headers, past max_header_size.
+    let replies = c.try_message(&format!("{}\r\nbody", format!("X-Long: {}\r\n", "x".repeat(1000)).repeat(300)));
+    assert!(replies.last().unwrap().starts_with("552 5.3.4"), "{replies:?}");
+    assert_eq!(count(&shown), 0, "no filter is shown a header of a refused message");
+    assert_eq!(count(&delivered), 0);
+    // The session goes on.
+    let reply = c.message("s@example.org", &["u@example.com"], &message("s@example.org", "fine", "hi"));
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(count(&delivered), 1);
+
+    for (what, changes) in
+        [("1,001 headers added", added_headers(1001, 1)), ("two headers of 1 MiB added", added_headers(2, 1 << 20))]
+    {
+        let (filter, _) = changing_milter(changes);
+        let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{filter}"), "")], ""));
+        let mut c = Smtp::hello("127.0.0.85", proxy.addr("mx"));
+        let replies = c.try_message(&message("s@example.org", "changed", "hi"));
+        assert!(replies.last().unwrap().starts_with("451 4.7.1"), "{what}: {replies:?}");
+    }
+    assert_eq!(count(&delivered), 1, "no message with a failed filter's changes");
+}
+
+/// A new body larger than `limits.held_in_memory` is held like a message (on disk past
+/// the bound) and reaches the backend whole, dot-stuffed.
+#[test]
+fn a_filters_new_body_past_held_in_memory_is_delivered_whole() {
+    init_logs();
+    let (sink, delivered, lines) = recording_sink();
+    let (filter, _) = changing_milter(new_body(3));
+    let proxy = Proxy::start(&config(sink, &[("f", format!("inet:{filter}"), "")], ""));
+    let mut c = Smtp::hello("127.0.0.86", proxy.addr("mx"));
+    let reply = c.message("s@example.org", &["u@example.com"], &message("s@example.org", "new body", "old"));
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(delivered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let seen = lines.lock().unwrap();
+    let data = seen.iter().position(|l| l == "DATA").unwrap();
+    let body: Vec<&String> =
+        seen[data + 1..].iter().skip_while(|l| !l.is_empty()).skip(1).take_while(|l| *l != ".").collect();
+    assert_eq!(body.len(), 3 * 16 * 1024);
+    assert!(body.iter().all(|l| l.len() == 62 && l.starts_with("0123")), "the new body, line for line");
 }
 
 /// Peak memory (VmHWM) of a portcullis process under hostile messages and filters, for
