@@ -31,6 +31,8 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     field("limits.max_message_rate", &show(&o.message_rate), &show(&n.message_rate));
     field("limits.max_recipient_rate", &show(&o.recipient_rate), &show(&n.recipient_rate));
     field("limits.ipv6_prefix", &o.ipv6_prefix, &n.ipv6_prefix);
+    field("limits.max_headers", &o.max_headers, &n.max_headers);
+    field("limits.max_header_size", &o.max_header_size, &n.max_header_size);
     field("screen bans", &old.bans, &new.bans);
     field("screen pregreet", &old.pregreet, &new.pregreet);
     let zones = |l: &Option<crate::screen::dns::DnsLists>| {

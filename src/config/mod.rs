@@ -39,6 +39,16 @@ pub const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
 pub const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
 /// Below this, listing the fleet's bans (1000 keys a reply) could fail.
 pub const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
+/// Header fields of a message held for content filters: real mail has tens, a long
+/// relay chain a few hundred (Postfix bounces past 50 Received), and each field is a
+/// round trip to every filter.
+pub const DEFAULT_MAX_HEADERS: usize = 1000;
+/// Bytes of those header fields, Exchange Online's bound (256 KB); sendmail's
+/// MaxHeadersLength is 32 KiB, Postfix's header_size_limit 100 KiB for one field.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 256 * 1024;
+/// The header bytes bound may be set within these (field offsets are 32-bit; the
+/// header section is kept in memory while the filters are asked).
+const HEADER_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
 /// Longest command line, CRLF included (Postfix's line_length_limit; RFC 5321 asks for
 /// at least 512).
 pub const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
@@ -318,6 +328,11 @@ pub struct Limits {
     pub ipv6_prefix: u8,
     /// Of a message held for content filters, bytes kept in memory.
     pub held_in_memory: usize,
+    /// Header fields of a message held for content filters (past it: 552 5.3.4), and
+    /// of the filters' changes to it (past it: the filter fails).
+    pub max_headers: usize,
+    /// Bytes of those header fields, likewise.
+    pub max_header_size: usize,
 }
 
 /// A validated config and what `check` should warn about.
@@ -1042,7 +1057,26 @@ impl Validator {
             tls_handshake_timeout,
             held_in_memory: self.size("limits.held_in_memory", raw.held_in_memory.as_ref(), DEFAULT_HELD_IN_MEMORY)
                 as usize,
+            max_headers: self.max_headers(raw.max_headers),
+            max_header_size: self.max_header_size(raw.max_header_size.as_ref()),
         }
+    }
+
+    fn max_headers(&mut self, raw: Option<usize>) -> usize {
+        let max_headers = raw.unwrap_or(DEFAULT_MAX_HEADERS);
+        if max_headers == 0 {
+            self.error("limits.max_headers", "must be at least 1");
+        }
+        max_headers
+    }
+
+    fn max_header_size(&mut self, raw: Option<&RawSize>) -> usize {
+        let size = self.size("limits.max_header_size", raw, DEFAULT_MAX_HEADER_SIZE);
+        if !HEADER_SIZE_RANGE.contains(&size) {
+            self.error("limits.max_header_size", format!("{size}: expected 1KiB to 64MiB"));
+            return DEFAULT_MAX_HEADER_SIZE as usize;
+        }
+        size as usize
     }
 
     /// A size: bytes, or a string such as "50MB"; absent: `default`.

@@ -291,4 +291,8 @@ pub struct RawLimits {
     /// Of a message held for content filters, bytes kept in memory; the rest goes to
     /// an unnamed temporary file.
     pub held_in_memory: Option<RawSize>,
+    /// Header fields of a message held for content filters, and of their changes.
+    pub max_headers: Option<usize>,
+    /// Bytes of those header fields.
+    pub max_header_size: Option<RawSize>,
 }

@@ -370,6 +370,8 @@ address = "127.0.0.1:10025"
 identity = "xclient"
 [limits]
 held_in_memory = "2MB"
+max_headers = 500
+max_header_size = "64KiB"
 [[milter]]
 name = "clamav"
 address = "inet:127.0.0.1:7357"
@@ -395,15 +397,25 @@ address = "inet:7358@localhost"
         (Duration::from_secs(30), Duration::from_secs(60))
     );
     assert_eq!(loaded.config.limits.held_in_memory, 2_000_000);
+    assert_eq!((loaded.config.limits.max_headers, loaded.config.limits.max_header_size), (500, 65536));
     assert!(loaded.warnings.iter().any(|w| w.contains("\"spare\"")), "{:?}", loaded.warnings);
 
     let bad = text
         .replace("inet:127.0.0.1:7357", "127.0.0.1:7357")
         .replace("default_action = \"accept\"", "default_action = \"quarantine\"")
         .replace("skip = [\"helo\"]", "skip = [\"hello\"]")
-        .replace("milters = [\"clamav\", \"dkim\"]", "milters = [\"clamav\", \"dkim\", \"nope\"]");
+        .replace("milters = [\"clamav\", \"dkim\"]", "milters = [\"clamav\", \"dkim\", \"nope\"]")
+        .replace("max_headers = 500", "max_headers = 0")
+        .replace("\"64KiB\"", "\"100\"");
     let err = parse(&bad).unwrap_err().to_string();
-    for key in ["milter[0].address", "milter[0].default_action", "milter[0].skip[0]", "listener[0].milters[2]"] {
+    for key in [
+        "milter[0].address",
+        "milter[0].default_action",
+        "milter[0].skip[0]",
+        "listener[0].milters[2]",
+        "limits.max_headers",
+        "limits.max_header_size",
+    ] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! step with its macros and read the answer within the timeout (a filter's "progress"
 //! packets restart it), and the end-of-message exchange with its modifications.
 
+use super::message::{ChangeError, Edits};
 use super::protocol::{self, ALL_ACTIONS, Command, Modification, OFFERED_PROTOCOL, Response, Step};
 use super::{Address, MilterConfig};
 use bytes::{Buf, BytesMut};
@@ -40,8 +41,8 @@ pub enum MilterError {
     Version(u32),
     #[error("the filter sent a packet nobody asked for")]
     Unasked,
-    #[error("the filter's changes exceed {0} bytes")]
-    TooMuch(u64),
+    #[error("the filter's changes: {0}")]
+    Changes(#[from] ChangeError),
 }
 
 impl MilterError {
@@ -51,11 +52,12 @@ impl MilterError {
             MilterError::Connect(_) | MilterError::ConnectTimeout(_) => "unreachable",
             MilterError::Timeout(..) => "timeout",
             MilterError::Io(_) | MilterError::Closed => "closed",
-            MilterError::Protocol(_)
-            | MilterError::Unexpected(..)
-            | MilterError::Version(_)
-            | MilterError::Unasked
-            | MilterError::TooMuch(_) => "protocol",
+            MilterError::Protocol(_) | MilterError::Unexpected(..) | MilterError::Version(_) | MilterError::Unasked => {
+                "protocol"
+            }
+            // Not the filter's doing: no room for its new body here.
+            MilterError::Changes(ChangeError::Hold(_)) => "local",
+            MilterError::Changes(_) => "protocol",
         }
     }
 }
@@ -238,19 +240,17 @@ impl Filter {
         }
     }
 
-    /// End of message: the modifications the filter makes (at most `max_bytes` of
-    /// them), then its verdict.
+    /// End of message: the modifications the filter makes, taken into `edits` as they
+    /// come (within its bounds), then its verdict.
     pub async fn end_of_message(
         &mut self,
         macros: &[(&str, String)],
-        max_bytes: u64,
-    ) -> Result<(Vec<Modification>, Response), MilterError> {
+        edits: &mut Edits,
+    ) -> Result<Response, MilterError> {
         if !macros.is_empty() {
             self.send(&Command::Macros { step: Step::EndOfMessage, pairs: macros }).await?;
         }
         self.send(&Command::EndOfMessage).await?;
-        let mut modifications = Vec::new();
-        let mut bytes = 0u64;
         loop {
             match self.response("end of message", self.config.message_timeout).await? {
                 Response::Modify(m) => {
@@ -266,16 +266,12 @@ impl Filter {
                             Response::Modify(m),
                         ));
                     }
-                    bytes += m.size() as u64;
-                    if bytes > max_bytes {
-                        return Err(MilterError::TooMuch(max_bytes));
-                    }
-                    modifications.push(m);
+                    edits.take(m)?;
                 }
                 Response::Skip | Response::Negotiated { .. } => {
                     return Err(MilterError::Unexpected("end of message", Response::Skip));
                 }
-                verdict => return Ok((modifications, verdict)),
+                verdict => return Ok(verdict),
             }
         }
     }

@@ -1,13 +1,16 @@
 //! A message held for content filters: kept as it came (DATA's wire form, dot-stuffed,
 //! with the final dot) in memory up to a bound and in an unnamed temporary file
 //! beyond it, so a large message costs bounded memory and nothing of it outlives the
-//! session, refused, abandoned or crashed. Its header fields are read once; the
-//! filters' changes to headers and body are applied when it is passed on, reusing the
-//! bytes of every part nobody changed.
+//! session, refused, abandoned or crashed. Its header section is bounded (fields and
+//! bytes) and read once, each field kept as offsets into it; the filters' changes are
+//! bounded alike and held like the message (a new body in a [`Spool`] of its own), and
+//! applied when it is passed on, reusing the bytes of every part nobody changed.
 
 use super::protocol::{CHUNK, Modification};
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use thiserror::Error;
 
 /// The message bytes: memory, then a temporary file.
 #[derive(Debug)]
@@ -53,6 +56,12 @@ impl Spool {
         self.file.is_some()
     }
 
+    /// Reads bytes `from..to` into `buf` (at most its length); 0 at the end.
+    pub fn read_between(&self, from: u64, to: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(to.saturating_sub(from) as usize);
+        self.read_at(from, &mut buf[..want])
+    }
+
     /// Reads `buf.len()` bytes at most from `offset`; 0 at the end.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.len {
@@ -75,46 +84,78 @@ impl Spool {
     }
 }
 
-/// One header field as it came: its name, the value a filter is shown (after the
-/// colon and one space, folds as `\n`), and its exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-    raw: Vec<u8>,
+/// The bounds of a header section (`limits.max_headers`, `limits.max_header_size`):
+/// of the client's message, and of the filters' header changes to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderBounds {
+    /// Header fields at most.
+    pub count: usize,
+    /// Bytes at most: of the fields as they came (folds included, the empty line
+    /// after them not), or of the names and values a filter writes.
+    pub bytes: usize,
 }
 
-impl Header {
-    fn new(name: &str, value: &str) -> Header {
-        // Folds a filter wrote as "\n" (or "\r\n") go out as CRLF.
-        let wire = value.replace("\r\n", "\n").replace('\n', "\r\n");
-        let mut raw = format!("{name}: {wire}\r\n").into_bytes();
-        if raw.first() == Some(&b'.') {
-            raw.insert(0, b'.');
+/// Why a message could not be held for the filters.
+#[derive(Debug, Error)]
+pub enum HoldError {
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("a header section over {0} bytes")]
+    HeaderTooBig(usize),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl HoldError {
+    /// For a header section past its bounds: the limit (as metrics name it) and the
+    /// client's reply; `None` for a local failure.
+    pub fn refusal(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            HoldError::TooManyHeaders(_) => {
+                Some(("limits.max_headers", "552 5.3.4 Error: too many header fields in the message"))
+            }
+            HoldError::HeaderTooBig(_) => Some(("limits.max_header_size", "552 5.3.4 Error: message header too big")),
+            HoldError::Io(_) => None,
         }
-        Header { name: name.to_string(), value: value.to_string(), raw }
     }
 }
 
-/// Header sections larger than this are not read as headers beyond it (the rest is
-/// passed on as it came, as body).
-const MAX_HEADER_SECTION: u64 = 1024 * 1024;
+/// One header field as it came: where its lines are in the header section (CRLF and
+/// folds included) and where its colon is. Its name and value are made from these
+/// when a filter is shown them, so a field costs 12 bytes however it came.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    start: u32,
+    colon: u32,
+    end: u32,
+}
+
+/// A header field as a filter is shown it: the value after the colon and one space,
+/// folds as `\n`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShownHeader<'a> {
+    pub name: Cow<'a, str>,
+    pub value: Cow<'a, str>,
+}
 
 /// A whole message, held.
 #[derive(Debug)]
 pub struct Held {
     spool: Spool,
-    headers: Vec<Header>,
-    /// Where the body starts in the spool (after the empty line, if any).
+    /// The header fields' bytes, as they came (the spool's first bytes).
+    head: Vec<u8>,
+    fields: Vec<Field>,
+    /// Where the body starts in the spool: after the empty line that ends the header
+    /// fields, if there is one (`head.len()..body_start`).
     body_start: u64,
-    /// Whether an empty line separates headers and body.
-    separator: bool,
 }
 
 impl Held {
-    /// Reads the header fields of a complete message (ending with the final dot line).
-    pub fn new(spool: Spool) -> io::Result<Held> {
-        let mut head = vec![0u8; spool.len().min(MAX_HEADER_SECTION) as usize];
+    /// Reads the header fields of a complete message (ending with the final dot line);
+    /// refused past `bounds`.
+    pub fn new(spool: Spool, bounds: HeaderBounds) -> Result<Held, HoldError> {
+        // Enough for fields of `bounds.bytes` and the empty line after them.
+        let mut head = vec![0u8; spool.len().min(bounds.bytes as u64 + 2) as usize];
         let mut got = 0;
         while got < head.len() {
             let n = spool.read_at(got as u64, &mut head[got..])?;
@@ -124,12 +165,37 @@ impl Held {
             got += n;
         }
         head.truncate(got);
-        let (headers, body_start, separator) = parse_headers(&head);
-        Ok(Held { spool, headers, body_start, separator })
+        let whole = got as u64 == spool.len();
+        let (fields, fields_end, body_start) = parse_headers(&head, whole, bounds)?;
+        head.truncate(fields_end);
+        head.shrink_to_fit();
+        Ok(Held { spool, head, fields, body_start: body_start as u64 })
     }
 
-    pub fn headers(&self) -> &[Header] {
-        &self.headers
+    /// The header fields, as a filter is shown them.
+    pub fn headers(&self) -> impl Iterator<Item = ShownHeader<'_>> {
+        self.fields.iter().map(|f| ShownHeader { name: String::from_utf8_lossy(self.name(f)), value: self.value(f) })
+    }
+
+    /// A field's name, without a stuffed dot and the blanks before its colon.
+    fn name(&self, f: &Field) -> &[u8] {
+        let name = &self.head[f.start as usize..f.colon as usize];
+        name.strip_prefix(b".").unwrap_or(name).trim_ascii_end()
+    }
+
+    /// A field's value after its colon and one space, its folds as `\n`.
+    fn value(&self, f: &Field) -> Cow<'_, str> {
+        let mut lines = self.head[f.colon as usize + 1..f.end as usize].split_inclusive(|b| *b == b'\n');
+        let first = without_line_end(lines.next().unwrap_or_default());
+        let first = first.strip_prefix(b" ").unwrap_or(first);
+        let mut value = String::from_utf8_lossy(first);
+        for line in lines {
+            let line = without_line_end(line);
+            let value = value.to_mut();
+            value.push('\n');
+            value.push_str(&String::from_utf8_lossy(line.strip_prefix(b".").unwrap_or(line)));
+        }
+        value
     }
 
     pub fn size(&self) -> u64 {
@@ -147,51 +213,142 @@ impl Held {
     }
 
     /// The message as it goes to the backend, `edits` applied: parts to send in order.
-    pub fn render(&self, edits: &Edits) -> Vec<Part> {
-        let mut parts = Vec::new();
-        let headers_changed = !edits.headers.is_empty();
-        if headers_changed {
-            let mut block = Vec::new();
-            for h in apply_header_edits(&self.headers, &edits.headers) {
-                block.extend_from_slice(&h.raw);
+    pub fn render<'a>(&'a self, edits: &'a Edits) -> Vec<Part<'a>> {
+        let mut parts = Parts::default();
+        let fields_end = self.head.len() as u64;
+        if edits.headers.is_empty() {
+            parts.spool(&self.spool, 0, fields_end);
+        } else {
+            for entry in self.edited_headers(&edits.headers) {
+                match entry {
+                    Entry::Came(i) => {
+                        let f = &self.fields[i as usize];
+                        parts.spool(&self.spool, f.start as u64, f.end as u64);
+                    }
+                    Entry::New { name, value } => parts.bytes(&header_line(name, value)),
+                }
             }
-            if self.separator || edits.body.is_some() {
-                block.extend_from_slice(b"\r\n");
-            }
-            parts.push(Part::Bytes(block));
         }
         match &edits.body {
             Some(body) => {
-                if !headers_changed {
-                    // Original headers and separator, as they came.
-                    parts.push(Part::Spool { from: 0, to: self.body_start });
-                    if !self.separator {
-                        parts.push(Part::Bytes(b"\r\n".to_vec()));
-                    }
+                // The empty line as it came, or one where there was none.
+                if self.body_start > fields_end {
+                    parts.spool(&self.spool, fields_end, self.body_start);
+                } else {
+                    parts.bytes(b"\r\n");
                 }
-                parts.push(Part::Bytes(stuff(body)));
-                parts.push(Part::Bytes(b".\r\n".to_vec()));
+                parts.spool(&body.spool, 0, body.spool.len());
+                parts.bytes(body.stuffer.end());
+                parts.bytes(b".\r\n");
             }
-            None => {
-                let from = if headers_changed { self.body_start } else { 0 };
-                parts.push(Part::Spool { from, to: self.spool.len() });
-            }
+            None => parts.spool(&self.spool, fields_end, self.spool.len()),
         }
-        parts
+        parts.0
     }
 
-    /// Reads spool bytes `from..to` into `buf` (at most its length); 0 at the end.
-    pub fn read(&self, from: u64, to: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(to.saturating_sub(from) as usize);
-        self.spool.read_at(from, &mut buf[..want])
+    /// The header fields after `edits`, as sendmail and Postfix apply them.
+    fn edited_headers<'a>(&'a self, edits: &'a [HeaderEdit]) -> Vec<Entry<'a>> {
+        let mut list: Vec<Entry<'a>> = (0..self.fields.len() as u32).map(Entry::Came).collect();
+        for edit in edits {
+            match edit {
+                HeaderEdit::Add { name, value } => list.push(Entry::New { name: name.as_bytes(), value }),
+                HeaderEdit::Insert { index, name, value } => {
+                    let at = (*index as usize).min(list.len());
+                    list.insert(at, Entry::New { name: name.as_bytes(), value });
+                }
+                HeaderEdit::Change { index, name, value } => {
+                    // The index-th field of that name (1-based; 0 is taken as 1).
+                    let position = list
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| self.entry_name(e).eq_ignore_ascii_case(name.as_bytes()))
+                        .nth((*index).max(1) as usize - 1)
+                        .map(|(i, _)| i);
+                    match (position, value.is_empty()) {
+                        (Some(i), true) => {
+                            list.remove(i);
+                        }
+                        (Some(i), false) => list[i] = Entry::New { name: self.entry_name(&list[i]), value },
+                        (None, false) => list.push(Entry::New { name: name.as_bytes(), value }),
+                        (None, true) => {}
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    fn entry_name<'a>(&'a self, entry: &Entry<'a>) -> &'a [u8] {
+        match entry {
+            Entry::Came(i) => self.name(&self.fields[*i as usize]),
+            Entry::New { name, .. } => name,
+        }
     }
 }
 
+/// A field of the header section after the filters' changes: one that came (its
+/// index), or one a filter wrote.
+enum Entry<'a> {
+    Came(u32),
+    New { name: &'a [u8], value: &'a str },
+}
+
+/// A header field a filter wrote, in DATA's wire form: folds it wrote as `\n` (or
+/// `\r\n`) go out as CRLF.
+fn header_line(name: &[u8], value: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(name.len() + value.len() + 8);
+    if name.first() == Some(&b'.') {
+        line.push(b'.');
+    }
+    line.extend_from_slice(name);
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(value.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+/// A line without its CRLF (or bare LF).
+fn without_line_end(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r\n").or(line.strip_suffix(b"\n")).unwrap_or(line)
+}
+
 /// A piece of the message for the backend, in DATA's wire form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Part {
+#[derive(Debug)]
+pub enum Part<'a> {
     Bytes(Vec<u8>),
-    Spool { from: u64, to: u64 },
+    /// Bytes `from..to` of a spool: the message as it came, or a new body.
+    Spool {
+        spool: &'a Spool,
+        from: u64,
+        to: u64,
+    },
+}
+
+/// Parts in the making: neighbouring pieces are joined, so that an edited header
+/// section goes out in a few writes, not one per field.
+#[derive(Default)]
+struct Parts<'a>(Vec<Part<'a>>);
+
+impl<'a> Parts<'a> {
+    fn spool(&mut self, spool: &'a Spool, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(Part::Spool { spool: last, to: end, .. }) if std::ptr::eq(*last, spool) && *end == from => *end = to,
+            _ => self.0.push(Part::Spool { spool, from, to }),
+        }
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(Part::Bytes(last)) => last.extend_from_slice(bytes),
+            _ => self.0.push(Part::Bytes(bytes.to_vec())),
+        }
+    }
 }
 
 pub struct BodyReader<'a> {
@@ -226,73 +383,91 @@ impl BodyReader<'_> {
     }
 }
 
-/// Header fields from the start of a message (wire form): the fields, where the body
-/// starts, and whether an empty line was there.
-fn parse_headers(head: &[u8]) -> (Vec<Header>, u64, bool) {
-    let mut headers: Vec<Header> = Vec::new();
+/// The header fields at the start of a message (wire form; `whole` when `head` is the
+/// whole message, not its first bytes): the fields, where they end, and where the
+/// body starts (after the empty line, if any). Refused past `bounds`.
+fn parse_headers(head: &[u8], whole: bool, bounds: HeaderBounds) -> Result<(Vec<Field>, usize, usize), HoldError> {
+    let mut fields: Vec<Field> = Vec::new();
     let mut pos = 0;
     while pos < head.len() {
-        let Some(eol) = memchr::memchr(b'\n', &head[pos..]) else { break };
-        let line = &head[pos..pos + eol + 1];
-        let content = line.strip_suffix(b"\r\n").or(line.strip_suffix(b"\n")).unwrap_or(line);
-        if content.is_empty() {
-            return (headers, (pos + line.len()) as u64, true);
-        }
-        if content == b"." {
-            // The final dot: no body at all.
-            return (headers, pos as u64, false);
+        let (line, complete) = match memchr::memchr(b'\n', &head[pos..]) {
+            Some(eol) => (&head[pos..pos + eol + 1], true),
+            None => (&head[pos..], whole),
+        };
+        let content = without_line_end(line);
+        if content.is_empty() && complete {
+            return Ok((fields, pos, pos + line.len()));
         }
         let unstuffed = content.strip_prefix(b".").unwrap_or(content);
-        if matches!(unstuffed.first(), Some(b' ' | b'\t')) {
-            // A continuation line: part of the field before it.
-            let Some(last) = headers.last_mut() else { return (headers, pos as u64, false) };
-            last.value.push('\n');
-            last.value.push_str(&String::from_utf8_lossy(unstuffed));
-            last.raw.extend_from_slice(line);
-        } else {
-            let Some(colon) = memchr::memchr(b':', unstuffed) else {
-                // Not a header field: the body starts here, without a separator.
-                return (headers, pos as u64, false);
-            };
-            let name = String::from_utf8_lossy(&unstuffed[..colon]).trim_end().to_string();
-            let value = &unstuffed[colon + 1..];
-            let value = value.strip_prefix(b" ").unwrap_or(value);
-            headers.push(Header { name, value: String::from_utf8_lossy(value).into_owned(), raw: line.to_vec() });
+        let folded = matches!(unstuffed.first(), Some(b' ' | b'\t'));
+        let colon = if folded { None } else { memchr::memchr(b':', unstuffed) };
+        if folded && fields.is_empty() || !folded && colon.is_none() {
+            // Not a header field (or the final dot): the body starts here, without an
+            // empty line.
+            return Ok((fields, pos, pos));
+        }
+        if !complete || pos + line.len() > bounds.bytes {
+            // A field going on past the bytes read, or past the bound.
+            return Err(HoldError::HeaderTooBig(bounds.bytes));
+        }
+        let end = (pos + line.len()) as u32;
+        match colon {
+            // A fold: part of the field before it.
+            None => {
+                if let Some(last) = fields.last_mut() {
+                    last.end = end;
+                }
+            }
+            Some(_) if fields.len() == bounds.count => return Err(HoldError::TooManyHeaders(bounds.count)),
+            Some(colon) => {
+                let colon = pos + (content.len() - unstuffed.len()) + colon;
+                fields.push(Field { start: pos as u32, colon: colon as u32, end });
+            }
         }
         pos += line.len();
     }
-    (headers, pos as u64, false)
+    Ok((fields, pos, pos))
 }
 
-/// Dot-stuffs a body a filter gave. Every line end becomes CRLF, bare LF and bare CR
-/// alike (a bare CR before a dot is what SMTP smuggling uses to end a message early
-/// at a lenient backend); a last line without one gets one.
-fn stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 2);
-    let mut line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if b == b'\r' || b == b'\n' {
-            // CRLF, a bare CR or a bare LF: one line end.
-            if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+/// Dot-stuffs a new body as a filter sends it, chunk by chunk. Every line end becomes
+/// CRLF, bare LF and bare CR alike (a bare CR before a dot is what SMTP smuggling uses
+/// to end a message early at a lenient backend); a last line without one gets one.
+#[derive(Debug, Default)]
+struct Stuffer {
+    /// Inside a line (a dot now is not at its start).
+    mid_line: bool,
+    /// The last byte was a CR: an LF now is part of the same line end.
+    after_cr: bool,
+}
+
+impl Stuffer {
+    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < chunk.len() {
+            if std::mem::take(&mut self.after_cr) && chunk[i] == b'\n' {
                 i += 1;
+                continue;
             }
-            out.extend_from_slice(b"\r\n");
-            line_start = true;
-        } else {
-            if line_start && b == b'.' {
+            if !self.mid_line && chunk[i] == b'.' {
                 out.push(b'.');
             }
-            out.push(b);
-            line_start = false;
+            let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
+            out.extend_from_slice(&chunk[i..i + run]);
+            self.mid_line |= run > 0;
+            i += run;
+            if i < chunk.len() {
+                out.extend_from_slice(b"\r\n");
+                self.mid_line = false;
+                self.after_cr = chunk[i] == b'\r';
+                i += 1;
+            }
         }
-        i += 1;
     }
-    if !body.is_empty() && !line_start {
-        out.extend_from_slice(b"\r\n");
+
+    /// What ends the body: a line end for a last line without one.
+    fn end(&self) -> &'static [u8] {
+        if self.mid_line { b"\r\n" } else { b"" }
     }
-    out
 }
 
 /// Header changes in the order the filters made them.
@@ -303,80 +478,179 @@ pub enum HeaderEdit {
     Change { index: u32, name: String, value: String },
 }
 
+/// What the filters' changes to one message may come to, together: they are held as
+/// the message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeBounds {
+    /// Header fields added, inserted or changed, and the bytes of their names and values.
+    pub headers: HeaderBounds,
+    /// Bytes of a new body, as a filter sends it.
+    pub body: u64,
+    /// Of a new body, bytes kept in memory; the rest goes to an unnamed temporary file.
+    pub held_in_memory: usize,
+    /// Recipients added.
+    pub added: usize,
+    /// Recipients removed.
+    pub deleted: usize,
+}
+
+/// Why a filter's changes are not taken: the filter fails.
+#[derive(Debug, Error)]
+pub enum ChangeError {
+    #[error("more than {0} header fields added or changed")]
+    TooManyHeaders(usize),
+    #[error("header fields added or changed over {0} bytes")]
+    HeadersTooBig(usize),
+    #[error("a new body over {0} bytes")]
+    BodyTooBig(u64),
+    #[error("more than {0} recipients added or removed")]
+    TooManyRecipients(usize),
+    #[error("the new body could not be held: {0}")]
+    Hold(io::Error),
+}
+
+/// A new body, in DATA's wire form but for the end of its last line and the final dot.
+#[derive(Debug)]
+struct NewBody {
+    spool: Spool,
+    stuffer: Stuffer,
+    /// Bytes as the filter sent them.
+    size: u64,
+}
+
 /// Every change the filters asked for at end of message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Edits {
     pub headers: Vec<HeaderEdit>,
     /// A new body (the last filter to replace it wins).
-    pub body: Option<Vec<u8>>,
+    body: Option<NewBody>,
     pub new_from: Option<(String, Option<String>)>,
     pub added: Vec<(String, Option<String>)>,
     pub deleted: Vec<String>,
     pub quarantine: Option<String>,
+    bounds: ChangeBounds,
+    /// Bytes of the names and values in `headers`.
+    header_bytes: usize,
 }
 
 impl Edits {
-    /// Takes one filter's modification. `replacing` is true while that filter is in
-    /// the middle of sending a new body (its chunks add up).
-    pub fn take(&mut self, m: Modification, replacing: &mut bool) {
-        match m {
-            Modification::AddHeader { name, value } => self.headers.push(HeaderEdit::Add { name, value }),
-            Modification::InsertHeader { index, name, value } => {
-                self.headers.push(HeaderEdit::Insert { index, name, value })
-            }
-            Modification::ChangeHeader { index, name, value } => {
-                self.headers.push(HeaderEdit::Change { index, name, value })
-            }
-            Modification::ReplaceBody(chunk) => {
-                if !*replacing {
-                    self.body = Some(Vec::new());
-                    *replacing = true;
-                }
-                self.body.get_or_insert_with(Vec::new).extend_from_slice(&chunk);
-            }
-            Modification::AddRecipient { address, params } => self.added.push((address, params)),
-            Modification::DeleteRecipient(address) => self.deleted.push(address),
-            Modification::ChangeFrom { address, params } => self.new_from = Some((address, params)),
-            Modification::Quarantine(reason) => self.quarantine = Some(reason),
+    pub fn new(bounds: ChangeBounds) -> Edits {
+        Edits {
+            headers: Vec::new(),
+            body: None,
+            new_from: None,
+            added: Vec::new(),
+            deleted: Vec::new(),
+            quarantine: None,
+            bounds,
+            header_bytes: 0,
         }
+    }
+
+    /// None yet, for the next filter: within what the bounds have left, to be
+    /// [`Edits::append`]ed if that filter answers (a filter that fails halfway through
+    /// its changes leaves none of them).
+    pub fn next(&self) -> Edits {
+        let headers = HeaderBounds {
+            count: self.bounds.headers.count.saturating_sub(self.headers.len()),
+            bytes: self.bounds.headers.bytes.saturating_sub(self.header_bytes),
+        };
+        let added = self.bounds.added.saturating_sub(self.added.len());
+        let deleted = self.bounds.deleted.saturating_sub(self.deleted.len());
+        Edits::new(ChangeBounds { headers, added, deleted, ..self.bounds })
+    }
+
+    /// Takes the changes of the filter after those already here.
+    pub fn append(&mut self, later: Edits) {
+        self.headers.extend(later.headers);
+        self.header_bytes += later.header_bytes;
+        if later.body.is_some() {
+            self.body = later.body;
+        }
+        self.new_from = later.new_from.or(self.new_from.take());
+        self.added.extend(later.added);
+        self.deleted.extend(later.deleted);
+        self.quarantine = later.quarantine.or(self.quarantine.take());
+    }
+
+    /// Takes one of the filter's modifications, within the bounds.
+    pub fn take(&mut self, m: Modification) -> Result<(), ChangeError> {
+        match m {
+            Modification::AddHeader { name, value } => self.header(HeaderEdit::Add { name, value }),
+            Modification::InsertHeader { index, name, value } => self.header(HeaderEdit::Insert { index, name, value }),
+            Modification::ChangeHeader { index, name, value } => self.header(HeaderEdit::Change { index, name, value }),
+            Modification::ReplaceBody(chunk) => self.body(&chunk),
+            Modification::AddRecipient { address, params } => {
+                within(self.added.len(), self.bounds.added)?;
+                self.added.push((address, params));
+                Ok(())
+            }
+            Modification::DeleteRecipient(address) => {
+                within(self.deleted.len(), self.bounds.deleted)?;
+                self.deleted.push(address);
+                Ok(())
+            }
+            Modification::ChangeFrom { address, params } => {
+                self.new_from = Some((address, params));
+                Ok(())
+            }
+            Modification::Quarantine(reason) => {
+                self.quarantine = Some(reason);
+                Ok(())
+            }
+        }
+    }
+
+    fn header(&mut self, edit: HeaderEdit) -> Result<(), ChangeError> {
+        let (HeaderEdit::Add { name, value }
+        | HeaderEdit::Insert { name, value, .. }
+        | HeaderEdit::Change { name, value, .. }) = &edit;
+        let bounds = self.bounds.headers;
+        if self.headers.len() == bounds.count {
+            return Err(ChangeError::TooManyHeaders(bounds.count));
+        }
+        self.header_bytes += name.len() + value.len();
+        if self.header_bytes > bounds.bytes {
+            return Err(ChangeError::HeadersTooBig(bounds.bytes));
+        }
+        self.headers.push(edit);
+        Ok(())
+    }
+
+    /// A chunk of the filter's new body (its chunks add up).
+    fn body(&mut self, chunk: &[u8]) -> Result<(), ChangeError> {
+        let (limit, in_memory) = (self.bounds.body, self.bounds.held_in_memory);
+        let body = self.body.get_or_insert_with(|| NewBody {
+            spool: Spool::new(in_memory),
+            stuffer: Stuffer::default(),
+            size: 0,
+        });
+        body.size += chunk.len() as u64;
+        if body.size > limit {
+            return Err(ChangeError::BodyTooBig(limit));
+        }
+        let mut stuffed = Vec::with_capacity(chunk.len() + chunk.len() / 64 + 2);
+        body.stuffer.stuff(chunk, &mut stuffed);
+        body.spool.write(&stuffed).map_err(ChangeError::Hold)
     }
 
     /// Whether the envelope changed (the backend transaction must be made again).
     pub fn envelope_changed(&self) -> bool {
         self.new_from.is_some() || !self.added.is_empty() || !self.deleted.is_empty()
     }
+
+    /// Whether a new body went to a temporary file.
+    pub fn body_on_disk(&self) -> bool {
+        self.body.as_ref().is_some_and(|b| b.spool.on_disk())
+    }
 }
 
-/// The header list after `edits`, as sendmail and Postfix apply them.
-fn apply_header_edits(original: &[Header], edits: &[HeaderEdit]) -> Vec<Header> {
-    let mut headers = original.to_vec();
-    for edit in edits {
-        match edit {
-            HeaderEdit::Add { name, value } => headers.push(Header::new(name, value)),
-            HeaderEdit::Insert { index, name, value } => {
-                let at = (*index as usize).min(headers.len());
-                headers.insert(at, Header::new(name, value));
-            }
-            HeaderEdit::Change { index, name, value } => {
-                // The index-th field of that name (1-based; 0 is taken as 1).
-                let position = headers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, h)| h.name.eq_ignore_ascii_case(name))
-                    .nth((*index).max(1) as usize - 1)
-                    .map(|(i, _)| i);
-                match (position, value.is_empty()) {
-                    (Some(i), true) => {
-                        headers.remove(i);
-                    }
-                    (Some(i), false) => headers[i] = Header::new(&headers[i].name.clone(), value),
-                    (None, false) => headers.push(Header::new(name, value)),
-                    (None, true) => {}
-                }
-            }
-        }
+/// One more recipient added or removed, after `already`, within `bound`.
+fn within(already: usize, bound: usize) -> Result<(), ChangeError> {
+    if already >= bound {
+        return Err(ChangeError::TooManyRecipients(bound));
     }
-    headers
+    Ok(())
 }
 
 #[cfg(test)]
@@ -384,13 +658,28 @@ mod tests {
     use super::*;
 
     const MESSAGE: &[u8] = b"Subject: hi\r\nX-Long: a\r\n b\r\nTo: u@example.com\r\n\r\nbody\r\n..dot line\r\n.\r\n";
+    const BOUNDS: HeaderBounds = HeaderBounds { count: 1000, bytes: 256 * 1024 };
+    const CHANGES: ChangeBounds =
+        ChangeBounds { headers: BOUNDS, body: 50_000_000, held_in_memory: 1 << 20, added: 100, deleted: 100 };
 
-    fn held(bytes: &[u8], limit: usize) -> Held {
+    fn spool(bytes: &[u8], limit: usize) -> Spool {
         let mut spool = Spool::new(limit);
         for piece in bytes.chunks(7) {
             spool.write(piece).unwrap();
         }
-        Held::new(spool).unwrap()
+        spool
+    }
+
+    fn held(bytes: &[u8], limit: usize) -> Held {
+        Held::new(spool(bytes, limit), BOUNDS).unwrap()
+    }
+
+    fn edits(changes: impl IntoIterator<Item = Modification>) -> Edits {
+        let mut edits = Edits::new(CHANGES);
+        for m in changes {
+            edits.take(m).unwrap();
+        }
+        edits
     }
 
     fn rendered(h: &Held, edits: &Edits) -> Vec<u8> {
@@ -398,11 +687,11 @@ mod tests {
         for part in h.render(edits) {
             match part {
                 Part::Bytes(b) => out.extend(b),
-                Part::Spool { from, to } => {
+                Part::Spool { spool, from, to } => {
                     let mut buf = vec![0u8; 5];
                     let mut at = from;
                     loop {
-                        let n = h.read(at, to, &mut buf).unwrap();
+                        let n = spool.read_between(at, to, &mut buf).unwrap();
                         if n == 0 {
                             break;
                         }
@@ -423,53 +712,158 @@ mod tests {
         all
     }
 
+    fn stuff(body: &[u8]) -> Vec<u8> {
+        let (mut stuffer, mut out) = (Stuffer::default(), Vec::new());
+        stuffer.stuff(body, &mut out);
+        out.extend_from_slice(stuffer.end());
+        out
+    }
+
     #[test]
     fn headers_and_body_are_read_in_memory_and_on_disk() {
         for limit in [1 << 20, 10] {
             let h = held(MESSAGE, limit);
             assert_eq!(h.on_disk(), limit == 10);
-            let names: Vec<&str> = h.headers().iter().map(|h| h.name.as_str()).collect();
-            assert_eq!(names, ["Subject", "X-Long", "To"]);
-            assert_eq!(h.headers()[1].value, "a\n b");
+            let shown: Vec<(String, String)> =
+                h.headers().map(|h| (h.name.into_owned(), h.value.into_owned())).collect();
+            let expected = [("Subject", "hi"), ("X-Long", "a\n b"), ("To", "u@example.com")];
+            assert_eq!(shown, expected.map(|(n, v)| (n.to_string(), v.to_string())));
             assert_eq!(body(&h), b"body\r\n.dot line\r\n");
-            assert_eq!(rendered(&h, &Edits::default()), MESSAGE, "unchanged: byte for byte");
+            assert_eq!(rendered(&h, &Edits::new(CHANGES)), MESSAGE, "unchanged: byte for byte");
         }
+    }
+
+    #[test]
+    fn a_field_costs_offsets_not_copies() {
+        assert_eq!(std::mem::size_of::<Field>(), 12);
+        let h = held(b"..Dotted : v\r\n.\tfolded\r\nNext:x\r\n\r\nb\r\n.\r\n", 1 << 20);
+        let shown: Vec<ShownHeader> = h.headers().collect();
+        assert_eq!(shown[0], ShownHeader { name: ".Dotted".into(), value: "v\n\tfolded".into() });
+        assert_eq!(shown[1], ShownHeader { name: "Next".into(), value: "x".into() });
+        assert!(matches!(shown[1].value, Cow::Borrowed(_)), "a one-line value is shown without a copy");
+    }
+
+    #[test]
+    fn header_sections_past_their_bounds_are_refused() {
+        let refused = |message: &[u8], bounds: HeaderBounds| Held::new(spool(message, 1 << 20), bounds).err();
+        // 250,000 fields `a:` make 1 MB: past the count.
+        let flood = [&b"a:\r\n".repeat(250_000)[..], b"\r\nbody\r\n.\r\n"].concat();
+        assert!(matches!(refused(&flood, BOUNDS), Some(HoldError::TooManyHeaders(1000))));
+        // The bounds themselves pass; one more field or byte does not.
+        let ten = [&b"a:\r\n".repeat(10)[..], b"\r\nbody\r\n.\r\n"].concat();
+        assert!(refused(&ten, HeaderBounds { count: 10, bytes: 40 }).is_none());
+        assert!(matches!(refused(&ten, HeaderBounds { count: 9, bytes: 40 }), Some(HoldError::TooManyHeaders(9))));
+        assert!(matches!(refused(&ten, HeaderBounds { count: 10, bytes: 39 }), Some(HoldError::HeaderTooBig(39))));
+        // A fold counts toward the field's bytes; a field cut by the bytes read is too big.
+        let folded = b"X: a\r\n b\r\n\r\nbody\r\n.\r\n";
+        assert!(refused(folded, HeaderBounds { count: 1, bytes: 10 }).is_none());
+        assert!(matches!(refused(folded, HeaderBounds { count: 1, bytes: 9 }), Some(HoldError::HeaderTooBig(9))));
+        let long = [b"X: ", &b"v".repeat(100)[..], b"\r\n\r\n.\r\n"].concat();
+        assert!(matches!(refused(&long, HeaderBounds { count: 5, bytes: 50 }), Some(HoldError::HeaderTooBig(50))));
+        // A fold with no field before it starts the body.
+        let h = held(b" x: y\r\n.\r\n", 1 << 20);
+        assert_eq!((h.headers().count(), body(&h)), (0, b" x: y\r\n".to_vec()));
+        // A long first body line (no empty line before it) is no header field.
+        let body_first = [b"X: v\r\n", &b"w".repeat(100)[..], b"\r\n.\r\n"].concat();
+        let h = Held::new(spool(&body_first, 1 << 20), HeaderBounds { count: 5, bytes: 20 }).unwrap();
+        assert_eq!(h.headers().count(), 1);
+        assert_eq!(rendered(&h, &Edits::new(CHANGES)), body_first);
     }
 
     #[test]
     fn header_edits_follow_sendmail() {
         let h = held(MESSAGE, 1 << 20);
-        let mut edits = Edits::default();
-        let mut replacing = false;
-        for m in [
+        let edits = edits([
             Modification::AddHeader { name: "X-Virus-Scanned".into(), value: "clean".into() },
             Modification::InsertHeader { index: 0, name: "DKIM-Signature".into(), value: "v=1;\n\tb=abc".into() },
             Modification::ChangeHeader { index: 1, name: "subject".into(), value: "[spam] hi".into() },
             Modification::ChangeHeader { index: 1, name: "X-Long".into(), value: String::new() },
             Modification::ChangeHeader { index: 2, name: "To".into(), value: String::new() },
-        ] {
-            edits.take(m, &mut replacing);
-        }
+            Modification::ChangeHeader { index: 1, name: "X-Virus-Scanned".into(), value: "still clean".into() },
+        ]);
         let out = String::from_utf8(rendered(&h, &edits)).unwrap();
         assert_eq!(
             out,
-            "DKIM-Signature: v=1;\r\n\tb=abc\r\nSubject: [spam] hi\r\nTo: u@example.com\r\nX-Virus-Scanned: clean\r\n\
-             \r\nbody\r\n..dot line\r\n.\r\n"
+            "DKIM-Signature: v=1;\r\n\tb=abc\r\nSubject: [spam] hi\r\nTo: u@example.com\r\n\
+             X-Virus-Scanned: still clean\r\n\r\nbody\r\n..dot line\r\n.\r\n"
         );
+        // Fields nobody changed go out from the held message, in as few parts as can be.
+        let added = edits_added_at_end(&h);
+        assert_eq!(added.len(), 3, "{added:?}");
+    }
+
+    fn edits_added_at_end(h: &Held) -> Vec<String> {
+        let edits = edits([Modification::AddHeader { name: "X-A".into(), value: "1".into() }]);
+        h.render(&edits)
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                Part::Spool { from, to, .. } => format!("{from}..{to}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_filters_header_changes_are_bounded() {
+        let bounds = ChangeBounds { headers: HeaderBounds { count: 3, bytes: 20 }, ..CHANGES };
+        let add = |value: &str| Modification::AddHeader { name: "X-A".into(), value: value.into() };
+        let mut edits = Edits::new(bounds);
+        for _ in 0..3 {
+            edits.take(add("1")).unwrap();
+        }
+        assert!(matches!(edits.take(add("1")), Err(ChangeError::TooManyHeaders(3))));
+        let mut edits = Edits::new(bounds);
+        edits.take(add("0123456789")).unwrap();
+        assert!(matches!(edits.take(add("0123456789")), Err(ChangeError::HeadersTooBig(20))));
+        // The bounds hold for all the filters together.
+        let mut first = Edits::new(bounds);
+        first.take(add("1")).unwrap();
+        first.take(add("2")).unwrap();
+        let mut second = first.next();
+        second.take(add("3")).unwrap();
+        assert!(matches!(second.take(add("4")), Err(ChangeError::TooManyHeaders(1))));
+        let mut recipients = Edits::new(ChangeBounds { added: 1, ..CHANGES });
+        recipients.take(Modification::AddRecipient { address: "<a@b>".into(), params: None }).unwrap();
+        let more = Modification::AddRecipient { address: "<c@d>".into(), params: None };
+        assert!(matches!(recipients.take(more), Err(ChangeError::TooManyRecipients(1))));
+    }
+
+    #[test]
+    fn a_failed_filters_changes_are_not_taken() {
+        let h = held(MESSAGE, 1 << 20);
+        let mut all = edits([Modification::AddHeader { name: "X-First".into(), value: "1".into() }]);
+        let mut failed = all.next();
+        failed.take(Modification::AddHeader { name: "X-Failed".into(), value: "2".into() }).unwrap();
+        failed.take(Modification::ReplaceBody(b"half a body".to_vec())).unwrap();
+        drop(failed);
+        let mut answered = all.next();
+        answered.take(Modification::ChangeFrom { address: "<x@y>".into(), params: None }).unwrap();
+        all.append(answered);
+        let out = String::from_utf8(rendered(&h, &all)).unwrap();
+        assert!(out.contains("X-First: 1") && !out.contains("X-Failed") && out.contains("body\r\n"), "{out}");
+        assert_eq!(all.new_from, Some(("<x@y>".to_string(), None)));
     }
 
     #[test]
     fn every_line_end_of_a_new_body_becomes_crlf() {
         assert_eq!(stuff(b"a\r.\r\nb\n.c\rd"), b"a\r\n..\r\nb\r\n..c\r\nd\r\n".to_vec());
+        // However the filter cut its chunks.
+        let body = b"a\r\n.\r\r\n..x\n\n.";
+        for cut in 0..=body.len() {
+            let (mut stuffer, mut out) = (Stuffer::default(), Vec::new());
+            stuffer.stuff(&body[..cut], &mut out);
+            stuffer.stuff(&body[cut..], &mut out);
+            out.extend_from_slice(stuffer.end());
+            assert_eq!(out, stuff(body), "cut at {cut}");
+        }
+        assert_eq!(stuff(body), b"a\r\n..\r\n\r\n...x\r\n\r\n..\r\n".to_vec());
     }
 
     #[test]
     fn a_new_body_is_stuffed_and_ended() {
         let h = held(MESSAGE, 1 << 20);
-        let mut edits = Edits::default();
-        let mut replacing = false;
-        edits.take(Modification::ReplaceBody(b"new\n.line".to_vec()), &mut replacing);
-        edits.take(Modification::ReplaceBody(b" two".to_vec()), &mut replacing);
+        let edits =
+            edits([Modification::ReplaceBody(b"new\n.line".to_vec()), Modification::ReplaceBody(b" two".to_vec())]);
         let out = rendered(&h, &edits);
         assert_eq!(
             out,
@@ -477,8 +871,24 @@ mod tests {
         );
         // Headers only, no body and no empty line.
         let bare = held(b"Subject: x\r\n.\r\n", 1 << 20);
-        assert_eq!(bare.headers().len(), 1);
+        assert_eq!(bare.headers().count(), 1);
         assert_eq!(body(&bare), b"");
         assert_eq!(rendered(&bare, &edits), b"Subject: x\r\n\r\nnew\r\n..line two\r\n.\r\n".to_vec());
+    }
+
+    #[test]
+    fn a_new_body_is_held_like_a_message() {
+        let h = held(MESSAGE, 1 << 20);
+        let chunk = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n".repeat(1024);
+        let mut edits = Edits::new(ChangeBounds { held_in_memory: 100_000, body: 150_000, ..CHANGES });
+        edits.take(Modification::ReplaceBody(chunk.clone())).unwrap();
+        assert!(!edits.body_on_disk(), "in memory up to held_in_memory");
+        edits.take(Modification::ReplaceBody(chunk.clone())).unwrap();
+        assert!(edits.body_on_disk(), "then in a temporary file");
+        let out = rendered(&h, &edits);
+        let expected =
+            [&b"Subject: hi\r\nX-Long: a\r\n b\r\nTo: u@example.com\r\n\r\n"[..], &chunk, &chunk, b".\r\n"].concat();
+        assert!(out == expected, "the new body, whole");
+        assert!(matches!(edits.take(Modification::ReplaceBody(chunk)), Err(ChangeError::BodyTooBig(150_000))));
     }
 }

@@ -15,7 +15,7 @@ pub mod protocol;
 
 use crate::admin::metrics;
 use client::{Filter, MilterError};
-use message::{Edits, Held};
+use message::{ChangeBounds, Edits, Held};
 use protocol::{Command, Family, Response, Step};
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,9 +266,10 @@ impl Filters {
     }
 
     /// The whole message: headers, end of headers, body, end of message, filter by
-    /// filter; the verdict and every change they asked for.
-    pub async fn message(&mut self, held: &Held, max_changes: u64) -> (Verdict, Edits) {
-        let mut edits = Edits::default();
+    /// filter; the verdict and every change they asked for, within `bounds` (a filter
+    /// whose changes pass them fails, and none of its changes are taken).
+    pub async fn message(&mut self, held: &Held, bounds: ChangeBounds) -> (Verdict, Edits) {
+        let mut edits = Edits::new(bounds);
         if let Some(v) = self.failed_verdict() {
             self.abort().await;
             return (v, edits);
@@ -282,9 +283,10 @@ impl Filters {
             }
             let Some(filter) = slot.filter.as_mut() else { continue };
             let started = std::time::Instant::now();
+            let mut changes = edits.next();
             let outcome: Result<Option<Response>, MilterError> = async {
                 for h in held.headers() {
-                    let value = if filter.wants_leading_space() { format!(" {}", h.value) } else { h.value.clone() };
+                    let value = if filter.wants_leading_space() { format!(" {}", h.value).into() } else { h.value };
                     let r = filter.step(Step::Header, &[], &Command::Header { name: &h.name, value: &value }).await?;
                     if r != Response::Continue {
                         return Ok(Some(r));
@@ -304,17 +306,15 @@ impl Filters {
                         }
                     }
                 }
-                let (changes, verdict) = filter.end_of_message(&macros, max_changes).await?;
-                let mut replacing = false;
-                for m in changes {
-                    edits.take(m, &mut replacing);
-                }
-                Ok(Some(verdict))
+                Ok(Some(filter.end_of_message(&macros, &mut changes).await?))
             }
             .await;
             metrics::milter_time(&slot.config.name, started.elapsed());
             let verdict = match outcome {
-                Ok(Some(r)) => settle(slot, Step::EndOfMessage, r),
+                Ok(Some(r)) => {
+                    edits.append(changes);
+                    settle(slot, Step::EndOfMessage, r)
+                }
                 Ok(None) => Verdict::Continue,
                 Err(e) => failed(slot, "message", &e),
             };

@@ -334,22 +334,6 @@ pub enum Modification {
     Quarantine(String),
 }
 
-impl Modification {
-    /// The bytes it carries, to bound what one filter may make us hold.
-    pub fn size(&self) -> usize {
-        match self {
-            Modification::AddHeader { name, value }
-            | Modification::InsertHeader { name, value, .. }
-            | Modification::ChangeHeader { name, value, .. } => name.len() + value.len(),
-            Modification::ReplaceBody(b) => b.len(),
-            Modification::AddRecipient { address, params } | Modification::ChangeFrom { address, params } => {
-                address.len() + params.as_ref().map_or(0, String::len)
-            }
-            Modification::DeleteRecipient(a) | Modification::Quarantine(a) => a.len(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProtocolError {
     #[error("packet of {0} bytes, over the limit")]

@@ -9,7 +9,7 @@
 use super::data::BodySink;
 use super::{Outcome, Session, Step};
 use crate::admin::metrics;
-use crate::milter::message::{Edits, Held, Part, Spool};
+use crate::milter::message::{ChangeBounds, Edits, HeaderBounds, Held, HoldError, Part, Spool};
 use crate::milter::{Facts, Filters, Verdict};
 use crate::smtp::Asked;
 use crate::smtp::command::Param;
@@ -126,23 +126,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
             return Ok(());
         }
-        let held = match Held::new(spool) {
+        let size = spool.len();
+        let held = match Held::new(spool, self.header_bounds()) {
             Ok(h) => h,
-            Err(e) => {
-                tracing::error!(peer = %self.peer, error = %e, "held message unreadable; refused for now");
-                self.upstream = None;
-                self.reply("451 4.3.0 Error: local problem holding the message, try again later");
-                return Ok(());
-            }
+            Err(e) => return self.refuse_held(e, size).await,
         };
         if held.on_disk() {
             tracing::debug!(peer = %self.peer, size = held.size(), "message held in a temporary file");
         }
+        let bounds = self.change_bounds();
         let (verdict, edits) = match self.filters.as_mut() {
-            // A filter's changes may come to the size of a message, not more.
-            Some(filters) => filters.message(&held, self.config.limits.max_message_size + 1024 * 1024).await,
-            None => (Verdict::Continue, Edits::default()),
+            Some(filters) => filters.message(&held, bounds).await,
+            None => (Verdict::Continue, Edits::new(bounds)),
         };
+        if edits.body_on_disk() {
+            tracing::debug!(peer = %self.peer, "new body held in a temporary file");
+        }
         let discard = match self.apply(verdict, "end of data")? {
             Filtered::Refused => {
                 metrics::message("rejected");
@@ -169,6 +168,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.deliver_held(&held, &edits).await
+    }
+
+    fn header_bounds(&self) -> HeaderBounds {
+        let limits = &self.config.limits;
+        HeaderBounds { count: limits.max_headers, bytes: limits.max_header_size }
+    }
+
+    /// What the filters' changes to a message may come to: headers within the bounds
+    /// of a header section, a new body the size of a message (held as one is),
+    /// recipients added or removed as many as a client may give.
+    fn change_bounds(&self) -> ChangeBounds {
+        let limits = &self.config.limits;
+        let recipients = limits.max_recipients as usize;
+        ChangeBounds {
+            headers: self.header_bounds(),
+            body: limits.max_message_size + 1024 * 1024,
+            held_in_memory: limits.held_in_memory,
+            added: recipients,
+            deleted: recipients,
+        }
+    }
+
+    /// A message that could not be held for the filters: refused, 552 past the header
+    /// bounds (before any filter is shown a header), 451 on a local failure. The
+    /// filters and the backend forget the transaction.
+    async fn refuse_held(&mut self, e: HoldError, size: u64) -> Step {
+        self.abort_filters().await;
+        metrics::message(if e.refusal().is_some() { "rejected" } else { "failed" });
+        let Some((limit, reply)) = e.refusal() else {
+            tracing::error!(peer = %self.peer, error = %e, "held message unreadable; refused for now");
+            self.upstream = None;
+            self.reply("451 4.3.0 Error: local problem holding the message, try again later");
+            return Ok(());
+        };
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = %e, size, "message refused");
+        metrics::limit_refused(limit);
+        self.drop_backend_transaction().await?;
+        self.refuse(reply)
     }
 
     /// Marks the open transaction: the message is accepted from the client, then dropped.
@@ -284,8 +321,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for part in held.render(edits) {
             let sent = match part {
                 Part::Bytes(bytes) => up.send_body(&bytes).await,
-                Part::Spool { mut from, to } => loop {
-                    let n = match held.read(from, to, &mut buf) {
+                Part::Spool { spool, mut from, to } => loop {
+                    let n = match spool.read_between(from, to, &mut buf) {
                         Ok(n) => n,
                         Err(e) => {
                             tracing::error!(error = %e, "held message unreadable; backend transaction abandoned");
