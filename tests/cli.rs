@@ -127,3 +127,18 @@ fn explain_answers_from_the_config() {
         run(&["explain", "--config", &path, "--client", "10.1.2.3", "--listener", "nope", "--rcpt", "u@example.com"]);
     assert!(!ok && out.contains("no listener named \"nope\""), "{out}");
 }
+
+/// One run of `check` names every mistake: an unknown key (with its line), a bad rule
+/// default and a /33 network, the semantic ones found after the key is taken out.
+#[test]
+fn check_lists_every_mistake_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[listener]]\nname = \"mx\"\nbind = \"0.0.0.0:25\"\ndefault = \"maybe\"\nsizes = 3\n\
+                [relay]\nlocal_domains = [\"example.com\"]\nnetworks = [\"10.0.0.0/33\"]\n\
+                [[backend]]\naddress = \"127.0.0.1:10025\"\nidentity = \"xforward\"\n";
+    let (ok, out) = run(&["check", "--config", &config_file(&dir, text)]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("line 5") && out.contains("unknown field `sizes`"), "{out}");
+    assert!(out.contains("listener[0].default") && out.contains("maybe"), "{out}");
+    assert!(out.contains("relay.networks[0]") && out.contains("10.0.0.0/33"), "{out}");
+}

@@ -2,6 +2,7 @@
 //! error is collected with the key that holds it, so `check` can list them all at once.
 
 pub mod diff;
+mod document;
 mod lints;
 mod net;
 pub mod raw;
@@ -370,9 +371,21 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parse(&text)
 }
 
+/// Reads and validates a config; every mistake found is in the error, those of the
+/// TOML document (unknown keys, wrong types, each with its line) first.
 pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::one(e.to_string().trim_end().to_string()))?;
-    Validator::default().run(raw)
+    let (raw, mistakes) = document::read(text);
+    let Some(raw) = raw else {
+        return Err(ConfigError { problems: mistakes, warnings: Vec::new() });
+    };
+    match Validator::default().run(raw) {
+        Ok(loaded) if mistakes.is_empty() => Ok(loaded),
+        Ok(loaded) => Err(ConfigError { problems: mistakes, warnings: loaded.warnings }),
+        Err(mut e) => {
+            e.problems.splice(0..0, mistakes);
+            Err(e)
+        }
+    }
 }
 
 #[derive(Default)]
