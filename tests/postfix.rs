@@ -390,3 +390,29 @@ with smtplib.SMTP(host, port, source_address=("127.0.0.79", 0), timeout=30) as s
     assert!(transcript.contains("refused: {}"), "{transcript}");
     pf.delivered(&mark);
 }
+
+/// A client that quits after a refused relay: Postfix sees our QUIT, and logs a client
+/// that left, not "lost connection after MAIL".
+#[test]
+fn quitting_after_a_refused_relay_quits_at_the_backend() {
+    if !need(&["postfix"]) {
+        return;
+    }
+    init_logs();
+    let pf = Postfix::shared();
+    let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
+    let mut c = Smtp::hello("127.0.0.83", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<s@example.org>", "250");
+    c.cmd("RCPT TO:<someone@elsewhere.test>", "550 5.7.1");
+    c.cmd("QUIT", "221");
+    let client = "unknown[127.0.0.83]";
+    wait_until(
+        std::time::Duration::from_secs(10),
+        || pf.log().lines().any(|l| l.contains(&format!("disconnect from {client}"))),
+        "postfix to log the disconnect",
+    );
+    let log = pf.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(client)).collect();
+    assert!(!lines.iter().any(|l| l.contains("lost connection")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("disconnect from") && l.contains("quit=1")), "{lines:#?}");
+}

@@ -427,11 +427,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let _ = self.flush().await;
         // A backend connection is given back after a clean end (kept for another session
-        // where the backend reuses connections, else QUIT); otherwise it is dropped: the
-        // backend sees the connection close, never a final dot.
+        // where the backend reuses connections, else QUIT); after the client's QUIT also
+        // with a transaction open (RSET before it is kept), so the backend logs a client
+        // that left, not a lost connection. Otherwise, and always inside a message body,
+        // it is dropped: the backend sees the connection close, never a final dot.
+        let in_body = self.phase.transaction().is_some_and(|tx| tx.chunks.as_ref().is_some_and(|c| c.holds_data_open()));
+        let clean = match outcome {
+            Outcome::Quit => !in_body,
+            Outcome::ClientClosed => self.phase.transaction().is_none(),
+            _ => false,
+        };
         if let Some(upstream) = self.upstream.take()
-            && matches!(outcome, Outcome::Quit | Outcome::ClientClosed)
-            && self.phase.transaction().is_none()
+            && clean
         {
             Box::pin(self.give_back(upstream)).await;
         }
