@@ -9,7 +9,7 @@ use portcullis::smtp::ehlo::Offer;
 use portcullis::smtp::{mail, rcpt};
 
 fuzz_target!(|line: &[u8]| {
-    let offer = Offer { max_size: 10_000_000, starttls: false, auth: true, dsn: true, smtputf8: true, binarymime: true };
+    let offer = Offer { max_size: 10_000_000, starttls: false, auth: true, dsn: true, smtputf8: true, binarymime: true, held: false };
     match command::parse(line) {
         Ok(Command::Mail { path, params }) => {
             if mail::check(path, &params, true, &offer).is_ok() {
