@@ -4,7 +4,7 @@
 
 use crate::addr::{ClientAddr, LocalAddr};
 use ppp::{v1, v2};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use thiserror::Error;
 
 /// The v2 signature.
@@ -13,6 +13,10 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 pub const V1_MAX: usize = 107;
 /// Longest v2 header accepted: 16 fixed bytes and up to 1 KiB of addresses and TLVs.
 pub const V2_MAX: usize = 16 + 1024;
+
+/// The v2 family and transport bytes the spec defines, datagrams left out: UNSPEC,
+/// TCP over IPv4, TCP over IPv6, UNIX stream.
+const V2_STREAM_FAMILIES: [u8; 4] = [0x00, 0x11, 0x21, 0x31];
 
 /// Who the load balancer says the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,13 @@ fn decode_v1(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
     }
     let line = std::str::from_utf8(&window[..=lf]).map_err(|_| ProxyHeaderError::Malformed("not text".into()))?;
     let header = v1::Header::try_from(line).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
+    // ppp reads ports with `u16::from_str`, which also takes a leading `+`; the spec's
+    // ports are decimal digits only (a TCP line ppp accepts has exactly six words).
+    let digits = |word: &str| !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
+    let mut ports = line.trim_end_matches("\r\n").split(' ').skip(4);
+    if !matches!(header.addresses, v1::Addresses::Unknown) && !ports.all(digits) {
+        return Err(ProxyHeaderError::Malformed("v1 port not in decimal digits".into()));
+    }
     let proxied = match header.addresses {
         v1::Addresses::Tcp4(a) => Proxied::Tcp {
             source: SocketAddr::from((a.source_address, a.source_port)),
@@ -86,10 +97,16 @@ fn decode_v2(buf: &[u8]) -> Result<Option<(Proxied, usize)>, ProxyHeaderError> {
     }
     let header = v2::Header::try_from(&buf[..total]).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
     check_tlvs(&header, &buf[..total])?;
+    let family = buf[13];
     let proxied = match (header.command, header.protocol, header.addresses) {
         (v2::Command::Local, _, _) => Proxied::Local,
         (v2::Command::Proxy, v2::Protocol::Datagram, _) => {
             return Err(ProxyHeaderError::Malformed("a datagram connection cannot carry SMTP".into()));
+        }
+        // ppp takes any family with any transport, so AF_INET with no transport (0x10)
+        // would read as TCP; the spec says receivers must reject undefined values.
+        (v2::Command::Proxy, _, _) if !V2_STREAM_FAMILIES.contains(&family) => {
+            return Err(ProxyHeaderError::Malformed(format!("undefined v2 family and transport {family:#04x}")));
         }
         (v2::Command::Proxy, _, v2::Addresses::IPv4(a)) => Proxied::Tcp {
             source: SocketAddr::from((a.source_address, a.source_port)),
@@ -130,12 +147,26 @@ fn check_tlvs(header: &v2::Header<'_>, bytes: &[u8]) -> Result<(), ProxyHeaderEr
     Ok(())
 }
 
+/// The two addresses in one family. `ClientAddr` and `LocalAddr` turn IPv4-mapped IPv6
+/// into IPv4, so a load balancer's `::ffff:192.0.2.1` reaching `2001:db8::1` comes out
+/// as IPv4 and IPv6: both are written as IPv6 then, since ppp encodes a mixed pair as
+/// UNKNOWN (v1) or as no addresses (v2), and the backend would take the connection for
+/// ours.
+fn one_family(client: ClientAddr, local: LocalAddr) -> (SocketAddr, SocketAddr) {
+    let v6 = |a: SocketAddrV4| SocketAddr::from((a.ip().to_ipv6_mapped(), a.port()));
+    match (client.socket(), local.socket()) {
+        (SocketAddr::V4(c), l @ SocketAddr::V6(_)) => (v6(c), l),
+        (c @ SocketAddr::V6(_), SocketAddr::V4(l)) => (c, v6(l)),
+        same => same,
+    }
+}
+
 pub fn v1_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
-    v1::Addresses::from((client.socket(), local.socket())).to_string().into_bytes()
+    v1::Addresses::from(one_family(client, local)).to_string().into_bytes()
 }
 
 pub fn v2_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
-    let addresses = v2::Addresses::from((client.socket(), local.socket()));
+    let addresses = v2::Addresses::from(one_family(client, local));
     v2::Builder::with_addresses(v2::Version::Two | v2::Command::Proxy, v2::Protocol::Stream, addresses)
         .build()
         .expect("a v2 header with two addresses and no TLVs is far below its size limit")
@@ -286,6 +317,61 @@ mod tests {
         let mut short = V2_SIGNATURE.to_vec();
         short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
         assert!(matches!(decode(&short), Err(Malformed(_))));
+    }
+
+    /// ppp reads `+25` as port 25.
+    #[test]
+    fn v1_ports_are_decimal_digits() {
+        for bad in [&b"PROXY TCP4 192.0.2.1 192.0.2.2 +1 25\r\n"[..], b"PROXY TCP6 ::1 ::2 1 +25\r\n"] {
+            assert!(matches!(decode(bad), Err(ProxyHeaderError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            decode(b"PROXY TCP4 192.0.2.1 192.0.2.2 0 25\r\n").unwrap().unwrap().0,
+            tcp("192.0.2.1:0", "192.0.2.2:25")
+        );
+    }
+
+    /// The spec's limit: a v1 header of 107 bytes is taken, one of 108 never.
+    #[test]
+    fn v1_header_at_most_107_bytes() {
+        let line = |len: usize| format!("PROXY UNKNOWN {}\r\n", "x".repeat(len - 16)).into_bytes();
+        assert_eq!(decode(&line(V1_MAX)), Ok(Some((Proxied::Unknown, V1_MAX))));
+        assert_eq!(decode(&line(V1_MAX + 1)), Err(ProxyHeaderError::TooLong));
+        assert_eq!(decode(&line(V1_MAX + 1)[..V1_MAX]), Err(ProxyHeaderError::TooLong));
+    }
+
+    /// Found by the proxy_header fuzz target: ppp takes AF_INET or AF_INET6 without a
+    /// transport (0x10, 0x20) and UNSPEC over STREAM (0x01); the spec's receivers
+    /// reject them.
+    #[test]
+    fn v2_undefined_family_bytes_are_refused() {
+        for family in [0x10, 0x20, 0x01] {
+            // 36 zero bytes: addresses of any family, then empty TLVs.
+            let mut h = V2_SIGNATURE.to_vec();
+            h.extend_from_slice(&[0x21, family, 0, 36]);
+            h.extend_from_slice(&[0; 36]);
+            assert!(matches!(decode(&h), Err(ProxyHeaderError::Malformed(_))), "{family:#04x}");
+            // LOCAL discards the address block, whatever its family.
+            h[12] = 0x20;
+            assert_eq!(decode(&h), Ok(Some((Proxied::Local, h.len()))), "{family:#04x}");
+        }
+        let mut unix = v2_with_tlvs(&[0; 204]);
+        unix[13] = 0x31;
+        assert_eq!(decode(&unix), Ok(Some((Proxied::Unknown, unix.len()))));
+    }
+
+    /// A load balancer's `::ffff:192.0.2.1` reaching `2001:db8::1` is IPv4 and IPv6 once
+    /// normalised; the header sent on must still name the client.
+    #[test]
+    fn mixed_families_still_name_the_client() {
+        let (c, l) = pair("[::ffff:192.0.2.1]:4000", "[2001:db8::1]:25");
+        assert_eq!(v1_header(c, l), b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::1 4000 25\r\n");
+        let expected = tcp("[::ffff:192.0.2.1]:4000", "[2001:db8::1]:25");
+        let v2 = v2_header(c, l);
+        assert_eq!(decode(&v2), Ok(Some((expected, v2.len()))));
+        let (c, l) = pair("[2001:db8::7]:4000", "[::ffff:192.0.2.2]:25");
+        let v1 = v1_header(c, l);
+        assert_eq!(decode(&v1), Ok(Some((tcp("[2001:db8::7]:4000", "[::ffff:192.0.2.2]:25"), v1.len()))));
     }
 
     #[test]

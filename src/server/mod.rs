@@ -8,7 +8,8 @@ pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod log_limit;
 pub(crate) mod pool;
-pub(crate) mod proxy_header;
+// Public for the proxy_header fuzz target, which feeds the reader its input in pieces.
+pub mod proxy_header;
 pub(crate) mod reload;
 pub(crate) mod session;
 pub(crate) mod transparent;

@@ -252,6 +252,18 @@ mod tests {
         assert_eq!(ok(&[param("body", "8bitmime"), param("BODY", "8BITMIME")]), Ok(MailParams::default()));
     }
 
+    /// The null sender of every bounce, checked and rebuilt like any other path (the
+    /// params fuzz target's own check once panicked on it, with `windows(0)`).
+    #[test]
+    fn null_sender() {
+        let params = [param("SIZE", "10"), param("AUTH", "<>")];
+        assert_eq!(check("", &params, true, &OFFER), Ok(MailParams { size: Some(10), ..MailParams::default() }));
+        let line = b"MAIL FROM:<> SIZE=10 AUTH=<>\r\n";
+        assert_eq!(for_backend(&Capabilities::default(), line, "", &params), Ok(b"MAIL FROM:<>\r\n".to_vec()));
+        let bare = b"MAIL FROM:<>\r\n";
+        assert_eq!(for_backend(&Capabilities::default(), bare, "", &[]), Ok(bare.to_vec()));
+    }
+
     #[test]
     fn client_bytes_when_everything_is_offered() {
         let caps = Capabilities { size: true, eight_bit_mime: true, ..Capabilities::default() };
