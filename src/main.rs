@@ -171,9 +171,7 @@ fn bans(admin: std::net::SocketAddr, lift: Option<std::net::IpAddr>, token_file:
     let limit = std::time::Duration::from_secs(10);
     match runtime.block_on(portcullis::admin::call(admin, method, &path, token.as_deref(), limit)) {
         Ok(text) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
+            println!("{}", if text.is_empty() { "no bans" } else { &text });
             ExitCode::SUCCESS
         }
         Err(e) => {

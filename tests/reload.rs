@@ -280,7 +280,8 @@ fn a_reload_reads_the_users_file_again() {
     login(proxy.addr("sub"), "first", "235");
     set_password("second");
     login(proxy.addr("sub"), "second", "535");
-    proxy.reload(&text);
+    let changes = proxy.reload(&text);
+    assert_eq!(changes, ["auth.users_file: 0 added, 0 removed, 1 with a new password"]);
     login(proxy.addr("sub"), "second", "235");
     login(proxy.addr("sub"), "first", "535");
 

@@ -105,6 +105,14 @@ impl Users {
         self.hashes.is_empty()
     }
 
+    /// Users added, removed, and kept with another password, since `old`.
+    pub fn compared_with(&self, old: &Users) -> (usize, usize, usize) {
+        let added = self.hashes.keys().filter(|u| !old.hashes.contains_key(*u)).count();
+        let removed = old.hashes.keys().filter(|u| !self.hashes.contains_key(*u)).count();
+        let changed = self.hashes.iter().filter(|(u, h)| old.hashes.get(*u).is_some_and(|o| o != *h)).count();
+        (added, removed, changed)
+    }
+
     /// Whether a login as `user` checked against `old` still stands here: the user is
     /// here with the same password.
     pub fn still_admits(&self, old: &Users, user: &str) -> bool {

@@ -5,6 +5,13 @@
 use super::{Backend, Config, Listener};
 use std::fmt::Debug;
 
+fn users(config: &Config) -> Option<&crate::auth::users::Users> {
+    match config.auth.as_ref().map(|a| &a.source) {
+        Some(super::AuthSource::File(users)) => Some(users),
+        _ => None,
+    }
+}
+
 pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = |key: &str, a: &dyn Debug, b: &dyn Debug| field(&mut out, key, a, b);
@@ -43,6 +50,12 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
         |l: &Option<crate::screen::dns::DnsLists>| l.as_ref().map(|l| (l.threshold, l.nameservers.clone(), l.timeout));
     field("screen threshold, nameservers, dnsbl_timeout", &rest(&old.dns_lists), &rest(&new.dns_lists));
     field("auth.max_failures", &old.auth.as_ref().map(|a| a.max_failures), &new.auth.as_ref().map(|a| a.max_failures));
+    if let (Some(o), Some(n)) = (users(old), users(new)) {
+        let (added, removed, changed) = n.compared_with(o);
+        if added + removed + changed > 0 {
+            out.push(format!("auth.users_file: {added} added, {removed} removed, {changed} with a new password"));
+        }
+    }
 
     set(&mut out, "relay.local_domains", &old.relay.local_domains.entries(), &new.relay.local_domains.entries());
     set(&mut out, "relay.networks", &old.relay.networks, &new.relay.networks);

@@ -38,10 +38,11 @@ const BACKLOG: i32 = 1024;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("listener {name:?}: cannot listen on {addr}: {source}")]
-    Bind { name: String, addr: SocketAddr, source: io::Error },
-    #[error("admin endpoint: cannot listen on {addr}: {source}")]
-    Admin { addr: SocketAddr, source: io::Error },
+    // The cause is in the message, so it is not also a `source` (printed twice then).
+    #[error("listener {name:?}: cannot listen on {addr}: {error}")]
+    Bind { name: String, addr: SocketAddr, error: io::Error },
+    #[error("admin endpoint: cannot listen on {addr}: {error}")]
+    Admin { addr: SocketAddr, error: io::Error },
     #[error("cannot start worker thread: {0}")]
     Worker(io::Error),
     #[error(
@@ -66,10 +67,10 @@ pub(crate) struct Bound {
 
 impl Bound {
     pub(crate) fn new(name: &str, configured: SocketAddr) -> Result<Self, ServerError> {
-        let socket = listen(configured).map_err(|source| ServerError::Bind {
+        let socket = listen(configured).map_err(|error| ServerError::Bind {
             name: name.to_string(),
             addr: configured,
-            source,
+            error,
         })?;
         Ok(Self { name: name.to_string(), configured, socket, stop: CancellationToken::new() })
     }
@@ -110,7 +111,7 @@ impl Server {
             bound.push(Arc::new(Bound::new(&listener.name, listener.bind)?));
         }
         let admin = match config.admin {
-            Some(addr) => Some(listen(addr).map_err(|source| ServerError::Admin { addr, source })?),
+            Some(addr) => Some(listen(addr).map_err(|error| ServerError::Admin { addr, error })?),
             None => None,
         };
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);

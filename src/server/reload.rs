@@ -91,10 +91,10 @@ impl Reloader {
                 (None, Some(b)) => Arc::new(Bound {
                     name: l.name.clone(),
                     configured: l.bind,
-                    socket: b.socket.try_clone().map_err(|source| ServerError::Bind {
+                    socket: b.socket.try_clone().map_err(|error| ServerError::Bind {
                         name: l.name.clone(),
                         addr: l.bind,
-                        source,
+                        error,
                     })?,
                     stop: tokio_util::sync::CancellationToken::new(),
                 }),

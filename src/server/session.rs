@@ -431,7 +431,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // with a transaction open (RSET before it is kept), so the backend logs a client
         // that left, not a lost connection. Otherwise, and always inside a message body,
         // it is dropped: the backend sees the connection close, never a final dot.
-        let in_body = self.phase.transaction().is_some_and(|tx| tx.chunks.as_ref().is_some_and(|c| c.holds_data_open()));
+        let in_body =
+            self.phase.transaction().is_some_and(|tx| tx.chunks.as_ref().is_some_and(|c| c.holds_data_open()));
         let clean = match outcome {
             Outcome::Quit => !in_body,
             Outcome::ClientClosed => self.phase.transaction().is_none(),

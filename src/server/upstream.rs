@@ -33,7 +33,7 @@ pub enum UpstreamError {
     Unreachable(String),
     #[error("every backend is at its connection limit ({0})")]
     Busy(String),
-    #[error("backend {backend} refused the identity step: {detail}")]
+    #[error("identity step refused by {backend}: {detail}")]
     IdentityRefused { backend: String, detail: String },
     /// The backend refused a value that comes from the client (HELO name, login) in the
     /// identity step. Not a backend failure: no failover.

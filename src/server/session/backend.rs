@@ -56,12 +56,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// the client's error, so not counted; nor are the transaction's later commands,
     /// which get 4xx too (see [`Self::transaction_lost`]).
     pub(super) fn upstream_failed(&mut self, error: UpstreamError, step: &'static str) -> Step {
-        let backend = self.upstream.take().map(|u| u.address).unwrap_or_default();
-        if !backend.is_empty() {
-            metrics::backend_error(&backend, step, error.kind());
-        }
         self.phase.lose_transaction();
-        tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
+        match self.upstream.take() {
+            Some(up) => {
+                metrics::backend_error(&up.address, step, error.kind());
+                let backend = up.address;
+                tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
+            }
+            // No connection was made: `connect_upstream` logged why.
+            None => tracing::info!(peer = %self.peer, step, "no backend connection; client told to retry"),
+        }
         self.reply(error.client_reply());
         Ok(())
     }
