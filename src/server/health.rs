@@ -146,6 +146,59 @@ mod tests {
         assert!(h.is_up());
     }
 
+    /// A backend that greets (unless it `closes` on its first bytes) and answers EHLO
+    /// with `ehlo`.
+    async fn backend(ehlo: &'static str, closes: bool) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = socket.accept().await {
+                let mut buf = [0u8; 512];
+                if closes {
+                    let _ = stream.read(&mut buf).await;
+                    continue;
+                }
+                let _ = stream.write_all(b"220 test ESMTP\r\n").await;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let reply = if buf.starts_with(b"EHLO") { ehlo } else { "221 2.0.0 Bye\r\n" };
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn probe(addr: std::net::SocketAddr, identity: &str) -> Result<(), String> {
+        let text = format!(
+            "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\n"
+        );
+        let config = crate::config::parse(&text).unwrap().config;
+        Upstream::probe(&config.backends[0], "proxy.test").await.map_err(|e| e.to_string())
+    }
+
+    /// A check proves what sessions need of the identity: a backend without XCLIENT
+    /// (Exim), or one that closes on a PROXY header it does not take, is not healthy.
+    #[tokio::test]
+    async fn a_check_proves_the_identity_step() {
+        let exim = backend("250-exim\r\n250 PIPELINING\r\n", false).await;
+        let error = probe(exim, "xclient").await.unwrap_err();
+        assert!(error.contains("XCLIENT ADDR is not offered"), "{error}");
+        let error = probe(exim, "xforward").await.unwrap_err();
+        assert!(error.contains("XFORWARD is not offered"), "{error}");
+        assert_eq!(probe(exim, "none").await, Ok(()));
+        let postfix =
+            backend("250-postfix\r\n250-XCLIENT NAME ADDR PROTO HELO\r\n250 XFORWARD NAME ADDR\r\n", false).await;
+        assert_eq!(probe(postfix, "xclient").await, Ok(()));
+        assert_eq!(probe(postfix, "xforward").await, Ok(()));
+        let strict = backend("", true).await;
+        let error = probe(strict, "proxy-v1").await.unwrap_err();
+        assert!(error.contains("after our proxy-v1 header"), "{error}");
+    }
+
     #[test]
     fn one_check_at_a_time_and_only_when_due() {
         let h = BackendHealth::default();

@@ -253,11 +253,9 @@ impl Upstream {
         if backend.tls != BackendTls::None {
             up.starttls(backend, name).await?;
         }
+        up.identity_offered()?;
         if backend.identity == Identity::Xclient {
             up.xclient(facts).await?;
-        }
-        if backend.identity == Identity::Xforward && up.caps.xforward.is_none() {
-            return Err(up.refused("XFORWARD is not offered in the EHLO reply"));
         }
         // What the session will really deal with (after TLS and XCLIENT, EHLO again).
         backend.capabilities.set(&up.caps);
@@ -291,10 +289,21 @@ impl Upstream {
             in_transaction: false,
             auth_used: false,
         };
-        if let Some(header) = header(backend.identity) {
-            up.write(&header).await?;
+        let header = header(backend.identity);
+        if let Some(header) = &header {
+            up.write(header).await?;
         }
-        let greeting = up.reply().await?;
+        let greeting = match up.reply().await {
+            // A backend that takes no PROXY header, or another version, often just
+            // closes: say what it most likely means.
+            Err(UpstreamError::Closed | UpstreamError::Io(_)) if header.is_some() => {
+                return Err(up.out_of_step(format!(
+                    "closed the connection after our {} header: does it expect another PROXY version, or none?",
+                    backend.identity.name()
+                )));
+            }
+            reply => reply?,
+        };
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
@@ -303,8 +312,9 @@ impl Upstream {
     }
 
     /// A health check: connect from our own address, the PROXY header of a connection
-    /// that is ours (v1 UNKNOWN, v2 LOCAL) when the identity sends one, greeting, EHLO,
-    /// QUIT. Takes none of the backend's `max_connections`.
+    /// that is ours (v1 UNKNOWN, v2 LOCAL) when the identity sends one, greeting, EHLO
+    /// (offering XCLIENT or XFORWARD to us when that is the identity), QUIT. Takes none
+    /// of the backend's `max_connections`.
     pub async fn probe(backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
         let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
@@ -315,6 +325,9 @@ impl Upstream {
             _ => None,
         })
         .await?;
+        // The identity step as far as a check can prove it without a client: the PROXY
+        // header answered by a greeting (above), the extension offered to us.
+        up.identity_offered()?;
         // Sessions learn what the backend offers them (after TLS and XCLIENT, EHLO
         // again); the check's own view only fills in until the first session has.
         if backend.capabilities.read(|_| ()).is_none() {
@@ -392,11 +405,24 @@ impl Upstream {
         self.hello(ehlo_name).await
     }
 
+    /// The extension the identity needs, offered in the EHLO reply (Postfix offers
+    /// XCLIENT and XFORWARD only to the hosts it authorizes for them).
+    fn identity_offered(&self) -> Result<(), UpstreamError> {
+        match self.identity {
+            Identity::Xclient if !self.caps.xclient_offers("ADDR") => Err(self.refused(
+                "XCLIENT ADDR is not offered in the EHLO reply: the backend has no XCLIENT, or does not \
+                 authorize this host (Postfix: smtpd_authorized_xclient_hosts)",
+            )),
+            Identity::Xforward if self.caps.xforward.is_none() => Err(self.refused(
+                "XFORWARD is not offered in the EHLO reply: the backend has no XFORWARD, or does not \
+                 authorize this host (Postfix: smtpd_authorized_xforward_hosts)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn xclient(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
         let lines = xclient::commands(facts, &self.caps);
-        if !self.caps.xclient_offers("ADDR") {
-            return Err(self.refused("XCLIENT ADDR is not offered in the EHLO reply"));
-        }
         for line in lines {
             let reply = self.command(line.as_bytes(), Asked::Xclient).await?;
             // Postfix answers a successful XCLIENT with a fresh greeting.
