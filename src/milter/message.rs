@@ -253,7 +253,9 @@ impl Held {
             match edit {
                 HeaderEdit::Add { name, value } => list.push(Entry::New { name: name.as_bytes(), value }),
                 HeaderEdit::Insert { index, name, value } => {
-                    let at = (*index as usize).min(list.len());
+                    // As behind Postfix, whose own Received: (which filters never see)
+                    // is field 0: index 1 is the top of the fields that came.
+                    let at = (*index as usize).saturating_sub(1).min(list.len());
                     list.insert(at, Entry::New { name: name.as_bytes(), value });
                 }
                 HeaderEdit::Change { index, name, value } => {
@@ -790,6 +792,19 @@ mod tests {
         // Fields nobody changed go out from the held message, in as few parts as can be.
         let added = edits_added_at_end(&h);
         assert_eq!(added.len(), 3, "{added:?}");
+    }
+
+    /// Behind Postfix, field 0 is its own Received: (which filters never see): an
+    /// insert at index 1 lands at the top, as rspamd and opendkim expect.
+    #[test]
+    fn an_insert_counts_as_behind_postfix() {
+        let h = held(b"From: a@example.org\r\nTo: b@example.com\r\n\r\nbody\r\n.\r\n", 1 << 20);
+        let insert = |index| edits([Modification::InsertHeader { index, name: "X-Spam".into(), value: "no".into() }]);
+        let top = "X-Spam: no\r\nFrom: a@example.org\r\nTo: b@example.com\r\n\r\nbody\r\n.\r\n";
+        assert_eq!(String::from_utf8(rendered(&h, &insert(1))).unwrap(), top);
+        assert_eq!(String::from_utf8(rendered(&h, &insert(0))).unwrap(), top);
+        let second = "From: a@example.org\r\nX-Spam: no\r\nTo: b@example.com\r\n\r\nbody\r\n.\r\n";
+        assert_eq!(String::from_utf8(rendered(&h, &insert(2))).unwrap(), second);
     }
 
     fn edits_added_at_end(h: &Held) -> Vec<String> {

@@ -152,6 +152,11 @@ impl Filters {
     }
 
     /// Starts a transaction: connects the filters first if this is the session's first
+    /// The id filters know the current message by (`i`), for our log lines.
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
     /// one (CONNECT and HELO), then MAIL. `queue_id` names the message (`i`).
     pub async fn mail(&mut self, facts: &Facts, queue_id: String, args: &[&str]) -> Verdict {
         if self.open {
@@ -204,7 +209,9 @@ impl Filters {
         let mut macros = vec![
             ("j", facts.hostname.clone()),
             ("_", format!("unknown [{client_addr}]")),
-            ("{daemon_name}", facts.listener.clone()),
+            // Postfix's milter_macro_daemon_name: $myhostname (filters name the host with
+            // it, as in rspamd's Authentication-Results).
+            ("{daemon_name}", facts.hostname.clone()),
             ("{client_addr}", client_addr.clone()),
             ("{client_name}", "unknown".to_string()),
             ("{client_ptr}", "unknown".to_string()),

@@ -49,6 +49,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         (version, cipher)
     }
 
+    /// The filters' id of the current message (`i`), for log lines.
+    fn queue_id(&self) -> &str {
+        self.filters.as_ref().map_or("", |f| f.queue_id())
+    }
+
     /// MAIL, to the filters first.
     pub(super) async fn filter_mail(&mut self, path: &str, params: &[Param<'_>]) -> Result<Filtered, Outcome> {
         if self.listener.milters.is_empty() {
@@ -79,7 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Verdict::Continue => Ok(Filtered::Go),
             Verdict::Discard => Ok(Filtered::Discard),
             Verdict::Refuse(reply) => {
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, step, reply = ?reply, "refused by a content filter");
+                tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), step, reply = ?reply, "refused by a content filter");
                 let permanent = reply.starts_with('5');
                 self.reply(&reply);
                 if permanent {
@@ -151,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Filtered::Go => discard,
         };
         if discard {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, size = held.size(), "message discarded by a content filter");
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message discarded by a content filter");
             metrics::message("discarded");
             self.reply("250 2.0.0 Ok: discarded");
             return self.drop_backend_transaction().await;
@@ -159,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(reason) = &edits.quarantine {
             // A proxy has no hold queue: a message a filter wants kept aside is refused
             // rather than delivered.
-            tracing::warn!(peer = %self.peer, reason = ?reason, "content filter quarantined the message; refused");
+            tracing::warn!(peer = %self.peer, queue_id = self.queue_id(), reason = ?reason, "content filter quarantined the message; refused");
             metrics::message("rejected");
             self.reply("554 5.7.1 Error: message quarantined by a content filter");
             return self.drop_backend_transaction().await;
@@ -167,6 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if edits.envelope_changed() && !self.remake_envelope(&edits, &mail_line, &rcpt_lines).await? {
             return Ok(());
         }
+        // The filters' logs name the message by this id: one line of ours carries it.
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message passed the content filters");
         self.deliver_held(&held, &edits).await
     }
 
@@ -202,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
             return Ok(());
         };
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = %e, size, "message refused");
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), reason = %e, size, "message refused");
         metrics::limit_refused(limit);
         self.drop_backend_transaction().await?;
         self.refuse(reply)
@@ -257,7 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => mail_line.to_vec(),
         };
         tracing::info!(
-            peer = %self.peer, from = ?String::from_utf8_lossy(&mail).trim_end(), recipients = lines.len(),
+            peer = %self.peer, queue_id = self.queue_id(), from = ?String::from_utf8_lossy(&mail).trim_end(), recipients = lines.len(),
             "content filter changed the envelope; backend transaction made again"
         );
         if lines.is_empty() {
