@@ -110,7 +110,7 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
     }
     match req.uri().path() {
         "/bans" => {
-            if let Err(refused) = authorized(req, status, "bans cannot be listed here") {
+            if let Some(refused) = unauthorized(req, status, "bans cannot be listed here") {
                 return refused;
             }
             let lines: String = status
@@ -142,7 +142,7 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
 /// `DELETE /bans/ADDRESS` with `Authorization: Bearer <token>` (`[admin] token_file`):
 /// lifts the ban on the client network of ADDRESS.
 async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Status) -> Response<Full<Bytes>> {
-    if let Err(refused) = authorized(req, status, "bans cannot be lifted here") {
+    if let Some(refused) = unauthorized(req, status, "bans cannot be lifted here") {
         return refused;
     }
     let config = status.live.load();
@@ -160,25 +160,21 @@ async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Statu
     }
 }
 
-/// Whether `req` carries the token of `[admin] token_file` (`Authorization: Bearer`);
-/// otherwise the response that says why not (`without`: what cannot be done).
-fn authorized(
-    req: &Request<hyper::body::Incoming>,
-    status: &Status,
-    without: &str,
-) -> Result<(), Response<Full<Bytes>>> {
+/// `None` when `req` carries the token of `[admin] token_file` (`Authorization:
+/// Bearer`); otherwise the response that says why not (`without`: what cannot be done).
+fn unauthorized(req: &Request<hyper::body::Incoming>, status: &Status, without: &str) -> Option<Response<Full<Bytes>>> {
     let config = status.live.load();
     let Some(token) = config.admin_token.as_deref() else {
-        return Err(text(StatusCode::FORBIDDEN, format!("no [admin] token_file is configured: {without}\n")));
+        return Some(text(StatusCode::FORBIDDEN, format!("no [admin] token_file is configured: {without}\n")));
     };
     let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let matches =
         given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
     if !matches {
         tracing::warn!(method = %req.method(), path = req.uri().path(), "admin endpoint: a call without the right token; refused");
-        return Err(text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into()));
+        return Some(text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into()));
     }
-    Ok(())
+    None
 }
 
 /// Compares without stopping at the first difference, so the time taken does not tell
