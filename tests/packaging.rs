@@ -1,5 +1,5 @@
 //! dist/portcullis.service: systemd's own checker has nothing to say about it, its
-//! sandbox stays tight, and it keeps the contract the README and the Dockerfile share
+//! sandbox stays tight, and it keeps the contract the docs and the Dockerfile share
 //! (the binary and config paths, SIGHUP reload, SIGTERM drain with time to finish).
 //!
 //! deploy/: the fleet examples. deploy/fleet (HAProxy in front of three instances

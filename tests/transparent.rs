@@ -28,7 +28,7 @@ fn loopback_client_reaches_postfix_as_itself() {
     assert!(pf.log().contains("connect from unknown[127.0.0.77]"));
 }
 
-/// The README's routing recipe, in namespaces this test makes and removes.
+/// The routing recipe of docs/deployment.md, in namespaces this test makes and removes.
 #[test]
 fn ip_transparent_across_namespaces() {
     if !need(&["ip", "smtp-sink", "swaks"]) {

@@ -2,7 +2,7 @@
 //! backends and scanners that understand neither PROXY nor XCLIENT. A loopback client
 //! address is local, so a plain bind works; any other address needs `IP_TRANSPARENT`
 //! (CAP_NET_ADMIN) and routing that brings the backend's replies back to this host
-//! (see the README).
+//! (see docs/deployment.md).
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;

@@ -179,7 +179,7 @@ fn peak_memory() -> String {
     status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: unknown").to_string()
 }
 
-/// The figure for the README: this process's peak memory while a store answers
+/// The figure for docs/security.md: this process's peak memory while a store answers
 /// `$1000000000` and streams all of it. Run alone:
 /// `cargo test --lib store::tests::peak_memory -- --ignored --nocapture`.
 #[tokio::test]
