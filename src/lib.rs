@@ -7,21 +7,26 @@
 //! - [`policy`]: pure decisions: connection rules, relay rules, recipient forms.
 //! - [`smtp`]: protocol pieces without I/O: commands, replies, DATA scanner, xtext.
 //! - [`identity`]: telling the backend who the client is (XCLIENT, XFORWARD, PROXY).
-//! - [`server`]: listeners, the client session, the backend connection.
+//! - [`server`]: the client side: listeners, PROXY headers in, the client session.
+//! - [`backend`]: the backend side: connections, failover, pool, health checks.
 //! - [`tls`]: certificates, backend verification, the plain-then-TLS stream.
 //! - [`auth`]: SMTP AUTH mechanisms and the users file.
 //! - [`addr`]: address newtypes that keep the peer and the local address apart.
 //! - [`explain`]: what the server would do with one client, for `portcullis explain`.
 //! - [`screen`]: rate limits, bans, DNS lists and pregreet, before any backend spends a process.
 //! - [`milter`]: content filters (the milter protocol), and messages held for them.
-//! - [`admin`]: the admin endpoint (metrics, health) and the metrics themselves.
+//! - [`admin`]: the admin endpoint (metrics, health, bans).
+//! - [`metrics`], `log_limit`: what every part counts and logs, on the ground floor.
 
 pub mod addr;
 pub mod admin;
 pub mod auth;
+pub(crate) mod backend;
 pub mod config;
 pub mod explain;
 pub mod identity;
+pub(crate) mod log_limit;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod screen;

@@ -8,9 +8,8 @@
 //! kernel's queue, unaccepted, so the endpoint can never take the descriptors that
 //! SMTP sessions need.
 
-pub mod metrics;
-
 use crate::config::Live;
+use crate::metrics;
 use crate::screen::Screen;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};

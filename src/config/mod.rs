@@ -10,6 +10,7 @@ pub mod raw;
 pub use net::parse_network;
 
 use crate::auth::Users;
+use crate::backend::health::{BackendHealth, HealthCheck};
 use crate::identity::Identity;
 use crate::milter::protocol::Step;
 use crate::milter::{Address, DefaultAction, MilterConfig};
@@ -18,7 +19,6 @@ use crate::screen::bans::BanPolicy;
 use crate::screen::dns::DnsLists;
 use crate::screen::dnsbl::Zone;
 use crate::screen::rate::Rate;
-use crate::server::health::{BackendHealth, HealthCheck};
 use crate::smtp::BareLf;
 use crate::smtp::capabilities::Learned;
 use crate::tls::{self as tlsconf, Verify};

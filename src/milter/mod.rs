@@ -13,7 +13,7 @@ pub mod client;
 pub mod message;
 pub mod protocol;
 
-use crate::admin::metrics;
+use crate::metrics;
 use client::{Filter, MilterError};
 use message::{ChangeBounds, Edits, Held};
 use protocol::{Command, Family, Response, Step};

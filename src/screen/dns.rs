@@ -4,8 +4,8 @@
 //! as nothing, is logged and counted in metrics (`portcullis_dnsbl_lookups_total`).
 
 use super::dnsbl::{Outcome, Score, Unusable, Zone};
-use crate::admin::metrics;
-use crate::server::log_limit::LogLimit;
+use crate::log_limit::LogLimit;
+use crate::metrics;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;

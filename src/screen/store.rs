@@ -13,9 +13,9 @@
 use super::Refusal;
 use super::bans::BanPolicy;
 use super::rate::Rate;
-use crate::admin::metrics;
 use crate::config::StoreConfig;
-use crate::server::log_limit::LogLimit;
+use crate::log_limit::LogLimit;
+use crate::metrics;
 use ipnet::IpNet;
 use link::Link;
 use redis::aio::MultiplexedConnection;

@@ -6,14 +6,15 @@
 //! backend health checks; [`Reloader`] swaps in a new config.
 
 use super::limits::{ConnectionLimits, Permit};
-use super::log_limit::LogLimit;
 use super::proxy_header;
 use super::reload::Reloader;
 use super::session::Session;
 use crate::addr::{ClientAddr, LocalAddr, Origin};
-use crate::admin::{Status, metrics};
+use crate::admin::Status;
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
+use crate::log_limit::LogLimit;
+use crate::metrics;
 use crate::policy::Action;
 use crate::screen::Screen;
 use crate::screen::store::Store;
@@ -104,7 +105,7 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         metrics::handle();
         if config.backends.iter().any(|b| b.identity == crate::identity::Identity::Transparent) {
-            super::transparent::check_permitted().map_err(ServerError::Transparent)?;
+            crate::backend::transparent::check_permitted().map_err(ServerError::Transparent)?;
         }
         let mut bound = Vec::new();
         for listener in &config.listeners {
@@ -217,7 +218,7 @@ fn control(
                 Err(e) => tracing::error!(error = %e, "cannot use the admin socket"),
             }
         }
-        tokio::spawn(super::health::run(shared.live.clone(), shutdown.clone()));
+        tokio::spawn(crate::backend::health::run(shared.live.clone(), shutdown.clone()));
         shutdown.cancelled().await;
         shared.status.serving.store(false, Ordering::Relaxed);
         stop.cancelled().await;

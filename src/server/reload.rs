@@ -11,8 +11,8 @@
 //! open connections. `server.workers`, `log.format`, `admin.bind` and `[store]` need a restart.
 
 use super::listener::{Bound, ServerError, Shared};
-use crate::admin::metrics;
 use crate::config::{self, Config, ConfigError, Loaded, diff};
+use crate::metrics;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;

@@ -28,10 +28,10 @@ mod rset;
 mod screen;
 mod starttls;
 
-use super::upstream::Upstream;
 use crate::addr::{ClientAddr, LocalAddr, Origin};
-use crate::admin::metrics;
+use crate::backend::upstream::Upstream;
 use crate::config::{Config, Listener, ListenerTls, Live};
+use crate::metrics;
 use crate::smtp::command::{self, Command, CommandError};
 use crate::smtp::ehlo::Offer;
 use crate::tls::MaybeTls;

@@ -3,11 +3,11 @@
 //! `auth.max_failures`, end the session with 421. Passwords are never logged or kept.
 
 use super::{Outcome, Session, Step};
-use crate::admin::metrics;
 use crate::auth::mechanism::{self, AuthError, Mechanism};
 use crate::auth::verifier;
+use crate::backend::upstream::UpstreamError;
 use crate::config::{Auth, AuthPolicy, AuthSource};
-use crate::server::upstream::UpstreamError;
+use crate::metrics;
 use crate::smtp::{Asked, Reply};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 //! at the session's end, dropped when the backend fails.
 
 use super::{Session, Step};
-use crate::admin::metrics;
+use crate::backend::pool;
+use crate::backend::upstream::{self, Upstream, UpstreamError};
 use crate::identity::ClientFacts;
-use crate::server::pool;
-use crate::server::upstream::{self, Upstream, UpstreamError};
+use crate::metrics;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -6,8 +6,8 @@
 //! reply to the last chunk is always the backend's.
 
 use super::{Outcome, Session, Step};
-use crate::admin::metrics;
-use crate::server::upstream::UpstreamError;
+use crate::backend::upstream::UpstreamError;
+use crate::metrics;
 use crate::smtp::bdat::{Chunk, ChunkScanner};
 use crate::smtp::{Asked, BareLf};
 use tokio::io::{AsyncRead, AsyncWrite};

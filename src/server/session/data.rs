@@ -4,8 +4,8 @@
 
 use super::pipeline::Pending;
 use super::{Outcome, Session, Step};
-use crate::admin::metrics;
-use crate::server::upstream::UpstreamError;
+use crate::backend::upstream::UpstreamError;
+use crate::metrics;
 use crate::smtp::{Asked, DataScanner, Reply, Scan, Violation};
 use tokio::io::{AsyncRead, AsyncWrite};
 

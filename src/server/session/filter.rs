@@ -8,7 +8,7 @@
 
 use super::data::BodySink;
 use super::{Outcome, Session, Step};
-use crate::admin::metrics;
+use crate::metrics;
 use crate::milter::message::{ChangeBounds, Edits, HeaderBounds, Held, HoldError, Part, Spool};
 use crate::milter::{Facts, Filters, Verdict};
 use crate::smtp::Asked;

@@ -3,7 +3,7 @@
 
 use super::pipeline::Pending;
 use super::{COMMAND_CHUNK, DATA_CHUNK, LINGER_BYTES, LINGER_TIME, Line, Outcome, Read, Session, Step};
-use crate::admin::metrics;
+use crate::metrics;
 use crate::smtp::Reply;
 use bytes::BytesMut;
 use std::time::Duration;

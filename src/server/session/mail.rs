@@ -5,9 +5,9 @@
 
 use super::pipeline::Pending;
 use super::{Outcome, Session, Step, Transaction};
-use crate::admin::metrics;
+use crate::backend::upstream::UpstreamError;
 use crate::config::AuthPolicy;
-use crate::server::upstream::UpstreamError;
+use crate::metrics;
 use crate::smtp::Reply;
 use crate::smtp::command::{self, Command, Param};
 use crate::smtp::mail::{self, MailRefusal};

@@ -16,11 +16,11 @@
 //! Replies are matched to commands by position. A backend that answers a command twice
 //! shifts every later reply by one; the shift is caught where it matters: DATA accepts
 //! only 354 or a failure, a 354 after no accepted recipient drops the connection, and
-//! anything after the reply to DATA is out of step ([`crate::server::upstream`]). No
+//! anything after the reply to DATA is out of step ([`crate::backend::upstream`]). No
 //! body byte leaves unless the reply read for DATA is the 354 to it.
 
 use super::{Outcome, Session, Step};
-use crate::server::upstream::UpstreamError;
+use crate::backend::upstream::UpstreamError;
 use crate::smtp::{Asked, Reply};
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};

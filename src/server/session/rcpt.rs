@@ -3,9 +3,9 @@
 
 use super::pipeline::Pending;
 use super::{Session, Step};
-use crate::admin::metrics;
+use crate::backend::upstream::UpstreamError;
+use crate::metrics;
 use crate::policy::{RelayClient, RelayVerdict, address};
-use crate::server::upstream::UpstreamError;
 use crate::smtp::command::Param;
 use crate::smtp::{Asked, Reply, rcpt};
 use tokio::io::{AsyncRead, AsyncWrite};

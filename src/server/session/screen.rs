@@ -3,8 +3,8 @@
 //! whose address is unknown are not screened by DNS lists or pregreet.
 
 use super::{COMMAND_CHUNK, Outcome, Session, Step};
-use crate::admin::metrics;
 use crate::config::ScreenAction;
+use crate::metrics;
 use crate::screen::dns;
 use crate::screen::{Refusal, client_key};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};

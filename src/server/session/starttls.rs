@@ -1,8 +1,8 @@
 //! STARTTLS (RFC 3207) toward the client, and the handshake of implicit-TLS listeners.
 
 use super::{Outcome, Phase, Session, Step};
-use crate::admin::metrics;
 use crate::config::ListenerTls;
+use crate::metrics;
 use crate::tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;

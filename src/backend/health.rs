@@ -8,8 +8,8 @@
 //! nor marks a down backend up.
 
 use super::upstream::Upstream;
-use crate::admin::metrics;
 use crate::config::{Config, Live};
+use crate::metrics;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};

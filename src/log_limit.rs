@@ -38,7 +38,7 @@ impl LogLimit {
                 slot.logged_at = now;
                 let n = std::mem::take(&mut slot.suppressed);
                 if n > 0 {
-                    crate::admin::metrics::log_suppressed(n);
+                    crate::metrics::log_suppressed(n);
                 }
                 Some(n)
             }

@@ -8,9 +8,9 @@
 //! dangerous (a message body could be read as commands), so it is reported as
 //! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
-use crate::admin::metrics as admin_metrics;
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
+use crate::metrics as admin_metrics;
 use crate::smtp::{Asked, Capabilities, Reply, ReplyError, ReplyParser};
 use crate::tls::MaybeTls;
 use bytes::BytesMut;

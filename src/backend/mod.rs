@@ -1,0 +1,9 @@
+//! The backend side: a connection to a backend ([`upstream::Upstream`]: failover, the
+//! identity step, lock step with its replies), connections kept between sessions
+//! ([`pool`]), active health checks ([`health`]) and connecting from the client's own
+//! address ([`transparent`]).
+
+pub(crate) mod health;
+pub(crate) mod pool;
+pub(crate) mod transparent;
+pub(crate) mod upstream;
