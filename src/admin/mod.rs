@@ -8,6 +8,7 @@
 //! kernel's queue, unaccepted, so the endpoint can never take the descriptors that
 //! SMTP sessions need.
 
+use crate::backend::registry::Registry;
 use crate::config::Live;
 use crate::metrics;
 use crate::screen::Screen;
@@ -33,13 +34,14 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub struct Status {
     pub live: Arc<Live>,
     pub screen: Arc<Screen>,
+    pub backends: Arc<Registry>,
     /// Set once every listener is bound and the workers run; cleared when draining.
     pub serving: AtomicBool,
 }
 
 impl Status {
-    pub fn new(live: Arc<Live>, screen: Arc<Screen>) -> Arc<Self> {
-        Arc::new(Self { live, screen, serving: AtomicBool::new(false) })
+    pub fn new(live: Arc<Live>, screen: Arc<Screen>, backends: Arc<Registry>) -> Arc<Self> {
+        Arc::new(Self { live, screen, backends, serving: AtomicBool::new(false) })
     }
 
     /// `Ok` when ready, else why not.
@@ -47,7 +49,7 @@ impl Status {
         if !self.serving.load(Ordering::Relaxed) {
             return Err("not serving (starting or draining)");
         }
-        if !self.live.load().backends.iter().any(|b| b.health.is_up()) {
+        if !self.backends.any_up(&self.live.load().backends) {
             return Err("no backend is up");
         }
         Ok(())

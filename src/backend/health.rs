@@ -3,29 +3,20 @@
 //! backend down, `rise` successes bring it back. Sessions pass over down backends
 //! (see `Upstream::connect`), so an outage costs clients no connect timeout.
 //!
-//! The state lives in [`BackendHealth`], shared by the [`crate::config::Backend`]
-//! across reloads (same address, same state), so a reload neither forgets an outage
-//! nor marks a down backend up.
+//! The state lives in [`BackendHealth`], in the backend's entry of the
+//! [`Registry`], which a reload keeps for the same address.
 
+use super::registry::Registry;
 use super::upstream::Upstream;
-use crate::config::{Config, Live};
+use crate::config::{Config, HealthCheck, Live};
 use crate::metrics;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How often the checker looks for backends that are due.
 const TICK: Duration = Duration::from_millis(250);
-
-/// When and how a backend is checked. `interval` zero: never (always up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
 
 /// One backend's health: up or down, and how many checks in a row went the other way.
 #[derive(Debug)]
@@ -83,16 +74,16 @@ impl BackendHealth {
 
 /// Checks every backend of the live config until `shutdown`; backends added by a reload
 /// are picked up at the next tick.
-pub async fn run(live: std::sync::Arc<Live>, shutdown: CancellationToken) {
+pub async fn run(live: Arc<Live>, registry: Arc<Registry>, shutdown: CancellationToken) {
     loop {
         let config = live.load_full();
         let now = Instant::now();
         for (i, backend) in config.backends.iter().enumerate() {
-            if backend.check.interval.is_zero() || !backend.health.claim(backend.check.interval, now) {
+            if backend.check.interval.is_zero() || !registry.get(backend).health.claim(backend.check.interval, now) {
                 continue;
             }
-            let config = config.clone();
-            tokio::spawn(async move { check(&config, i).await });
+            let (config, registry) = (config.clone(), registry.clone());
+            tokio::spawn(async move { check(&config, &registry, i).await });
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -101,15 +92,17 @@ pub async fn run(live: std::sync::Arc<Live>, shutdown: CancellationToken) {
     }
 }
 
-async fn check(config: &Config, i: usize) {
+async fn check(config: &Config, registry: &Registry, i: usize) {
     let backend = &config.backends[i];
-    let result = match tokio::time::timeout(backend.check.timeout, Upstream::probe(backend, &config.hostname)).await {
+    let health = registry.get(backend).health.clone();
+    let probe = Upstream::probe(backend, registry, &config.hostname);
+    let result = match tokio::time::timeout(backend.check.timeout, probe).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {:?}", backend.check.timeout)),
     };
-    backend.health.probing.store(false, Ordering::Release);
+    health.probing.store(false, Ordering::Release);
     metrics::backend_check(&backend.address, result.is_ok());
-    match (backend.health.record(result.is_ok(), &backend.check), &result) {
+    match (health.record(result.is_ok(), &backend.check), &result) {
         (Some(true), _) => {
             tracing::info!(backend = %backend.address, rise = backend.check.rise, "backend is up: health checks pass");
         }
@@ -119,7 +112,7 @@ async fn check(config: &Config, i: usize) {
         (None, Err(e)) => tracing::debug!(backend = %backend.address, error = ?e, "health check failed"),
         _ => {}
     }
-    metrics::backend_up(&backend.address, backend.health.is_up());
+    metrics::backend_up(&backend.address, health.is_up());
 }
 
 #[cfg(test)]
@@ -177,7 +170,7 @@ mod tests {
             "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\n"
         );
         let config = crate::config::parse(&text).unwrap().config;
-        Upstream::probe(&config.backends[0], "proxy.test").await.map_err(|e| e.to_string())
+        Upstream::probe(&config.backends[0], &Registry::default(), "proxy.test").await.map_err(|e| e.to_string())
     }
 
     /// A check proves what sessions need of the identity: a backend without XCLIENT

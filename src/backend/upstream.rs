@@ -8,6 +8,7 @@
 //! dangerous (a message body could be read as commands), so it is reported as
 //! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
+use super::registry::{BackendState, Registry};
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::metrics as admin_metrics;
@@ -144,6 +145,7 @@ impl Upstream {
     /// the first one's `queue_timeout` for a free connection.
     pub async fn connect(
         backends: &[Backend],
+        registry: &Registry,
         facts: &ClientFacts,
         hostname: &str,
         skip: &[String],
@@ -151,16 +153,17 @@ impl Upstream {
         let mut failures = Vec::new();
         let mut identity_refused = false;
         let mut full = Vec::new();
-        let any_up = backends.iter().any(|b| b.health.is_up());
+        let any_up = registry.any_up(backends);
         for (i, backend) in backends.iter().enumerate() {
-            if skip.contains(&backend.address) || !usable(backends, i) || (any_up && !backend.health.is_up()) {
+            let state = registry.get(backend);
+            if skip.contains(&backend.address) || !usable(backends, i) || (any_up && !state.health.is_up()) {
                 continue;
             }
-            let Ok(slot) = backend.slots.clone().try_acquire_owned() else {
+            let Ok(slot) = state.slots.clone().try_acquire_owned() else {
                 full.push(backend);
                 continue;
             };
-            let result = Self::connect_one(backend, slot, facts, hostname).await;
+            let result = Self::connect_one(backend, &state, slot, facts, hostname).await;
             if let Err(e) = &result {
                 admin_metrics::backend_error(&backend.address, "connect", e.kind());
             }
@@ -179,8 +182,9 @@ impl Upstream {
             }
         }
         if let Some(backend) = full.first() {
-            match timeout(backend.queue_timeout, backend.slots.clone().acquire_owned()).await {
-                Ok(Ok(slot)) => return Self::connect_one(backend, slot, facts, hostname).await,
+            let state = registry.get(backend);
+            match timeout(backend.queue_timeout, state.slots.clone().acquire_owned()).await {
+                Ok(Ok(slot)) => return Self::connect_one(backend, &state, slot, facts, hostname).await,
                 _ => {
                     let busy = full.iter().map(|b| format!("{}: {} in use", b.address, b.max_connections));
                     return Err(UpstreamError::Busy(busy.collect::<Vec<_>>().join("; ")));
@@ -202,6 +206,7 @@ impl Upstream {
 
     async fn connect_one(
         backend: &Backend,
+        state: &BackendState,
         slot: OwnedSemaphorePermit,
         facts: &ClientFacts,
         hostname: &str,
@@ -258,7 +263,7 @@ impl Upstream {
             up.xclient(facts).await?;
         }
         // What the session will really deal with (after TLS and XCLIENT, EHLO again).
-        backend.capabilities.set(&up.caps);
+        state.learned.set(&up.caps);
         Ok(up)
     }
 
@@ -315,7 +320,7 @@ impl Upstream {
     /// that is ours (v1 UNKNOWN, v2 LOCAL) when the identity sends one, greeting, EHLO
     /// (offering XCLIENT or XFORWARD to us when that is the identity), QUIT. Takes none
     /// of the backend's `max_connections`.
-    pub async fn probe(backend: &Backend, hostname: &str) -> Result<(), UpstreamError> {
+    pub async fn probe(backend: &Backend, registry: &Registry, hostname: &str) -> Result<(), UpstreamError> {
         let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
@@ -330,8 +335,9 @@ impl Upstream {
         up.identity_offered()?;
         // Sessions learn what the backend offers them (after TLS and XCLIENT, EHLO
         // again); the check's own view only fills in until the first session has.
-        if backend.capabilities.read(|_| ()).is_none() {
-            backend.capabilities.set(&up.caps);
+        let learned = &registry.get(backend).learned;
+        if learned.read(|_| ()).is_none() {
+            learned.set(&up.caps);
         }
         up.quit().await;
         Ok(())
@@ -662,12 +668,12 @@ impl Upstream {
 
 /// The backend a new connection would be tried on first: the first that is not in
 /// `skip`, may take failed-over sessions, and is up (or any, when none is up).
-pub fn first_choice<'a>(backends: &'a [Backend], skip: &[String]) -> Option<&'a Backend> {
-    let any_up = backends.iter().any(|b| b.health.is_up());
+pub fn first_choice<'a>(backends: &'a [Backend], registry: &Registry, skip: &[String]) -> Option<&'a Backend> {
+    let any_up = registry.any_up(backends);
     backends
         .iter()
         .enumerate()
-        .find(|(i, b)| !skip.contains(&b.address) && usable(backends, *i) && (!any_up || b.health.is_up()))
+        .find(|(i, b)| !skip.contains(&b.address) && usable(backends, *i) && (!any_up || registry.is_up(b)))
         .map(|(_, b)| b)
 }
 

@@ -10,7 +10,6 @@ pub mod raw;
 pub use net::parse_network;
 
 use crate::auth::Users;
-use crate::backend::health::{BackendHealth, HealthCheck};
 use crate::identity::Identity;
 use crate::milter::protocol::Step;
 use crate::milter::{Address, DefaultAction, MilterConfig};
@@ -20,7 +19,6 @@ use crate::screen::dns::DnsLists;
 use crate::screen::dnsbl::Zone;
 use crate::screen::rate::Rate;
 use crate::smtp::BareLf;
-use crate::smtp::capabilities::Learned;
 use crate::tls::{self as tlsconf, Verify};
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
 use rustls::pki_types::ServerName;
@@ -118,13 +116,6 @@ pub struct Config {
 impl Config {
     pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.name == name)
-    }
-
-    /// What the backend a new session would most likely reach supports: the first one
-    /// up, as it last showed itself. Nothing learned yet: no extension.
-    pub fn with_expected_capabilities<R>(&self, f: impl Fn(&crate::smtp::Capabilities) -> R) -> R {
-        let backend = self.backends.iter().find(|b| b.health.is_up()).or(self.backends.first());
-        backend.and_then(|b| b.capabilities.read(&f)).unwrap_or_else(|| f(&crate::smtp::Capabilities::default()))
     }
 }
 
@@ -241,6 +232,15 @@ pub enum BackendTls {
     Required,
 }
 
+/// When and how a backend is checked. `interval` zero: never (always up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Backend {
     /// `host:port` as configured; resolved at connect time.
@@ -255,7 +255,6 @@ pub struct Backend {
     pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// Connections open to this backend at once, at most; shared by every session.
     pub max_connections: usize,
-    pub slots: Arc<tokio::sync::Semaphore>,
     /// How long a session waits for one of `max_connections` before `451 4.3.2`.
     pub queue_timeout: Duration,
     /// How long a connection stays open while its session has no accepted recipient.
@@ -264,10 +263,6 @@ pub struct Backend {
     /// the backend more about the client.
     pub allow_identity_downgrade: bool,
     pub check: HealthCheck,
-    /// What the health checks found; carried over by a reload for the same address.
-    pub health: Arc<BackendHealth>,
-    /// The extensions it offered last; carried over like `health`.
-    pub capabilities: Arc<Learned>,
     /// Greeted connections kept between sessions; none when off.
     pub reuse: Option<Reuse>,
 }
@@ -926,13 +921,10 @@ impl Validator {
             tls: tls?,
             tls_client,
             max_connections,
-            slots: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
             queue_timeout,
             idle_timeout,
             allow_identity_downgrade: raw.allow_identity_downgrade,
             check,
-            health: Arc::new(BackendHealth::default()),
-            capabilities: Arc::new(Learned::default()),
             reuse,
         })
         .filter(|_| address_ok)

@@ -11,6 +11,7 @@ use super::reload::Reloader;
 use super::session::Session;
 use crate::addr::{ClientAddr, LocalAddr, Origin};
 use crate::admin::Status;
+use crate::backend::registry::Registry;
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
 use crate::log_limit::LogLimit;
@@ -86,6 +87,8 @@ pub(crate) type ListenerSet = Arc<Vec<Arc<Bound>>>;
 /// What the workers, the control thread and reloads share.
 pub(crate) struct Shared {
     pub(crate) live: Arc<Live>,
+    /// The backends' live state, kept across reloads by address.
+    pub(crate) backends: Arc<Registry>,
     pub(crate) screen: Arc<Screen>,
     pub(crate) limits: Arc<ConnectionLimits>,
     pub(crate) listeners: watch::Sender<ListenerSet>,
@@ -122,10 +125,12 @@ impl Server {
         };
         let live = Arc::new(Live::from_pointee(config));
         let screen = Arc::new(Screen::new(store));
+        let backends = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
-            status: Status::new(live.clone(), screen.clone()),
+            status: Status::new(live.clone(), screen.clone(), backends.clone()),
             screen,
             live,
+            backends,
             limits,
             listeners: watch::Sender::new(Arc::new(bound)),
             reloading: std::sync::Mutex::new(()),
@@ -161,6 +166,7 @@ impl Server {
         for i in 0..config.workers {
             let ctx = Arc::new(WorkerCtx {
                 live: self.shared.live.clone(),
+                backends: self.shared.backends.clone(),
                 screen: self.shared.screen.clone(),
                 limits: self.shared.limits.clone(),
                 sessions: TaskTracker::new(),
@@ -218,7 +224,7 @@ fn control(
                 Err(e) => tracing::error!(error = %e, "cannot use the admin socket"),
             }
         }
-        tokio::spawn(crate::backend::health::run(shared.live.clone(), shutdown.clone()));
+        tokio::spawn(crate::backend::health::run(shared.live.clone(), shared.backends.clone(), shutdown.clone()));
         shutdown.cancelled().await;
         shared.status.serving.store(false, Ordering::Relaxed);
         stop.cancelled().await;
@@ -238,6 +244,7 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// What one worker's accept loops and sessions share.
 struct WorkerCtx {
     live: Arc<Live>,
+    backends: Arc<Registry>,
     screen: Arc<Screen>,
     limits: Arc<ConnectionLimits>,
     sessions: TaskTracker,
@@ -384,6 +391,7 @@ fn admit(
     let _ = stream.set_nodelay(true);
     let session = Session::new(config, listener.clone(), stream, peer, local)
         .with_live(ctx.live.clone())
+        .with_backends(ctx.backends.clone())
         .with_screen(ctx.screen.clone())
         .with_stop(ctx.stop.clone());
     Some((session, permit))

@@ -103,6 +103,7 @@ impl Reloader {
         }
 
         self.shared.limits.set(new.limits.max_connections, new.limits.max_connections_per_ip);
+        self.shared.backends.keep_only(&new.backends);
         self.shared.live.store(Arc::new(new));
         for gone in current.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))) {
             gone.stop.cancel();
@@ -118,18 +119,9 @@ impl Reloader {
     }
 }
 
-/// Moves the state that outlives a config into `new`, and keeps the settings that
-/// need a restart; returns a line for each setting kept.
+/// Keeps the settings that need a restart; returns a line for each setting kept.
+/// (The backends' live state is not in the config: the registry keeps it by address.)
 fn carry_over(old: &Config, new: &mut Config) -> Vec<String> {
-    for b in &mut new.backends {
-        if let Some(o) = old.backends.iter().find(|o| o.address == b.address) {
-            b.health = o.health.clone();
-            b.capabilities = o.capabilities.clone();
-            if o.max_connections == b.max_connections {
-                b.slots = o.slots.clone();
-            }
-        }
-    }
     let mut kept = Vec::new();
     if new.workers != old.workers {
         kept.push(format!("server.workers: {} -> {} needs a restart; still {}", old.workers, new.workers, old.workers));

@@ -29,6 +29,7 @@ mod screen;
 mod starttls;
 
 use crate::addr::{ClientAddr, LocalAddr, Origin};
+use crate::backend::registry::Registry;
 use crate::backend::upstream::Upstream;
 use crate::config::{Config, Listener, ListenerTls, Live};
 use crate::metrics;
@@ -288,6 +289,9 @@ pub struct Session<S> {
     live: Option<Arc<Live>>,
     /// Rates and bans, shared with every session; none in tests that do not need them.
     screen: Option<Arc<crate::screen::Screen>>,
+    /// The backends' live state (slots, health, what they offered), shared with every
+    /// session and the health checks.
+    backends: Arc<Registry>,
     listener: Arc<Listener>,
     client: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
     peer: ClientAddr,
@@ -328,6 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             config,
             live: None,
             screen: None,
+            backends: Arc::default(),
             listener,
             client: MaybeTls::Plain(client),
             peer,
@@ -353,6 +358,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Follow the config in force: a reload applies from the next command on.
     pub fn with_live(mut self, live: Arc<Live>) -> Self {
         self.live = Some(live);
+        self
+    }
+
+    /// Share the backends' live state with the server's other sessions.
+    pub fn with_backends(mut self, backends: Arc<Registry>) -> Self {
+        self.backends = backends;
         self
     }
 

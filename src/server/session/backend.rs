@@ -29,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.upstream.is_some() {
             return Ok(());
         }
-        if let Some(backend) = upstream::first_choice(&self.config.backends, skip)
+        if let Some(backend) = upstream::first_choice(&self.config.backends, &self.backends, skip)
             && let Some(up) = pool::take(backend)
         {
             tracing::debug!(peer = %self.peer, backend = %up.address, "kept backend connection reused");
@@ -37,7 +37,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         let facts = self.facts();
-        match Upstream::connect(&self.config.backends, &facts, &self.config.hostname, skip).await {
+        match Upstream::connect(&self.config.backends, &self.backends, &facts, &self.config.hostname, skip).await {
             Ok(up) => {
                 self.upstream = Some(Box::new(up));
                 Ok(())

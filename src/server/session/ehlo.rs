@@ -41,7 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         match &self.upstream {
             Some(up) => offer.following(up.capabilities()),
-            None => self.config.with_expected_capabilities(|caps| offer.following(caps)),
+            None => self.backends.with_expected_capabilities(&self.config.backends, |caps| offer.following(caps)),
         }
     }
 }

@@ -143,6 +143,11 @@ struct Client {
 
 impl Client {
     fn start(config: Arc<Config>, peer: &str) -> Self {
+        Self::start_sharing(config, peer, Arc::default())
+    }
+
+    /// A session that shares the backends' live state (what they offered) with others.
+    fn start_sharing(config: Arc<Config>, peer: &str, backends: Arc<Registry>) -> Self {
         let (io, server) = tokio::io::duplex(256 * 1024);
         let listener = config.listeners[0].clone();
         let session = Session::new(
@@ -151,7 +156,8 @@ impl Client {
             server,
             ClientAddr::new(peer.parse().unwrap()),
             LocalAddr::new("192.0.2.25:25".parse().unwrap()),
-        );
+        )
+        .with_backends(backends);
         tokio::spawn(session.run());
         Self { io, buf: BytesMut::new() }
     }

@@ -97,10 +97,13 @@ async fn binarymime_goes_on_untouched_in_chunks_to_a_backend_that_takes_it() {
     let backend = FakeBackend::start(CHUNKING_CAPS).await;
     let config = config(&[(backend.addr, "xforward")], "");
     // The first backend connection teaches the proxy what the backend offers.
-    let mut c = Client::greeted(config.clone(), OUTSIDER).await;
+    let backends = Arc::new(Registry::default());
+    let mut c = Client::start_sharing(config.clone(), OUTSIDER, backends.clone());
+    c.reply().await;
+    c.cmd("EHLO client.example", "250").await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("QUIT", "221").await;
-    let mut c = Client::start(config, OUTSIDER);
+    let mut c = Client::start_sharing(config, OUTSIDER, backends);
     c.reply().await;
     let ehlo = c.cmd("EHLO client.example", "250").await;
     assert!(ehlo.contains("BINARYMIME"), "{ehlo}");

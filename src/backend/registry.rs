@@ -1,0 +1,103 @@
+//! What is live about each backend, kept here rather than in the config (which is
+//! plain data): its connection slots, its health and the extensions it offered last,
+//! keyed by address. A reload that keeps an address keeps its state, so it neither
+//! forgets an outage nor marks a down backend up; a new `max_connections` gets new
+//! slots (connections open on the old ones end with their sessions).
+
+use super::health::BackendHealth;
+use crate::config::Backend;
+use crate::smtp::Capabilities;
+use crate::smtp::capabilities::Learned;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// One backend's live state.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Connections open to it at once, at most `max_connections`; shared by every session.
+    pub slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// What the health checks found.
+    pub health: Arc<BackendHealth>,
+    /// The extensions it offered last (health check or session).
+    pub learned: Arc<Learned>,
+}
+
+/// Every backend's state, by address. One per server; sessions and checks share it.
+#[derive(Debug, Default)]
+pub struct Registry(Mutex<HashMap<String, Arc<BackendState>>>);
+
+impl Registry {
+    /// The state of `backend`, made when first asked for.
+    pub fn get(&self, backend: &Backend) -> Arc<BackendState> {
+        let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = states.get(&backend.address)
+            && state.max_connections == backend.max_connections
+        {
+            return state.clone();
+        }
+        let old = states.get(&backend.address);
+        let state = Arc::new(BackendState {
+            slots: Arc::new(Semaphore::new(backend.max_connections.max(1))),
+            max_connections: backend.max_connections,
+            health: old.map_or_else(Default::default, |o| o.health.clone()),
+            learned: old.map_or_else(Default::default, |o| o.learned.clone()),
+        });
+        states.insert(backend.address.clone(), state.clone());
+        state
+    }
+
+    /// Forgets the backends a reload removed.
+    pub fn keep_only(&self, backends: &[Backend]) {
+        let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        states.retain(|address, _| backends.iter().any(|b| &b.address == address));
+    }
+
+    pub fn is_up(&self, backend: &Backend) -> bool {
+        self.get(backend).health.is_up()
+    }
+
+    pub fn any_up(&self, backends: &[Backend]) -> bool {
+        backends.iter().any(|b| self.is_up(b))
+    }
+
+    /// What the backend a new session would most likely reach supports: the first one
+    /// up, as it last showed itself. Nothing learned yet: no extension.
+    pub fn with_expected_capabilities<R>(&self, backends: &[Backend], f: impl Fn(&Capabilities) -> R) -> R {
+        let backend = backends.iter().find(|b| self.is_up(b)).or(backends.first());
+        backend.and_then(|b| self.get(b).learned.read(&f)).unwrap_or_else(|| f(&Capabilities::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(max: &str) -> Vec<Backend> {
+        let text = format!(
+            "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:10025\"\n\
+             max_connections = {max}\n[[backend]]\naddress = \"127.0.0.1:10026\"\n"
+        );
+        crate::config::parse(&text).unwrap().config.backends
+    }
+
+    #[test]
+    fn state_outlives_a_config_with_the_same_address() {
+        let registry = Registry::default();
+        let first = backends("2");
+        let state = registry.get(&first[0]);
+        assert_eq!(state.slots.available_permits(), 2);
+        let held = state.slots.clone().try_acquire_owned().unwrap();
+        state.health.record(false, &crate::config::HealthCheck { fall: 1, ..first[0].check });
+        assert!(!registry.is_up(&first[0]));
+        // Same address and limit: the same slots; a new limit: new slots, same health.
+        assert_eq!(registry.get(&backends("2")[0]).slots.available_permits(), 1);
+        let resized = registry.get(&backends("5")[0]);
+        assert_eq!(resized.slots.available_permits(), 5);
+        assert!(!resized.health.is_up());
+        drop(held);
+        registry.keep_only(&backends("5")[1..]);
+        assert!(registry.is_up(&first[0]), "forgotten, then made anew");
+    }
+}
