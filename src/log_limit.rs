@@ -50,6 +50,13 @@ impl LogLimit {
     }
 }
 
+/// Logs a refused connection, at most once a second per kind.
+pub fn log_refusal(kind: &'static str, peer: impl std::fmt::Display, listener: &str, rule: &str) {
+    if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
+        tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,23 +9,22 @@ use super::limits::{ConnectionLimits, Permit};
 use super::proxy_header;
 use super::reload::Reloader;
 use super::session::Session;
+use super::shared::{Bound, ListenerSet, ServerError, Shared, listen};
 use crate::addr::{ClientAddr, LocalAddr, Origin};
 use crate::admin::Status;
 use crate::backend::registry::Registry;
 use crate::config::{Config, Listener, Live};
 use crate::identity::proxy::Proxied;
-use crate::log_limit::LogLimit;
+use crate::log_limit::log_refusal;
 use crate::metrics;
 use crate::policy::Action;
 use crate::screen::Screen;
 use crate::screen::store::Store;
 use bytes::BytesMut;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,67 +34,6 @@ use tracing::Instrument;
 
 /// After the drain deadline, how long sessions get to say 421 and go.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pending connections the kernel queues per listener.
-const BACKLOG: i32 = 1024;
-
-#[derive(Debug, Error)]
-pub enum ServerError {
-    // The cause is in the message, so it is not also a `source` (printed twice then).
-    #[error("listener {name:?}: cannot listen on {addr}: {error}")]
-    Bind { name: String, addr: SocketAddr, error: io::Error },
-    #[error("admin endpoint: cannot listen on {addr}: {error}")]
-    Admin { addr: SocketAddr, error: io::Error },
-    #[error("cannot start worker thread: {0}")]
-    Worker(io::Error),
-    #[error(
-        "a backend uses identity = \"transparent\", which needs the IP_TRANSPARENT socket option \
-         (root or CAP_NET_ADMIN): {0}"
-    )]
-    Transparent(io::Error),
-    #[error("[store] redis: {0}")]
-    Store(redis::RedisError),
-}
-
-/// One listening socket, shared by every worker. A reload that keeps a listener keeps
-/// its `Bound`; one that removes it cancels `stop`, which ends its accept loops (not
-/// its sessions).
-pub(crate) struct Bound {
-    pub(crate) name: String,
-    /// The address as configured (port 0 stays 0), to recognise it in a new config.
-    pub(crate) configured: SocketAddr,
-    pub(crate) socket: std::net::TcpListener,
-    pub(crate) stop: CancellationToken,
-}
-
-impl Bound {
-    pub(crate) fn new(name: &str, configured: SocketAddr) -> Result<Self, ServerError> {
-        let socket = listen(configured).map_err(|error| ServerError::Bind {
-            name: name.to_string(),
-            addr: configured,
-            error,
-        })?;
-        Ok(Self { name: name.to_string(), configured, socket, stop: CancellationToken::new() })
-    }
-
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.socket.local_addr().expect("a bound socket has an address")
-    }
-}
-
-pub(crate) type ListenerSet = Arc<Vec<Arc<Bound>>>;
-
-/// What the workers, the control thread and reloads share.
-pub(crate) struct Shared {
-    pub(crate) live: Arc<Live>,
-    /// The backends' live state, kept across reloads by address.
-    pub(crate) backends: Arc<Registry>,
-    pub(crate) screen: Arc<Screen>,
-    pub(crate) limits: Arc<ConnectionLimits>,
-    pub(crate) listeners: watch::Sender<ListenerSet>,
-    pub(crate) status: Arc<Status>,
-    /// One reload at a time.
-    pub(crate) reloading: std::sync::Mutex<()>,
-}
 
 pub struct Server {
     shared: Arc<Shared>,
@@ -231,16 +169,6 @@ fn control(
     });
 }
 
-fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 /// What one worker's accept loops and sessions share.
 struct WorkerCtx {
     live: Arc<Live>,
@@ -350,13 +278,6 @@ async fn run_session(session: Session<TcpStream>, permit: Permit) {
     let span = tracing::info_span!("session", id = %session.id());
     session.run().instrument(span).await;
     drop(permit);
-}
-
-/// Logs a refused connection, at most once a second per kind (see [`LogLimit`]).
-pub(crate) fn log_refusal(kind: &'static str, peer: ClientAddr, listener: &str, rule: &str) {
-    if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
-        tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");
-    }
 }
 
 /// Applies the connection rules and limits to the real client: a session with its

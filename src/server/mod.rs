@@ -9,6 +9,8 @@ pub(crate) mod listener;
 pub mod proxy_header;
 pub(crate) mod reload;
 pub(crate) mod session;
+pub(crate) mod shared;
 
-pub use listener::{Server, ServerError};
+pub use listener::Server;
 pub use reload::{ReloadError, Reloader};
+pub use shared::ServerError;

@@ -10,7 +10,7 @@
 //! address keeps its health state and, with the same `max_connections`, its count of
 //! open connections. `server.workers`, `log.format`, `admin.bind` and `[store]` need a restart.
 
-use super::listener::{Bound, ServerError, Shared};
+use super::shared::{Bound, ServerError, Shared};
 use crate::config::{self, Config, ConfigError, Loaded, diff};
 use crate::metrics;
 use std::path::Path;

@@ -31,7 +31,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(()) => Ok(()),
             Err(Refusal::Banned(left)) => {
                 metrics::connection(&self.listener.name, "banned", "screen.ban");
-                super::super::listener::log_refusal("banned", self.peer, &self.listener.name, "screen.ban");
+                crate::log_limit::log_refusal("banned", self.peer, &self.listener.name, "screen.ban");
                 tracing::debug!(peer = %self.peer, remaining = ?left, "banned client refused");
                 self.reply("421 4.7.0 Too many errors from your address, try again later");
                 Err(Outcome::Banned)
@@ -39,7 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(Refusal::Rate) => {
                 metrics::connection(&self.listener.name, "limited", "limits.max_connection_rate");
                 metrics::limit_refused("limits.max_connection_rate");
-                super::super::listener::log_refusal(
+                crate::log_limit::log_refusal(
                     "over the connection rate",
                     self.peer,
                     &self.listener.name,
