@@ -18,6 +18,7 @@ use crate::screen::bans::BanPolicy;
 use crate::screen::dns::DnsLists;
 use crate::screen::dnsbl::Zone;
 use crate::screen::rate::Rate;
+use crate::screen::store::{DEFAULT_STORE_MAX_REPLY, MIN_STORE_MAX_REPLY, StoreConfig};
 use crate::smtp::BareLf;
 use crate::tls::{self as tlsconf, Verify};
 use raw::{RawBackend, RawConfig, RawListener, RawSize};
@@ -33,11 +34,6 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
 pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
 /// Of a message held for content filters, the bytes kept in memory by default.
 pub const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
-/// Largest store reply taken; our calls get a few bytes, a batch of the ban list some
-/// tens of kilobytes.
-pub const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
-/// Below this, listing the fleet's bans (1000 keys a reply) could fail.
-pub const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
 /// Header fields of a message held for content filters: real mail has tens, a long
 /// relay chain a few hundred (Postfix bounces past 50 Received), and each field is a
 /// round trip to every filter.
@@ -188,16 +184,6 @@ impl ScreenAction {
             ScreenAction::Log => "log",
         }
     }
-}
-
-/// The shared store (`[store] redis`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreConfig {
-    pub url: String,
-    pub timeout: Duration,
-    pub prefix: String,
-    /// Bytes of one reply; past it the connection is dropped and the call fails open.
-    pub max_reply_size: u64,
 }
 
 /// Early-talker detection: a `220-` line, `wait`, then the final greeting line; a

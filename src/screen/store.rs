@@ -13,7 +13,6 @@
 use super::Refusal;
 use super::bans::BanPolicy;
 use super::rate::Rate;
-use crate::config::StoreConfig;
 use crate::log_limit::LogLimit;
 use crate::metrics;
 use ipnet::IpNet;
@@ -28,6 +27,22 @@ use tokio::runtime::Handle;
 
 mod link;
 mod reply;
+
+/// Largest store reply taken; our calls get a few bytes, a batch of the ban list some
+/// tens of kilobytes.
+pub const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
+/// Below this, listing the fleet's bans (1000 keys a reply) could fail.
+pub const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
+
+/// The shared store (`[store] redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub prefix: String,
+    /// Bytes of one reply; past it the connection is dropped and the call fails open.
+    pub max_reply_size: u64,
+}
 
 /// How long local limits stand in after the store failed, before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);

@@ -137,7 +137,8 @@ fn carry_over(old: &Config, new: &mut Config) -> Vec<String> {
         new.admin = old.admin;
     }
     if new.store != old.store {
-        let show = |s: &Option<crate::config::StoreConfig>| s.as_ref().map_or("none".to_string(), |s| s.url.clone());
+        let show =
+            |s: &Option<crate::screen::store::StoreConfig>| s.as_ref().map_or("none".to_string(), |s| s.url.clone());
         kept.push(format!("store: {} needs a restart; still {}", show(&new.store), show(&old.store)));
         new.store = old.store.clone();
     }

@@ -119,7 +119,7 @@ fn config(addr: SocketAddr) -> StoreConfig {
         url: format!("redis://{addr}/0"),
         timeout: Duration::from_millis(200),
         prefix: "t:".into(),
-        max_reply_size: crate::config::DEFAULT_STORE_MAX_REPLY,
+        max_reply_size: super::DEFAULT_STORE_MAX_REPLY,
     }
 }
 
