@@ -47,10 +47,6 @@ impl Spool {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether the message went to a temporary file.
     pub fn on_disk(&self) -> bool {
         self.file.is_some()

@@ -97,7 +97,6 @@ pub enum Verdict {
 pub struct Facts {
     /// Our hostname (`j`).
     pub hostname: String,
-    pub listener: String,
     pub client: Option<std::net::SocketAddr>,
     pub local: Option<std::net::SocketAddr>,
     pub helo: String,

@@ -24,7 +24,6 @@ pub const CHANGE_HEADERS: u32 = 0x10;
 pub const QUARANTINE: u32 = 0x20;
 pub const CHANGE_FROM: u32 = 0x40;
 pub const ADD_RCPT_PAR: u32 = 0x80;
-pub const SET_SYMLIST: u32 = 0x100;
 pub const ALL_ACTIONS: u32 = 0x1ff;
 
 // Protocol steps (SMFIP_*): what the filter does not want sent, or not answered.
@@ -39,7 +38,6 @@ pub const NR_HEADER: u32 = 0x80;
 pub const NO_UNKNOWN: u32 = 0x100;
 pub const NO_DATA: u32 = 0x200;
 pub const SKIP: u32 = 0x400;
-pub const RCPT_REJECTED: u32 = 0x800;
 pub const NR_CONNECT: u32 = 0x1000;
 pub const NR_HELO: u32 = 0x2000;
 pub const NR_MAIL: u32 = 0x4000;

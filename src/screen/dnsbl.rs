@@ -174,15 +174,6 @@ pub enum Unusable {
     Lookup,
 }
 
-impl Unusable {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unusable::ErrorCode => "error code",
-            Unusable::Lookup => "lookup failed",
-        }
-    }
-}
-
 impl Outcome {
     /// One zone's outcome from the A records of its answer (empty: not listed). One
     /// error code spoils the whole answer: a list that says it refused us has not

@@ -88,15 +88,6 @@ impl<K: Hash + Eq> Limiter<K> {
         self.tat.insert(key, next);
         Ok(())
     }
-
-    /// Keys currently tracked.
-    pub fn len(&self) -> usize {
-        self.tat.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tat.is_empty()
-    }
 }
 
 #[cfg(test)]

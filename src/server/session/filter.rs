@@ -28,7 +28,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn filter_facts(&self) -> Facts {
         Facts {
             hostname: self.config.hostname.clone(),
-            listener: self.listener.name.clone(),
             client: self.origin.address_known().then(|| self.peer.socket()),
             local: Some(self.local.socket()),
             helo: self.phase.helo().map(|h| h.name.clone()).unwrap_or_default(),
