@@ -24,7 +24,7 @@
 #   none         no filter
 #   clamav       milters = ["clamav"]: clamav-milter (AddHeader Replace: it adds
 #                X-Virus-Scanned and X-Virus-Status) with clamd; clamd's database is one
-#                EICAR signature, as in tests/milter.rs, so its scan is far cheaper than
+#                EICAR signature, as in tests/e2e/milter.rs, so its scan is far cheaper than
 #                with the real signatures (millions): the clamd figure is a lower bound
 #   noop         milters = ["noop"]: opendkim in verify mode on unsigned mail, a real
 #                filter that changes nothing and only lets the message through: mostly
@@ -99,7 +99,7 @@ smtp-sink -u root -m 1000 "127.0.0.1:$SINK_PORT" 1024 & pids+=($!)
 mkdir "$work/dump"
 smtp-sink -u root -D "$work/dump/all" "127.0.0.1:$CHECK_SINK_PORT" 16 & pids+=($!)
 
-# clamd with a one-line EICAR signature, clamav-milter in front of it (tests/milter.rs,
+# clamd with a one-line EICAR signature, clamav-milter in front of it (tests/e2e/milter.rs,
 # without per-message logging).
 mkdir "$work/clamdb"
 eicar='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
@@ -130,7 +130,7 @@ for _ in $(seq 600); do [ -S "$work/clamd.sock" ] && break; sleep 0.1; done
 clamav_milter_pid=$!
 wait_port "$CLAM_PORT"
 
-# opendkim: a signer for example.org (tests/milter.rs), and a verifier that sees only
+# opendkim: a signer for example.org (tests/e2e/milter.rs), and a verifier that sees only
 # unsigned mail (the no-op filter). InternalHosts of the verifier is an address no mail
 # comes from, so that it verifies rather than skips.
 opendkim-genkey -b 2048 -d example.org -s bench -D "$work"

@@ -26,7 +26,7 @@
 #   dns          local + two DNS lists (a blocklist and an allowlist) through unbound;
 #                no client is listed, every answer is NXDOMAIN. The zones have an SOA,
 #                so NXDOMAIN is cached for its negative TTL (300 s), as with real lists
-#   dns-nocache  the same, zones without an SOA (as in tests/support Unbound): unbound's
+#   dns-nocache  the same, zones without an SOA (as in tests/e2e/support.rs Unbound): unbound's
 #                NXDOMAIN then carries no negative TTL and hickory caches it for 0 s, so
 #                every connection looks up (hickory shares a lookup already in flight
 #                for the same name: 20 parallel sessions from one address send fewer

@@ -18,6 +18,7 @@
 //! trees in target/docker-base). About 4 minutes (6 from nothing), most of it the release
 //! build inside `docker build`; each step's time is printed (`-- --nocapture`).
 
+#[path = "e2e/support.rs"]
 mod support;
 
 use std::collections::BTreeSet;

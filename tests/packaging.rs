@@ -8,6 +8,7 @@
 //! (kubernetes-validate, strict), keeps its contract with the image and the config, and
 //! kustomization.yaml lists every manifest; both Portcullis configs check clean.
 
+#[path = "e2e/support.rs"]
 mod support;
 
 use std::collections::BTreeMap;

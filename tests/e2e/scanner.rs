@@ -2,7 +2,7 @@
 //! clamsmtpd (XClient: on) with clamd -> Postfix. Postfix must see 127.0.0.77, and the
 //! scanner must stop an EICAR body.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

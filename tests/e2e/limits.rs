@@ -1,6 +1,6 @@
 //! Connection limits over real sockets: per client address and in total.
 
-mod support;
+use crate::support;
 
 use support::*;
 

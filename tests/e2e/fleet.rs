@@ -5,7 +5,7 @@
 //! (fail open) and takes the store back when it returns; an instance killed in the
 //! middle of a message costs the client a retry, and Postfix gets the message once.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

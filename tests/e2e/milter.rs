@@ -4,11 +4,10 @@
 //! Postfix receives verifies), filters down or hanging (default_action, no partial
 //! message at the backend), and a 50 MB message held with bounded memory.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
@@ -402,57 +401,6 @@ fn a_filter_down_or_hanging_gets_its_default_action_and_no_partial_message() {
     c.cmd("MAIL FROM:<s@example.org>", "451 4.7.1");
 }
 
-/// VmHWM (peak resident memory) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-}
-
-/// Portcullis as a process of its own (its memory measured apart from the test's), on
-/// a free port, holding messages in a temporary directory; killed on drop.
-struct Spawned {
-    child: Child,
-    mx: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Spawned {
-    fn start(config_text: &str) -> Spawned {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let file = dir.path().join("p.toml");
-        std::fs::write(&file, config_text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .env("TMPDIR", dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mx: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_until(Duration::from_secs(10), || TcpStream::connect(mx).is_ok(), "portcullis listening");
-        Spawned { child, mx, dir }
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        peak_rss_kib(self.child.id())
-    }
-
-    /// What is left in its temporary directory besides the config.
-    fn held_files(&self) -> Vec<PathBuf> {
-        let config = self.dir.path().join("p.toml");
-        std::fs::read_dir(self.dir.path()).unwrap().flatten().map(|e| e.path()).filter(|p| *p != config).collect()
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_50_mb_message_through_a_filter_costs_bounded_memory() {
     if !need(&["clamd", "clamav-milter"]) {
@@ -748,7 +696,7 @@ fn a_filters_new_body_past_held_in_memory_is_delivered_whole() {
 /// - one session whose filter adds 40 headers of 1 MiB;
 /// - one session whose filter replaces the body with 20 MiB.
 ///
-/// `cargo test --test milter -- --ignored --nocapture peak_memory_under_hostile`
+/// `cargo test --test e2e -- --ignored --nocapture peak_memory_under_hostile`
 #[test]
 #[ignore = "a measurement; run it by name"]
 fn peak_memory_under_hostile_headers_and_changes() {

@@ -3,7 +3,7 @@
 //! the three actions, a list answering with an error code (never a listing), and a
 //! resolver that does not answer (mail still flows).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::*;

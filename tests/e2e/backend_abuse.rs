@@ -2,7 +2,7 @@
 //! backend's connections, and a client steering failover to a backend that learns
 //! less about it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::*;

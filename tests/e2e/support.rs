@@ -703,3 +703,71 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+// === Portcullis as a process of its own ===
+
+/// VmHWM (peak resident memory) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+/// Portcullis as a process of its own: its memory and its metrics apart from the other
+/// tests of this binary. Each `127.0.0.1:0` in the config gets a free port of its own,
+/// in order (`addrs`; `mx` is the first); messages are held in a temporary directory.
+/// Killed on drop.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub mx: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    pub fn start(config_text: &str) -> Spawned {
+        Self::start_probing(config_text, 0)
+    }
+
+    /// [`Spawned::start`], waiting for `addrs[probe]` to take connections (the admin
+    /// endpoint, say, so that no SMTP connection is counted before the test's own).
+    pub fn start_probing(config_text: &str, probe: usize) -> Spawned {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = config_text.to_string();
+        let mut addrs = Vec::new();
+        while let Some(at) = text.find("127.0.0.1:0\"") {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            text.replace_range(at..at + "127.0.0.1:0".len(), &addr.to_string());
+            addrs.push(addr);
+        }
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("TMPDIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (mx, probe) = (addrs[0], addrs[probe]);
+        wait_until(Duration::from_secs(10), || TcpStream::connect(probe).is_ok(), "portcullis listening");
+        Spawned { child, mx, addrs, dir }
+    }
+
+    pub fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.child.id())
+    }
+
+    /// What is left in its temporary directory besides the config.
+    pub fn held_files(&self) -> Vec<PathBuf> {
+        let config = self.dir.path().join("p.toml");
+        std::fs::read_dir(self.dir.path()).unwrap().flatten().map(|e| e.path()).filter(|p| *p != config).collect()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

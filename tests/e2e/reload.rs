@@ -3,7 +3,7 @@
 //! policy (real binary, SIGHUP); listeners come and go without disturbing the others;
 //! reloads during a load lose no session and no message.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

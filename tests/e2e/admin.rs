@@ -2,7 +2,7 @@
 //! Portcullis to Postfix, `/metrics` parsed by Prometheus' own Python parser holds the
 //! expected counts; `/readyz` and `portcullis health` follow the backend health checks.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -89,8 +89,9 @@ fn metrics_count_a_known_sequence_of_sessions() {
     }
     init_logs();
     let pf = Postfix::shared();
-    let proxy = Proxy::start(&config(&pf.plain.to_string(), ""));
-    let (mx, admin) = (proxy.addr("metered"), proxy.admin.unwrap());
+    // A process of its own: metrics are the process's, and other tests run beside this.
+    let proxy = Spawned::start_probing(&config(&pf.plain.to_string(), ""), 1);
+    let (mx, admin) = (proxy.mx, proxy.addrs[1]);
 
     // Refused by a rule, from 127.0.0.62.
     let mut refused = Smtp::connect_from("127.0.0.62", mx);

@@ -2,7 +2,7 @@
 //! Postfix with each identity method, relay and connection rules hold on the real peer,
 //! and backend failover works. Clients use distinct 127.0.0.0/8 addresses.
 
-mod support;
+use crate::support;
 
 use support::*;
 
@@ -401,11 +401,11 @@ fn quitting_after_a_refused_relay_quits_at_the_backend() {
     init_logs();
     let pf = Postfix::shared();
     let proxy = Proxy::start(&config(&backend(pf.plain, "xclient"), "", ONE_LISTENER));
-    let mut c = Smtp::hello("127.0.0.83", proxy.addr("mx"));
+    let mut c = Smtp::hello("127.0.0.201", proxy.addr("mx"));
     c.cmd("MAIL FROM:<s@example.org>", "250");
     c.cmd("RCPT TO:<someone@elsewhere.test>", "550 5.7.1");
     c.cmd("QUIT", "221");
-    let client = "unknown[127.0.0.83]";
+    let client = "unknown[127.0.0.201]";
     wait_until(
         std::time::Duration::from_secs(10),
         || pf.log().lines().any(|l| l.contains(&format!("disconnect from {client}"))),

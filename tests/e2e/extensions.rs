@@ -3,7 +3,7 @@
 //! log), and a backend without them never gets them. Clients: Python's smtplib and
 //! raw commands.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

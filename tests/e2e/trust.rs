@@ -2,7 +2,7 @@
 //! Portcullis, headers from untrusted or broken sources refused, clients' own identity
 //! commands refused, IPv6 clients passed on.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use support::*;

@@ -2,7 +2,7 @@
 //! On loopback through Postfix, and with a public-looking client address across three
 //! network namespaces (client, proxy, backend) using IP_TRANSPARENT.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use support::*;

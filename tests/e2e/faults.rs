@@ -3,7 +3,7 @@
 //! retry), and Postfix never delivers a message the client was told failed. A backend
 //! that hangs is found by the health checks and passed over.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

@@ -2,7 +2,7 @@
 //! connection is given up at once (a warning names it), the client gets a 4xx or the
 //! next backend, and nothing the client sent reaches the backend out of place.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,16 +1,16 @@
 //! A crowd of wrong AUTH attempts at once: password checks are bounded, the excess
 //! is told to try later (454 4.7.0), and the process memory stays small during the
-//! flood and comes back after it. Alone in its test binary so that the process's
-//! resident memory is this test's.
+//! flood and comes back after it. The proxy runs as a process of its own, so that its
+//! resident memory is what is measured.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;
 
-/// Resident and peak resident memory of this process, in MiB.
-fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+/// Resident and peak resident memory of process `pid`, in MiB.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
         let line = status.lines().find(|l| l.starts_with(name)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
@@ -25,18 +25,18 @@ fn sixty_wrong_passwords_at_once_stay_bounded() {
     let hash = portcullis::auth::users::hash_password("right").unwrap();
     let users = dir.path().join("users");
     std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
-    let proxy = Proxy::start(&format!(
+    let proxy = Spawned::start(&format!(
         "[[listener]]\nname = \"sub\"\nbind = \"127.0.0.1:0\"\nauth = \"optional\"\nauth_plaintext = true\n\
          [auth]\nmode = \"file\"\nusers_file = \"{}\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
          [[backend]]\naddress = \"127.0.0.1:9\"\n",
         users.display()
     ));
-    let addr = proxy.addr("sub");
+    let (addr, pid) = (proxy.mx, proxy.child.id());
     // Warm up: one check, so the verifier exists before the baseline is read.
     let mut c = Smtp::hello("127.0.0.60", addr);
     c.cmd(&format!("AUTH PLAIN {}", plain("alice", "wrong")), "535 5.7.8");
     drop(c);
-    let (before, _) = memory();
+    let (before, _) = memory(pid);
 
     let wrong = plain("alice", "wrong");
     let mut clients: Vec<Smtp> = (0..60).map(|i| Smtp::hello(&format!("127.0.0.{}", 61 + i / 20), addr)).collect();
@@ -44,10 +44,10 @@ fn sixty_wrong_passwords_at_once_stay_bounded() {
         c.send(&format!("AUTH PLAIN {wrong}\r\n"));
     }
     let replies: Vec<String> = clients.iter_mut().map(|c| c.reply()).collect();
-    let (during, peak) = memory();
+    let (during, peak) = memory(pid);
     drop(clients);
     std::thread::sleep(Duration::from_secs(1));
-    let (after, _) = memory();
+    let (after, _) = memory(pid);
     eprintln!("resident MiB: before {before}, during {during}, peak {peak}, after {after}");
 
     let refused = replies.iter().filter(|r| r.starts_with("535 5.7.8")).count();

@@ -2,7 +2,7 @@
 //! address, and a ban for a client that keeps trying to relay, listed and lifted with
 //! `portcullis bans` through the admin endpoint.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use support::*;

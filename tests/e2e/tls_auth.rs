@@ -2,7 +2,7 @@
 //! LOGIN), Postfix as the backend (STARTTLS toward it, XCLIENT inside TLS), and
 //! pass-through AUTH checked by Dovecot behind Postfix.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -2,7 +2,7 @@
 //! LF, ESC, BEL and 8-bit text, a forged "authenticated" line among them. Whatever the
 //! format, each event stays one line and no control byte reaches the file.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
