@@ -43,7 +43,8 @@ impl Origin {
     }
 }
 
-/// The client as Portcullis judges it: the TCP peer of an accepted connection.
+/// The client as Portcullis judges it: the TCP peer of an accepted connection, or the
+/// source a trusted proxy's PROXY header names (see [`Origin`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(SocketAddr);
 

@@ -1,4 +1,5 @@
-//! The `portcullis` command line: `run`, `check`, `explain`, `health`, `hash-password`.
+//! The `portcullis` command line: `run`, `check`, `explain`, `health`, `bans`,
+//! `hash-password`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

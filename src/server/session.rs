@@ -298,7 +298,6 @@ pub struct Session<S> {
     local: LocalAddr,
     inbuf: BytesMut,
     out: Vec<u8>,
-    /// Inside an over-long line: drop bytes until its end.
     phase: Phase,
     /// What the last EHLO offered; MAIL and RCPT parameters are checked against it.
     offered: Offer,

@@ -13,8 +13,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// True if `program` is installed. Missing peers fail the test under CI and skip it
-/// (loudly) elsewhere.
 /// Whether Python can import `module`; like [`have`], a failure under CI.
 pub fn have_python_module(module: &str) -> bool {
     let found =
@@ -50,6 +48,8 @@ pub fn need(programs: &[&str]) -> bool {
     missing == 0
 }
 
+/// True if `program` is installed. Missing peers fail the test under CI and skip it
+/// (loudly) elsewhere.
 pub fn have(program: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
