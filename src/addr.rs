@@ -1,8 +1,50 @@
-//! Address newtypes: the TCP peer, the local address it reached, kept apart so a rule
-//! can never be checked against the wrong one. IPv4-mapped IPv6 is normalised on entry.
+//! The client, made once at accept ([`Client`]: its address, the local address it
+//! reached, how the address is known), read by every decision, identity line, filter
+//! and `explain`. The address newtypes keep the client and the local address apart so
+//! a rule can never be checked against the wrong one. IPv4-mapped IPv6 is normalised
+//! on entry.
 
+use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+
+/// The client of a session, as made at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The TCP peer, or the source a trusted proxy's PROXY header named.
+    pub addr: ClientAddr,
+    /// The local address and port the client connected to (or the PROXY destination).
+    pub local: LocalAddr,
+    /// Whether the address is the TCP peer, named by a proxy, or unknown.
+    pub origin: Origin,
+}
+
+impl Client {
+    /// A client that connected directly.
+    pub fn direct(addr: ClientAddr, local: LocalAddr) -> Client {
+        Client { addr, local, origin: Origin::Direct }
+    }
+
+    /// Whether `addr` is really the client's (a proxy may not have said).
+    pub fn address_known(&self) -> bool {
+        self.origin.address_known()
+    }
+
+    /// The network the client is counted in, for rates and bans.
+    pub fn network(&self, ipv6_prefix: u8) -> IpNet {
+        network(self.addr.ip(), ipv6_prefix)
+    }
+}
+
+/// The network an address is counted in: itself for IPv4, its `ipv6_prefix` for IPv6
+/// (one host has a whole prefix).
+pub fn network(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
+    let prefix = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => ipv6_prefix.min(128),
+    };
+    IpNet::new(ip, prefix).expect("prefix within range").trunc()
+}
 
 /// Turns `::ffff:192.0.2.1` into `192.0.2.1`, so IPv4 rules match dual-stack sockets.
 pub fn normalize(addr: SocketAddr) -> SocketAddr {

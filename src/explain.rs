@@ -6,7 +6,7 @@
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{Config, Listener};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
-use crate::policy::{Action, RelayClient, RelayVerdict, address};
+use crate::policy::{Action, RelayVerdict, address};
 use crate::smtp::{Capabilities, ReplyParser};
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -90,8 +90,7 @@ fn connection(w: &mut String, config: &Config, listener: &Listener, client: Clie
 }
 
 fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAddr, local: LocalAddr, q: &Question) {
-    let who =
-        RelayClient { ip: client.ip(), local_ip: local.ip(), authenticated: q.user.is_some(), address_known: true };
+    let who = crate::addr::Client::direct(client, local);
     let _ = writeln!(
         w,
         "relay: {}",
@@ -101,8 +100,7 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
             None => "not authenticated".to_string(),
         }
     );
-    let who =
-        RelayClient { authenticated: who.authenticated && listener.auth != crate::config::AuthPolicy::Off, ..who };
+    let authenticated = q.user.is_some() && listener.auth != crate::config::AuthPolicy::Off;
     for rcpt in &q.rcpts {
         let path = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
         let classified = if path.is_ascii() { address::classify(path) } else { address::classify_utf8(path) };
@@ -121,7 +119,7 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
                 format!("{form}: routed form, its real destination depends on the backend's rewriting")
             }
         };
-        let verdict = match config.relay.decide(&who, &destination) {
+        let verdict = match config.relay.decide(&who, authenticated, &destination) {
             RelayVerdict::Local => "accepted: a local domain, not relaying".to_string(),
             RelayVerdict::Relay(rule) => format!("accepted: relaying allowed by {rule}"),
             RelayVerdict::Denied(rule) => {
@@ -134,8 +132,8 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
 
 fn identity(w: &mut String, config: &Config, client: ClientAddr, local: LocalAddr, q: &Question) {
     let Some(backend) = config.backends.first() else { return };
-    let facts =
-        ClientFacts { addr: client, addr_known: true, local, helo: q.helo.clone(), esmtp: true, login: q.user.clone() };
+    let who = crate::addr::Client::direct(client, local);
+    let facts = ClientFacts { client: who, helo: q.helo.clone(), esmtp: true, login: q.user.clone() };
     let _ = writeln!(w, "backend {} (identity {:?}) would be told:", backend.address, backend.identity.name());
     let mut caps_bytes = bytes::BytesMut::from(FULL_EHLO);
     let caps = ReplyParser::parse(&mut caps_bytes)

@@ -150,7 +150,7 @@ async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Statu
     let Ok(ip) = target.parse::<std::net::IpAddr>() else {
         return text(StatusCode::BAD_REQUEST, format!("{target:?} is not an IP address\n"));
     };
-    let client = crate::screen::client_key(ip, config.limits.ipv6_prefix);
+    let client = crate::addr::network(ip, config.limits.ipv6_prefix);
     match status.screen.lift(client).await {
         Ok(true) => {
             tracing::info!(%client, "ban lifted through the admin endpoint");

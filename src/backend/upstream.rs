@@ -211,7 +211,7 @@ impl Upstream {
         facts: &ClientFacts,
         hostname: &str,
     ) -> Result<Self, UpstreamError> {
-        if !facts.addr_known
+        if !facts.client.address_known()
             && matches!(backend.identity, Identity::ProxyV1 | Identity::ProxyV2 | Identity::Transparent)
         {
             // These identities cannot say "unknown" in a way the backend takes as such:
@@ -230,7 +230,7 @@ impl Upstream {
             if backend.identity != Identity::Transparent {
                 return TcpStream::connect(backend.address.as_str()).await;
             }
-            let client = facts.addr.ip();
+            let client = facts.client.addr.ip();
             let target = tokio::net::lookup_host(backend.address.as_str())
                 .await?
                 .find(|a| a.is_ipv4() == client.is_ipv4())
@@ -250,8 +250,8 @@ impl Upstream {
             _ => Name::Clients(&facts.helo),
         };
         let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
-            Identity::ProxyV1 => Some(proxy::v1_header(facts.addr, facts.local)),
-            Identity::ProxyV2 => Some(proxy::v2_header(facts.addr, facts.local)),
+            Identity::ProxyV1 => Some(proxy::v1_header(facts.client.addr, facts.client.local)),
+            Identity::ProxyV2 => Some(proxy::v2_header(facts.client.addr, facts.client.local)),
             _ => None,
         })
         .await?;

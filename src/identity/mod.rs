@@ -5,7 +5,7 @@ pub mod proxy;
 pub mod xclient;
 pub mod xforward;
 
-use crate::addr::{ClientAddr, LocalAddr};
+use crate::addr::Client;
 use std::net::IpAddr;
 
 /// The identity method configured for one backend.
@@ -56,11 +56,10 @@ impl Identity {
 /// What is passed on about the client.
 #[derive(Debug, Clone)]
 pub struct ClientFacts {
-    pub addr: ClientAddr,
-    /// False when a PROXY header did not say who the client is: `addr` is then the load
-    /// balancer's, and the backend must not be told it is the client's.
-    pub addr_known: bool,
-    pub local: LocalAddr,
+    /// The client as made at accept. When a PROXY header did not say who the client is,
+    /// its address is the load balancer's, and the backend must not be told it is the
+    /// client's.
+    pub client: Client,
     /// The name the client gave in HELO/EHLO.
     pub helo: String,
     /// Whether the client said EHLO (ESMTP) rather than HELO.

@@ -7,18 +7,19 @@ use crate::smtp::{Capabilities, xtext};
 /// The XCLIENT lines to send, holding only attributes the backend advertised, with
 /// NAME and ADDR last. Empty if the backend offers none of them.
 pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+    let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
         ("PROTO", proto.to_string()),
         ("HELO", helo_value(&facts.helo)),
-        ("PORT", if facts.addr_known { facts.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
-        ("DESTADDR", addr_value(facts.local.ip())),
-        ("DESTPORT", facts.local.socket().port().to_string()),
+        ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
+        ("DESTADDR", addr_value(client.local.ip())),
+        ("DESTPORT", client.local.socket().port().to_string()),
         // Tells the backend the session is authenticated (Postfix: smtpd_sasl_* sees it).
         ("LOGIN", facts.login.as_deref().map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
         // No reverse DNS here: the backend is told the name is unknown.
         ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", if facts.addr_known { addr_value(facts.addr.ip()) } else { UNAVAILABLE.into() }),
+        ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
     ];
     let attrs: Vec<_> = candidates
         .into_iter()
@@ -30,13 +31,14 @@ pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{ClientAddr, LocalAddr};
+    use crate::addr::{Client, ClientAddr, LocalAddr};
 
     fn facts(client: &str) -> ClientFacts {
         ClientFacts {
-            addr: ClientAddr::new(client.parse().unwrap()),
-            addr_known: true,
-            local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            client: Client::direct(
+                ClientAddr::new(client.parse().unwrap()),
+                LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            ),
             helo: "client name+x".into(),
             esmtp: true,
             login: None,
@@ -63,7 +65,7 @@ mod tests {
             vec!["XCLIENT HELO=client+20name+2Bx ADDR=IPV6:2001:db8::9\r\n".to_string()]
         );
         let mut v6 = facts("[2001:db8::9]:1");
-        v6.local = LocalAddr::new("[2001:db8::25]:25".parse().unwrap());
+        v6.client.local = LocalAddr::new("[2001:db8::25]:25".parse().unwrap());
         assert_eq!(
             commands(&v6, &caps(&["ADDR", "DESTADDR"])),
             vec!["XCLIENT DESTADDR=IPV6:2001:db8::25 ADDR=IPV6:2001:db8::9\r\n".to_string()]

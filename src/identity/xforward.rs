@@ -5,11 +5,12 @@ use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
 use crate::smtp::Capabilities;
 
 pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+    let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
         ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", if facts.addr_known { addr_value(facts.addr.ip()) } else { UNAVAILABLE.into() }),
-        ("PORT", if facts.addr_known { facts.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
+        ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
+        ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
         ("PROTO", proto.to_string()),
         ("HELO", helo_value(&facts.helo)),
         ("SOURCE", "REMOTE".to_string()),
@@ -21,14 +22,15 @@ pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{ClientAddr, LocalAddr};
+    use crate::addr::{Client, ClientAddr, LocalAddr};
 
     #[test]
     fn postfix_attributes() {
         let facts = ClientFacts {
-            addr: ClientAddr::new("203.0.113.9:4000".parse().unwrap()),
-            addr_known: true,
-            local: LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            client: Client::direct(
+                ClientAddr::new("203.0.113.9:4000".parse().unwrap()),
+                LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+            ),
             helo: "c.example".into(),
             esmtp: false,
             login: None,

@@ -13,6 +13,7 @@ pub mod client;
 pub mod message;
 pub mod protocol;
 
+use crate::addr::Client;
 use crate::metrics;
 use client::{Filter, MilterError};
 use message::{ChangeBounds, Edits, Held};
@@ -93,12 +94,13 @@ pub enum Verdict {
 }
 
 /// What the session knows that filters are told (as macros and in CONNECT/HELO).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Facts {
     /// Our hostname (`j`).
     pub hostname: String,
-    pub client: Option<std::net::SocketAddr>,
-    pub local: Option<std::net::SocketAddr>,
+    /// The client as made at accept; filters are told its address only when it is
+    /// known (not a proxy's own, after a PROXY header that did not say).
+    pub client: Client,
     pub helo: String,
     pub tls_version: Option<String>,
     pub cipher: Option<String>,
@@ -204,7 +206,8 @@ impl Filters {
                 }
             }
         }
-        let client_addr = facts.client.map(|c| c.ip().to_string()).unwrap_or_default();
+        let client = facts.client.address_known().then_some(facts.client.addr);
+        let client_addr = client.map(|c| c.ip().to_string()).unwrap_or_default();
         let mut macros = vec![
             ("j", facts.hostname.clone()),
             ("_", format!("unknown [{client_addr}]")),
@@ -215,16 +218,15 @@ impl Filters {
             ("{client_name}", "unknown".to_string()),
             ("{client_ptr}", "unknown".to_string()),
         ];
-        if let Some(c) = facts.client {
-            macros.push(("{client_port}", c.port().to_string()));
+        if let Some(c) = client {
+            macros.push(("{client_port}", c.socket().port().to_string()));
         }
-        if let Some(l) = facts.local {
-            macros.push(("{daemon_addr}", l.ip().to_string()));
-            macros.push(("{daemon_port}", l.port().to_string()));
-            macros.push(("{if_addr}", l.ip().to_string()));
-        }
-        let family = match facts.client {
-            Some(c) => Family::Inet(c.ip(), c.port()),
+        let local = facts.client.local;
+        macros.push(("{daemon_addr}", local.ip().to_string()));
+        macros.push(("{daemon_port}", local.socket().port().to_string()));
+        macros.push(("{if_addr}", local.ip().to_string()));
+        let family = match client {
+            Some(c) => Family::Inet(c.ip(), c.socket().port()),
             None => Family::Unknown,
         };
         let connect = Command::Connect { hostname: "unknown", family };

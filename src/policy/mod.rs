@@ -8,5 +8,5 @@ pub mod rules;
 
 pub use address::{Destination, PathError};
 pub use domains::DomainSet;
-pub use relay::{RelayClient, RelayPolicy, RelayVerdict};
+pub use relay::{RelayPolicy, RelayVerdict};
 pub use rules::{Action, ConnectionRules, ConnectionVerdict, Rule};

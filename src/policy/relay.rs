@@ -2,6 +2,7 @@
 //! for clients the config lets relay, and never for `relay.never`.
 
 use super::{Destination, DomainSet};
+use crate::addr::Client;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -13,17 +14,6 @@ pub struct RelayPolicy {
     pub networks: Vec<IpNet>,
     pub local_addresses: Vec<IpAddr>,
     pub never: Vec<IpNet>,
-}
-
-/// What the relay decision knows about the client.
-#[derive(Debug, Clone, Copy)]
-pub struct RelayClient {
-    pub ip: IpAddr,
-    /// The local address the client connected to.
-    pub local_ip: IpAddr,
-    pub authenticated: bool,
-    /// False when a PROXY header said UNKNOWN: `ip` is then the proxy's, not the client's.
-    pub address_known: bool,
 }
 
 /// The decision and the name of the rule that made it (for the log).
@@ -42,7 +32,9 @@ impl RelayVerdict {
 }
 
 impl RelayPolicy {
-    pub fn decide(&self, client: &RelayClient, destination: &Destination) -> RelayVerdict {
+    /// Whether `client` (`authenticated` or not) may send to `destination`. A client
+    /// whose address a proxy did not name never relays: the address is the proxy's.
+    pub fn decide(&self, client: &Client, authenticated: bool, destination: &Destination) -> RelayVerdict {
         match destination {
             Destination::Postmaster => return RelayVerdict::Local,
             Destination::Domain(d) if self.local_domains.contains(d) => return RelayVerdict::Local,
@@ -51,19 +43,20 @@ impl RelayPolicy {
         if !self.enabled {
             return RelayVerdict::Denied("relay.enabled = false");
         }
-        if !client.address_known {
+        if !client.address_known() {
             return RelayVerdict::Denied("client address unknown (PROXY UNKNOWN)");
         }
-        if self.never.iter().any(|n| n.contains(&client.ip)) {
+        let ip = client.addr.ip();
+        if self.never.iter().any(|n| n.contains(&ip)) {
             return RelayVerdict::Denied("relay.never");
         }
-        if self.networks.iter().any(|n| n.contains(&client.ip)) {
+        if self.networks.iter().any(|n| n.contains(&ip)) {
             return RelayVerdict::Relay("relay.networks");
         }
-        if self.local_addresses.contains(&client.local_ip) {
+        if self.local_addresses.contains(&client.local.ip()) {
             return RelayVerdict::Relay("relay.local_addresses");
         }
-        if self.authenticated && client.authenticated {
+        if self.authenticated && authenticated {
             return RelayVerdict::Relay("relay.authenticated");
         }
         RelayVerdict::Denied("no relay rule matched")
@@ -86,12 +79,15 @@ mod tests {
         }
     }
 
-    fn client(ip: &str, local: &str, authenticated: bool) -> RelayClient {
-        RelayClient { ip: ip.parse().unwrap(), local_ip: local.parse().unwrap(), authenticated, address_known: true }
+    /// A client at `ip` that reached `local`, and whether it authenticated.
+    fn client(ip: &str, local: &str, authenticated: bool) -> (Client, bool) {
+        use crate::addr::{ClientAddr, LocalAddr};
+        let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 25);
+        (Client::direct(ClientAddr::new(at(ip)), LocalAddr::new(at(local))), authenticated)
     }
 
-    fn decide(p: &RelayPolicy, c: &RelayClient, rcpt: &str) -> RelayVerdict {
-        p.decide(c, &classify(rcpt).unwrap())
+    fn decide(p: &RelayPolicy, (c, authenticated): &(Client, bool), rcpt: &str) -> RelayVerdict {
+        p.decide(c, *authenticated, &classify(rcpt).unwrap())
     }
 
     const OUTSIDER: &str = "203.0.113.9";
@@ -155,7 +151,7 @@ mod tests {
     fn unknown_client_never_relays() {
         let p = policy();
         let mut c = client("10.1.2.3", "10.0.0.25", true);
-        c.address_known = false;
+        c.0.origin = crate::addr::Origin::Unknown { proxy: c.0.addr };
         assert_eq!(decide(&p, &c, "u@remote.test"), RelayVerdict::Denied("client address unknown (PROXY UNKNOWN)"));
         assert_eq!(decide(&p, &c, "u@example.com"), RelayVerdict::Local);
     }

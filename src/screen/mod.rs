@@ -20,7 +20,6 @@ use bans::{BanPolicy, Bans};
 use ipnet::IpNet;
 use rate::{Limiter, Rate};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::Store;
@@ -76,15 +75,6 @@ struct Local {
 
 /// Clients remembered as having passed the pregreet test, at most.
 const MAX_PASSED: usize = 100_000;
-
-/// The network a client address is counted in.
-pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
-    let prefix = match ip {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => ipv6_prefix.min(128),
-    };
-    IpNet::new(ip, prefix).expect("prefix within range").trunc()
-}
 
 impl Screen {
     /// With the shared store, when one is configured.
@@ -268,6 +258,7 @@ impl Local {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::network as client_key;
 
     #[test]
     fn ipv6_clients_are_counted_by_prefix() {

@@ -10,7 +10,7 @@ use super::proxy_header;
 use super::reload::Reloader;
 use super::session::Session;
 use super::shared::{Bound, ListenerSet, ServerError, Shared, listen};
-use crate::addr::{ClientAddr, LocalAddr, Origin};
+use crate::addr::{Client, ClientAddr, LocalAddr, Origin};
 use crate::admin::Status;
 use crate::backend::registry::Registry;
 use crate::config::{Config, Listener, Live};
@@ -249,10 +249,10 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
         // The policy of the moment: a reload applies from the next connection on.
         let config = ctx.live.load_full();
         let Some(listener) = config.listener(&bound.name).cloned() else { continue };
-        let (peer, local) = (ClientAddr::new(peer), LocalAddr::new(local));
+        let client = Client::direct(ClientAddr::new(peer), LocalAddr::new(local));
         if !listener.proxy_protocol {
             // The common case stays in the accept loop: no task unless accepted.
-            if let Some((session, permit)) = admit(&ctx, config, &listener, stream, peer, local) {
+            if let Some((session, permit)) = admit(&ctx, config, &listener, stream, client) {
                 ctx.sessions.spawn(run_session(session, permit));
             }
             continue;
@@ -260,15 +260,11 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
         let ctx2 = ctx.clone();
         ctx.sessions.spawn(async move {
             let ctx = ctx2;
-            let Some((stream, peer, local, input, origin)) =
-                behind_proxy(&config, &listener, stream, peer, local).await
-            else {
+            let Some((stream, client, input)) = behind_proxy(&config, &listener, stream, client).await else {
                 return;
             };
-            if let Some((mut session, permit)) = admit(&ctx, config, &listener, stream, peer, local) {
-                session = session.with_input(input);
-                session = session.with_origin(origin);
-                run_session(session, permit).await;
+            if let Some((session, permit)) = admit(&ctx, config, &listener, stream, client) {
+                run_session(session.with_input(input), permit).await;
             }
         });
     }
@@ -287,9 +283,9 @@ fn admit(
     config: Arc<Config>,
     listener: &Arc<Listener>,
     stream: TcpStream,
-    peer: ClientAddr,
-    local: LocalAddr,
+    client: Client,
 ) -> Option<(Session<TcpStream>, Permit)> {
+    let peer = client.addr;
     let verdict = listener.rules.decide(peer.ip());
     if verdict.action == Action::Reject {
         metrics::connection(&listener.name, "rejected", verdict.rule);
@@ -310,7 +306,7 @@ fn admit(
     metrics::connection(&listener.name, "accepted", verdict.rule);
     tracing::debug!(%peer, listener = %listener.name, rule = verdict.rule, "connection accepted");
     let _ = stream.set_nodelay(true);
-    let session = Session::new(config, listener.clone(), stream, peer, local)
+    let session = Session::new(config, listener.clone(), stream, client)
         .with_live(ctx.live.clone())
         .with_backends(ctx.backends.clone())
         .with_screen(ctx.screen.clone())
@@ -319,15 +315,15 @@ fn admit(
 }
 
 /// On a `proxy_protocol` listener: only trusted proxies may connect, and what their
-/// header says replaces the socket addresses. Returns the stream, the client, the
-/// local address, bytes read after the header, and where the client address came from.
+/// header says replaces the socket addresses. Returns the stream, the client as the
+/// header names it, and bytes read after the header.
 async fn behind_proxy(
     config: &Config,
     listener: &Listener,
     mut stream: TcpStream,
-    peer: ClientAddr,
-    local: LocalAddr,
-) -> Option<(TcpStream, ClientAddr, LocalAddr, BytesMut, Origin)> {
+    connected: Client,
+) -> Option<(TcpStream, Client, BytesMut)> {
+    let peer = connected.addr;
     if !config.trusted_proxies.iter().any(|n| n.contains(&peer.ip())) {
         metrics::connection(&listener.name, "untrusted", "trust.proxies");
         log_refusal("not from a trusted proxy (PROXY listener)", peer, &listener.name, "trust.proxies");
@@ -337,17 +333,18 @@ async fn behind_proxy(
     let mut input = BytesMut::new();
     match proxy_header::read(&mut stream, &mut input).await {
         Ok(Proxied::Tcp { source, destination }) if usable_source(source) => {
-            Some((stream, ClientAddr::new(source), LocalAddr::new(destination), input, Origin::Proxied { proxy: peer }))
+            let (addr, local) = (ClientAddr::new(source), LocalAddr::new(destination));
+            Some((stream, Client { addr, local, origin: Origin::Proxied { proxy: peer } }, input))
         }
         Ok(Proxied::Tcp { source, .. }) => {
             tracing::info!(%peer, listener = %listener.name, %source, "PROXY header names no usable client address; treated as unknown, no relay for it");
-            Some((stream, peer, local, input, Origin::Unknown { proxy: peer }))
+            Some((stream, Client { origin: Origin::Unknown { proxy: peer }, ..connected }, input))
         }
         // Health checks: the connection is the proxy's own.
-        Ok(Proxied::Local) => Some((stream, peer, local, input, Origin::Direct)),
+        Ok(Proxied::Local) => Some((stream, connected, input)),
         Ok(Proxied::Unknown) => {
             tracing::info!(%peer, listener = %listener.name, "PROXY header without a client address; no relay for it");
-            Some((stream, peer, local, input, Origin::Unknown { proxy: peer }))
+            Some((stream, Client { origin: Origin::Unknown { proxy: peer }, ..connected }, input))
         }
         Err(e) => {
             tracing::warn!(%peer, listener = %listener.name, error = %e, "bad PROXY header; connection closed");

@@ -28,7 +28,7 @@ mod rset;
 mod screen;
 mod starttls;
 
-use crate::addr::{ClientAddr, LocalAddr, Origin};
+use crate::addr::Client;
 use crate::backend::registry::Registry;
 use crate::backend::upstream::Upstream;
 use crate::config::{Config, Listener, ListenerTls, Live};
@@ -293,9 +293,10 @@ pub struct Session<S> {
     /// session and the health checks.
     backends: Arc<Registry>,
     listener: Arc<Listener>,
-    client: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
-    peer: ClientAddr,
-    local: LocalAddr,
+    /// The connection to the client, plain or TLS.
+    stream: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
+    /// The client, as made at accept.
+    client: Client,
     inbuf: BytesMut,
     out: Vec<u8>,
     phase: Phase,
@@ -304,8 +305,6 @@ pub struct Session<S> {
     /// The user name, once AUTH succeeded.
     authenticated: Option<String>,
     auth_failures: u32,
-    /// Whether the client address is the TCP peer, named by a PROXY header, or unknown.
-    origin: Origin,
     /// The DNS lists' verdict when the listener enforces it at RCPT.
     listed: Option<Box<screen::Listed>>,
     /// The content filters, connected at the first MAIL (listeners with `milters`).
@@ -324,7 +323,7 @@ pub struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(config: Arc<Config>, listener: Arc<Listener>, client: S, peer: ClientAddr, local: LocalAddr) -> Self {
+    pub fn new(config: Arc<Config>, listener: Arc<Listener>, stream: S, client: Client) -> Self {
         Self {
             id: next_session_id(),
             started: Instant::now(),
@@ -333,16 +332,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             screen: None,
             backends: Arc::default(),
             listener,
-            client: MaybeTls::Plain(client),
-            peer,
-            local,
+            stream: MaybeTls::Plain(stream),
+            client,
             inbuf: BytesMut::new(),
             out: Vec::new(),
             phase: Phase::Connected,
             offered: Offer::default(),
             authenticated: None,
             auth_failures: 0,
-            origin: Origin::Direct,
             listed: None,
             filters: None,
             auth_mechanism: None,
@@ -394,7 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             // Nothing of the old policy lingers: a login the new one would refuse is
             // taken back (relay then follows the client's address alone).
-            tracing::warn!(peer = %self.peer, listener = %self.listener.name, %user, "login no longer valid after reload; taken back");
+            tracing::warn!(peer = %self.client.addr, listener = %self.listener.name, %user, "login no longer valid after reload; taken back");
             self.authenticated = None;
             self.auth_mechanism = None;
         }
@@ -410,12 +407,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Bytes that arrived after a PROXY header, before the session started.
     pub fn with_input(mut self, input: BytesMut) -> Self {
         self.inbuf = input;
-        self
-    }
-
-    /// Where the client address came from (a PROXY header); direct by default.
-    pub fn with_origin(mut self, origin: Origin) -> Self {
-        self.origin = origin;
         self
     }
 
@@ -460,11 +451,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.linger().await;
         }
         tracing::info!(
-            peer = %self.peer,
-            local = %self.local,
+            peer = %self.client.addr,
+            local = %self.client.local,
             listener = %self.listener.name,
-            proxy = self.origin.proxy().map(|p| p.to_string()).unwrap_or_default(),
-            tls = self.client.is_tls(),
+            proxy = self.client.origin.proxy().map(|p| p.to_string()).unwrap_or_default(),
+            tls = self.stream.is_tls(),
             user = self.authenticated.as_deref().unwrap_or(""),
             helo = self.phase.helo().map(|h| h.name.as_str()).unwrap_or(""),
             messages = self.stats.messages,
@@ -487,7 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let delay = self.listener.greeting_delay;
         if !delay.is_zero() && self.inbuf.is_empty() {
             self.inbuf.reserve(COMMAND_CHUNK);
-            match timeout(delay, self.client.read_buf(&mut self.inbuf)).await {
+            match timeout(delay, self.stream.read_buf(&mut self.inbuf)).await {
                 Err(_) => {}
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Outcome::ClientClosed),
                 Ok(Ok(_)) => {}
@@ -497,7 +488,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Box::pin(self.screen_before_greeting()).await;
         }
         tracing::info!(
-            peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+            peer = %self.client.addr, listener = %self.listener.name, bytes = self.inbuf.len(),
             "client talked before the greeting; refused"
         );
         metrics::limit_refused("screen.pregreet");
@@ -533,13 +524,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             match parsed {
                 Err(CommandError::BadBdat) => {
-                    tracing::info!(peer = %self.peer, listener = %self.listener.name, "BDAT without a readable size; closed");
+                    tracing::info!(peer = %self.client.addr, listener = %self.listener.name, "BDAT without a readable size; closed");
                     self.reply(CommandError::BadBdat.reply());
                     return Err(Outcome::BadBdat);
                 }
                 Err(CommandError::NotSmtp) => {
                     let start = String::from_utf8_lossy(&text[..text.len().min(40)]).to_string();
-                    tracing::info!(peer = %self.peer, listener = %self.listener.name, start = ?start, "not an SMTP client; closed");
+                    tracing::info!(peer = %self.client.addr, listener = %self.listener.name, start = ?start, "not an SMTP client; closed");
                     self.reply(CommandError::NotSmtp.reply());
                     return Err(Outcome::NotSmtp);
                 }
@@ -567,12 +558,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 Ok(Command::NotImplemented(verb)) => {
-                    tracing::debug!(peer = %self.peer, verb, "command not implemented");
+                    tracing::debug!(peer = %self.client.addr, verb, "command not implemented");
                     self.refuse("502 5.5.1 Error: command not implemented")?;
                 }
                 Ok(Command::Spoof(verb)) => {
                     tracing::warn!(
-                        peer = %self.peer, listener = %self.listener.name, verb,
+                        peer = %self.client.addr, listener = %self.listener.name, verb,
                         "client tried to set its own identity; refused, not forwarded"
                     );
                     self.refuse("550 5.7.0 Error: insufficient authorization")?;
@@ -587,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn pace(&mut self, command: &Command<'_>) -> Step {
         if command.ends_group() && !self.inbuf.is_empty() {
             tracing::info!(
-                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                peer = %self.client.addr, listener = %self.listener.name, bytes = self.inbuf.len(),
                 "commands sent after one that ends a pipelined group; closed"
             );
             self.inbuf.clear();
@@ -609,12 +600,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// One failure of `kind` toward a ban.
     fn failure(&mut self, kind: &'static str) -> Step {
         let Some(screen) = &self.screen else { return Ok(()) };
-        let client = crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
-        if !self.origin.address_known() || !screen.failure(client, kind, &self.config.bans) {
+        let client = self.client.network(self.config.limits.ipv6_prefix);
+        if !self.client.origin.address_known() || !screen.failure(client, kind, &self.config.bans) {
             return Ok(());
         }
         tracing::warn!(
-            peer = %self.peer, listener = %self.listener.name, %client, reason = kind,
+            peer = %self.client.addr, listener = %self.listener.name, %client, reason = kind,
             duration = ?self.config.bans.duration, "client banned"
         );
         metrics::limit_refused("screen.ban");
@@ -627,15 +618,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn who(&self) -> crate::screen::Who {
         match &self.authenticated {
             Some(user) => crate::screen::Who::User(user.clone()),
-            None => {
-                crate::screen::Who::Client(crate::screen::client_key(self.peer.ip(), self.config.limits.ipv6_prefix))
-            }
+            None => crate::screen::Who::Client(self.client.network(self.config.limits.ipv6_prefix)),
         }
     }
 
     /// Our own refusal of a client's command: it counts as an error (see `count_error`).
     fn refuse(&mut self, reply: &str) -> Step {
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, command = self.verb, reply, "command refused");
+        tracing::info!(peer = %self.client.addr, listener = %self.listener.name, command = self.verb, reply, "command refused");
         self.reply(reply);
         self.count_error()
     }
@@ -654,7 +643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.stats.errors += 1;
         self.stats.errors_since_delivery += 1;
         if self.stats.errors_since_delivery >= self.config.limits.max_errors {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, errors = self.stats.errors, "too many errors; closed");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, errors = self.stats.errors, "too many errors; closed");
             let text = format!("421 4.7.0 {} Error: too many errors", self.config.hostname);
             self.reply(&text);
             metrics::limit_refused("limits.max_errors");

@@ -28,14 +28,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn auth_offered(&self) -> bool {
         self.listener.auth != AuthPolicy::Off
             && self.config.auth.is_some()
-            && (self.client.is_tls() || self.listener.auth_plaintext)
+            && (self.stream.is_tls() || self.listener.auth_plaintext)
     }
 
     pub(super) async fn auth(&mut self, line: &[u8], args: &str) -> Step {
         let Some(auth) = self.config.auth.clone().filter(|_| self.listener.auth != AuthPolicy::Off) else {
             return self.refuse("502 5.5.1 Error: authentication not enabled");
         };
-        if !self.client.is_tls() && !self.listener.auth_plaintext {
+        if !self.stream.is_tls() && !self.listener.auth_plaintext {
             return self.refuse("538 5.7.11 Encryption required for requested authentication mechanism");
         }
         if !self.phase.helo().is_some_and(|h| h.esmtp) {
@@ -60,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match verdict {
             Verdict::Accepted(user) => {
                 metrics::auth(&self.listener.name, "success");
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, user = ?user, "authenticated");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, user = ?user, "authenticated");
                 self.authenticated = Some(user);
                 self.auth_mechanism = Some(match mechanism {
                     crate::auth::mechanism::Mechanism::Plain => "PLAIN",
@@ -76,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 metrics::auth(&self.listener.name, "failure");
                 self.auth_failures += 1;
                 tracing::info!(
-                    peer = %self.peer, listener = %self.listener.name, user = ?user, failures = self.auth_failures,
+                    peer = %self.client.addr, listener = %self.listener.name, user = ?user, failures = self.auth_failures,
                     "authentication failed"
                 );
                 tokio::time::sleep(FAILURE_DELAY * self.auth_failures).await;
@@ -139,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => {
                 metrics::auth(&self.listener.name, "deferred");
                 metrics::limit_refused("auth verifier threads");
-                tracing::warn!(peer = %self.peer, listener = %self.listener.name, error = %e, "authentication deferred");
+                tracing::warn!(peer = %self.client.addr, listener = %self.listener.name, error = %e, "authentication deferred");
                 self.reply("454 4.7.0 Temporary authentication failure, try again later");
                 return Ok(Verdict::Answered);
             }
@@ -178,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Verdict::Answered);
         }
         if self.upstream.as_ref().is_some_and(|u| u.capabilities().auth.is_none()) {
-            tracing::warn!(peer = %self.peer, "auth.mode = \"backend\" but the backend does not offer AUTH");
+            tracing::warn!(peer = %self.client.addr, "auth.mode = \"backend\" but the backend does not offer AUTH");
             self.reply("454 4.7.0 Temporary authentication failure");
             return Ok(Verdict::Answered);
         }

@@ -14,9 +14,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn facts(&self) -> ClientFacts {
         let helo = self.phase.helo().expect("MAIL and AUTH require HELO");
         ClientFacts {
-            addr: self.peer,
-            addr_known: self.origin.address_known(),
-            local: self.local,
+            client: self.client,
             helo: helo.name.clone(),
             esmtp: helo.esmtp,
             login: self.authenticated.clone(),
@@ -32,7 +30,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(backend) = upstream::first_choice(&self.config.backends, &self.backends, skip)
             && let Some(up) = pool::take(backend)
         {
-            tracing::debug!(peer = %self.peer, backend = %up.address, "kept backend connection reused");
+            tracing::debug!(peer = %self.client.addr, backend = %up.address, "kept backend connection reused");
             self.upstream = Some(up);
             return Ok(());
         }
@@ -44,7 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Err(e) => {
                 tracing::warn!(
-                    peer = %self.peer, listener = %self.listener.name, error = ?e.to_string(),
+                    peer = %self.client.addr, listener = %self.listener.name, error = ?e.to_string(),
                     "no backend for this session"
                 );
                 Err(e)
@@ -61,10 +59,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(up) => {
                 metrics::backend_error(&up.address, step, error.kind());
                 let backend = up.address;
-                tracing::warn!(peer = %self.peer, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
+                tracing::warn!(peer = %self.client.addr, %backend, step, error = ?error.to_string(), "backend failed; client told to retry");
             }
             // No connection was made: `connect_upstream` logged why.
-            None => tracing::info!(peer = %self.peer, step, "no backend connection; client told to retry"),
+            None => tracing::info!(peer = %self.client.addr, step, "no backend connection; client told to retry"),
         }
         self.reply(error.client_reply());
         Ok(())
@@ -73,7 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// RCPT, DATA or BDAT of a transaction whose backend was lost: as temporary as the
     /// fault (a 503 here would make a sending MTA bounce what it should retry).
     pub(super) fn transaction_lost(&mut self) -> Step {
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, command = self.verb, "command in a transaction whose backend was lost; 451");
+        tracing::info!(peer = %self.client.addr, listener = %self.listener.name, command = self.verb, "command in a transaction whose backend was lost; 451");
         self.reply("451 4.4.2 Connection to the mail server lost, try again later");
         Ok(())
     }
@@ -82,7 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// backend that supports less): a temporary refusal, not the client's error.
     pub(super) fn backend_lacks(&mut self, reply: &str, step: &'static str) -> Step {
         let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
-        tracing::warn!(peer = %self.peer, %backend, step, "the backend does not support what the client was offered; refused for now");
+        tracing::warn!(peer = %self.client.addr, %backend, step, "the backend does not support what the client was offered; refused for now");
         metrics::backend_error(&backend, step, "lacks_extension");
         self.reply(reply);
         Ok(())
@@ -109,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn release_idle_upstream(&mut self) {
         let Some(up) = self.upstream.take() else { return };
         tracing::debug!(
-            peer = %self.peer, backend = %up.address,
+            peer = %self.client.addr, backend = %up.address,
             "client idle without a recipient; backend connection given back"
         );
         if let Some(tx) = self.phase.transaction_mut() {

@@ -16,7 +16,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn refuse_message(&mut self, v: Violation, size: u64) -> Step {
         self.upstream = None;
         self.phase.end_transaction();
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, reason = v.reason(), size, "message refused");
+        tracing::info!(peer = %self.client.addr, listener = %self.listener.name, reason = v.reason(), size, "message refused");
         metrics::message("rejected");
         self.refuse(v.reply())
     }
@@ -49,7 +49,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // RFC 2920: DATA ends a pipelined group; the client must wait for 354. Bytes
             // already here are a message sent blind, the shape of a smuggling attempt.
             tracing::warn!(
-                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                peer = %self.client.addr, listener = %self.listener.name, bytes = self.inbuf.len(),
                 "data sent before the 354 to DATA; refused, closed"
             );
             self.inbuf.clear();

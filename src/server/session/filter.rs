@@ -28,8 +28,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn filter_facts(&self) -> Facts {
         Facts {
             hostname: self.config.hostname.clone(),
-            client: self.origin.address_known().then(|| self.peer.socket()),
-            local: Some(self.local.socket()),
+            client: self.client,
             helo: self.phase.helo().map(|h| h.name.clone()).unwrap_or_default(),
             tls_version: self.tls_facts().0,
             cipher: self.tls_facts().1,
@@ -41,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The TLS version and cipher suite of the client's connection, in the names
     /// Postfix gives filters ("TLSv1.3").
     fn tls_facts(&self) -> (Option<String>, Option<String>) {
-        let crate::tls::MaybeTls::Tls(tls) = &self.client else { return (None, None) };
+        let crate::tls::MaybeTls::Tls(tls) = &self.stream else { return (None, None) };
         let (_, connection) = tls.get_ref();
         let version = connection.protocol_version().map(|v| format!("{v:?}").replace('_', "."));
         let cipher = connection.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite()));
@@ -83,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Verdict::Continue => Ok(Filtered::Go),
             Verdict::Discard => Ok(Filtered::Discard),
             Verdict::Refuse(reply) => {
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), step, reply = ?reply, "refused by a content filter");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, queue_id = self.queue_id(), step, reply = ?reply, "refused by a content filter");
                 let permanent = reply.starts_with('5');
                 self.reply(&reply);
                 if permanent {
@@ -123,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         };
         if let Some(e) = error {
-            tracing::error!(peer = %self.peer, error = %e, "message could not be held (temporary file); refused for now");
+            tracing::error!(peer = %self.client.addr, error = %e, "message could not be held (temporary file); refused for now");
             self.abort_filters().await;
             self.upstream = None;
             metrics::message("failed");
@@ -136,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => return self.refuse_held(e, size).await,
         };
         if held.on_disk() {
-            tracing::debug!(peer = %self.peer, size = held.size(), "message held in a temporary file");
+            tracing::debug!(peer = %self.client.addr, size = held.size(), "message held in a temporary file");
         }
         let bounds = self.change_bounds();
         let (verdict, edits) = match self.filters.as_mut() {
@@ -144,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => (Verdict::Continue, Edits::new(bounds)),
         };
         if edits.body_on_disk() {
-            tracing::debug!(peer = %self.peer, "new body held in a temporary file");
+            tracing::debug!(peer = %self.client.addr, "new body held in a temporary file");
         }
         let discard = match self.apply(verdict, "end of data")? {
             Filtered::Refused => {
@@ -155,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Filtered::Go => discard,
         };
         if discard {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message discarded by a content filter");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message discarded by a content filter");
             metrics::message("discarded");
             self.reply("250 2.0.0 Ok: discarded");
             return self.drop_backend_transaction().await;
@@ -163,7 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(reason) = &edits.quarantine {
             // A proxy has no hold queue: a message a filter wants kept aside is refused
             // rather than delivered.
-            tracing::warn!(peer = %self.peer, queue_id = self.queue_id(), reason = ?reason, "content filter quarantined the message; refused");
+            tracing::warn!(peer = %self.client.addr, queue_id = self.queue_id(), reason = ?reason, "content filter quarantined the message; refused");
             metrics::message("rejected");
             self.reply("554 5.7.1 Error: message quarantined by a content filter");
             return self.drop_backend_transaction().await;
@@ -172,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         // The filters' logs name the message by this id: one line of ours carries it.
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message passed the content filters");
+        tracing::info!(peer = %self.client.addr, listener = %self.listener.name, queue_id = self.queue_id(), size = held.size(), "message passed the content filters");
         self.deliver_held(&held, &edits).await
     }
 
@@ -203,12 +202,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.abort_filters().await;
         metrics::message(if e.refusal().is_some() { "rejected" } else { "failed" });
         let Some((limit, reply)) = e.refusal() else {
-            tracing::error!(peer = %self.peer, error = %e, "held message unreadable; refused for now");
+            tracing::error!(peer = %self.client.addr, error = %e, "held message unreadable; refused for now");
             self.upstream = None;
             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
             return Ok(());
         };
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, queue_id = self.queue_id(), reason = %e, size, "message refused");
+        tracing::info!(peer = %self.client.addr, listener = %self.listener.name, queue_id = self.queue_id(), reason = %e, size, "message refused");
         metrics::limit_refused(limit);
         self.drop_backend_transaction().await?;
         self.refuse(reply)
@@ -263,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => mail_line.to_vec(),
         };
         tracing::info!(
-            peer = %self.peer, queue_id = self.queue_id(), from = ?String::from_utf8_lossy(&mail).trim_end(), recipients = lines.len(),
+            peer = %self.client.addr, queue_id = self.queue_id(), from = ?String::from_utf8_lossy(&mail).trim_end(), recipients = lines.len(),
             "content filter changed the envelope; backend transaction made again"
         );
         if lines.is_empty() {

@@ -43,7 +43,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// is shutting down (then the client gets 421).
     pub(super) async fn read_client(&mut self, limit: Duration) -> Result<Read, Outcome> {
         tokio::select! {
-            read = timeout(limit, self.client.read_buf(&mut self.inbuf)) => Ok(match read {
+            read = timeout(limit, self.stream.read_buf(&mut self.inbuf)) => Ok(match read {
                 Err(_) => Read::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                 Ok(Ok(n)) => {
@@ -82,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let received = received + self.inbuf.len() as u64;
         if self.config.limits.min_data_rate.too_slow(received, started.elapsed()) {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, received, "message arriving too slowly; closed");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, received, "message arriving too slowly; closed");
             metrics::limit_refused("limits.min_data_rate");
             let text = format!("421 4.4.2 {} Error: data too slow", self.config.hostname);
             self.reply(&text);
@@ -96,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// moment. Closing with its bytes unread would make the kernel answer with a reset,
     /// which can destroy the last reply before the client reads it.
     pub(super) async fn linger(&mut self) {
-        let client = &mut self.client;
+        let client = &mut self.stream;
         let drain = async {
             let _ = client.shutdown().await;
             let mut scratch = vec![0u8; 4096];
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return settled;
         }
         self.stats.bytes_out += self.out.len() as u64;
-        let written = timeout(self.config.limits.command_timeout, self.client.write_all(&self.out)).await;
+        let written = timeout(self.config.limits.command_timeout, self.stream.write_all(&self.out)).await;
         // Given back, not kept: a session spends most of its life waiting, and its
         // memory then is what 10,000 idle sessions cost (a reply batch is one small
         // allocation).
@@ -150,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             let end = memchr::memchr(b'\n', &self.inbuf);
             if end.is_none() && command && self.inbuf.first().is_some_and(|&b| b == 0x16 || b == 0 || b >= 0x80) {
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, first = self.inbuf[0], "not an SMTP client (TLS or binary data); closed");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, first = self.inbuf[0], "not an SMTP client (TLS or binary data); closed");
                 self.inbuf.clear();
                 self.reply("554 5.5.1 Error: this is an SMTP server");
                 return Err(Outcome::NotSmtp);
@@ -161,7 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let length = end.map_or(self.inbuf.len() + 1, |nl| nl + 1);
             if length > self.config.limits.max_line_length {
                 self.inbuf.clear();
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, length, "line too long; closed");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, length, "line too long; closed");
                 metrics::limit_refused("limits.max_line_length");
                 self.reply("500 5.5.2 Error: line too long");
                 return Err(Outcome::LineTooLong);
@@ -169,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Some(nl) = end {
                 let line = self.inbuf.split_to(nl + 1);
                 if nl == 0 || line[nl - 1] != b'\r' {
-                    tracing::info!(peer = %self.peer, "line ended by bare LF; refused");
+                    tracing::info!(peer = %self.client.addr, "line ended by bare LF; refused");
                     return Ok(Err("500 5.5.2 Error: command line must end with CRLF"));
                 }
                 return Ok(Ok(line));

@@ -22,7 +22,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.phase.transaction().is_some() {
             return self.refuse("503 5.5.1 Error: nested MAIL command");
         }
-        if self.listener.require_tls && !self.client.is_tls() {
+        if self.listener.require_tls && !self.stream.is_tls() {
             return self.refuse("530 5.7.0 Must issue a STARTTLS command first");
         }
         if self.listener.auth == AuthPolicy::Required && self.authenticated.is_none() {
@@ -42,7 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && screen.message(self.who(), self.config.limits.message_rate).await.is_err()
         {
             metrics::limit_refused("limits.max_message_rate");
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, "message refused: over the message rate");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, "message refused: over the message rate");
             self.reply("450 4.7.1 Error: too many messages from you, try again later");
             return Ok(());
         }
@@ -110,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) if e.worth_reconnecting() => {
                 let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
                 tracing::warn!(
-                    peer = %self.peer, backend = %address, error = ?e.to_string(),
+                    peer = %self.client.addr, backend = %address, error = ?e.to_string(),
                     "backend failed at MAIL; connection closed, trying a new one"
                 );
                 let skip = if e.is_out_of_step() { vec![address] } else { Vec::new() };
@@ -169,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) if e.worth_reconnecting() && attempts <= self.config.backends.len() => {
                     let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
                     tracing::warn!(
-                        peer = %self.peer, backend = %address, error = ?e.to_string(),
+                        peer = %self.client.addr, backend = %address, error = ?e.to_string(),
                         "backend failed at MAIL again; connection closed, trying a new one"
                     );
                     if e.is_out_of_step() {
@@ -199,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Ok(reply)) => {
                 tracing::warn!(
-                    peer = %self.peer, reply = ?reply.first_line(),
+                    peer = %self.client.addr, reply = ?reply.first_line(),
                     "backend refused the MAIL sent again after an idle pause; transaction ended"
                 );
                 self.phase.end_transaction();

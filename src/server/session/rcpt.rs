@@ -5,7 +5,7 @@ use super::pipeline::Pending;
 use super::{Session, Step};
 use crate::backend::upstream::UpstreamError;
 use crate::metrics;
-use crate::policy::{RelayClient, RelayVerdict, address};
+use crate::policy::{RelayVerdict, address};
 use crate::smtp::command::Param;
 use crate::smtp::{Asked, Reply, rcpt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -96,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(reply) = self.enforced_refusal() {
             let from = String::from_utf8_lossy(&tx.mail_line).trim_end().to_string();
             tracing::info!(
-                peer = %self.peer, listener = %self.listener.name, from = ?from, rcpt = ?path,
+                peer = %self.client.addr, listener = %self.listener.name, from = ?from, rcpt = ?path,
                 "recipient refused: client listed by DNS lists (enforce)"
             );
             self.stats.rcpt_refused += 1;
@@ -112,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let destination = match classified {
             Ok(d) => d,
             Err(e) => {
-                tracing::info!(peer = %self.peer, rcpt = ?path, error = %e, "recipient refused: bad syntax");
+                tracing::info!(peer = %self.client.addr, rcpt = ?path, error = %e, "recipient refused: bad syntax");
                 return refused(self, "501 5.1.3 Bad recipient address syntax");
             }
         };
@@ -129,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tx.overshoot += 1;
                 tx.overshoot
             });
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, rcpt = ?path, overshoot, "recipient deferred: over max_recipients");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, rcpt = ?path, overshoot, "recipient deferred: over max_recipients");
             // A sender retries these later (RFC 5321 4.5.3.1.10): not errors, up to the
             // overshoot allowance.
             if overshoot <= self.config.limits.recipient_overshoot_limit {
@@ -138,13 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return refused(self, "452 4.5.3 Error: too many recipients");
         }
-        let client = RelayClient {
-            ip: self.peer.ip(),
-            local_ip: self.local.ip(),
-            authenticated: self.authenticated.is_some(),
-            address_known: self.origin.address_known(),
-        };
-        let verdict = self.config.relay.decide(&client, &destination);
+        let verdict = self.config.relay.decide(&self.client, self.authenticated.is_some(), &destination);
         if let RelayVerdict::Denied(rule) = verdict {
             self.stats.rcpt_refused += 1;
             metrics::relay_refused(&self.listener.name, rule);
@@ -153,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 _ => "plain",
             };
             tracing::info!(
-                peer = %self.peer, local = %self.local, listener = %self.listener.name,
+                peer = %self.client.addr, local = %self.client.local, listener = %self.listener.name,
                 user = ?self.authenticated.as_deref().unwrap_or(""),
                 rcpt = ?path, address_form = form, rule, "relay refused"
             );
@@ -165,7 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && screen.recipient(self.who(), self.config.limits.recipient_rate).await.is_err()
         {
             metrics::limit_refused("limits.max_recipient_rate");
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, rcpt = ?path, "recipient refused: over the recipient rate");
+            tracing::info!(peer = %self.client.addr, listener = %self.listener.name, rcpt = ?path, "recipient refused: over the recipient rate");
             self.reply("450 4.7.1 Error: too many recipients from you, try again later");
             return Ok(false);
         }

@@ -5,8 +5,8 @@
 use super::{COMMAND_CHUNK, Outcome, Session, Step};
 use crate::config::ScreenAction;
 use crate::metrics;
+use crate::screen::Refusal;
 use crate::screen::dns;
-use crate::screen::{Refusal, client_key};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::timeout;
 
@@ -23,16 +23,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// client that is refused anyway.
     pub(super) async fn screen_connection(&mut self) -> Step {
         let Some(screen) = self.screen.clone() else { return Ok(()) };
-        if !self.origin.address_known() {
+        if !self.client.origin.address_known() {
             return Ok(());
         }
-        let client = client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
+        let client = self.client.network(self.config.limits.ipv6_prefix);
         match screen.admit(client, self.config.limits.connection_rate).await {
             Ok(()) => Ok(()),
             Err(Refusal::Banned(left)) => {
                 metrics::connection(&self.listener.name, "banned", "screen.ban");
-                crate::log_limit::log_refusal("banned", self.peer, &self.listener.name, "screen.ban");
-                tracing::debug!(peer = %self.peer, remaining = ?left, "banned client refused");
+                crate::log_limit::log_refusal("banned", self.client.addr, &self.listener.name, "screen.ban");
+                tracing::debug!(peer = %self.client.addr, remaining = ?left, "banned client refused");
                 self.reply("421 4.7.0 Too many errors from your address, try again later");
                 Err(Outcome::Banned)
             }
@@ -41,7 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 metrics::limit_refused("limits.max_connection_rate");
                 crate::log_limit::log_refusal(
                     "over the connection rate",
-                    self.peer,
+                    self.client.addr,
                     &self.listener.name,
                     "limits.max_connection_rate",
                 );
@@ -54,7 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Load balancers (their health checks) and the networks we relay for are ours,
     /// as postscreen's access list permits mynetworks.
     fn ours(&self) -> bool {
-        let ip = self.peer.ip();
+        let ip = self.client.addr.ip();
         self.config.trusted_proxies.iter().chain(&self.config.relay.networks).any(|n| n.contains(&ip))
     }
 
@@ -63,7 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// RFC 5321's rule that every line of a reply has one code); with a local
     /// resolver and its cache that costs milliseconds, within `[screen] dnsbl_timeout`.
     pub(super) async fn screen_before_greeting(&mut self) -> Step {
-        if self.screen.is_none() || self.ours() || !self.origin.address_known() {
+        if self.screen.is_none() || self.ours() || !self.client.origin.address_known() {
             return Ok(());
         }
         self.dns_lists().await?;
@@ -73,22 +73,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn dns_lists(&mut self) -> Step {
         let action = self.listener.screen_action;
         let Some(lists) = self.config.dns_lists.clone().filter(|_| action != ScreenAction::Off) else { return Ok(()) };
-        let score = dns::score(&lists, self.peer.ip()).await;
+        let score = dns::score(&lists, self.client.addr.ip()).await;
         if score.total < lists.threshold {
             if !score.listed_by.is_empty() {
-                tracing::debug!(peer = %self.peer, score = score.total, listed_by = ?score.listed_by, "DNS lists: under the threshold");
+                tracing::debug!(peer = %self.client.addr, score = score.total, listed_by = ?score.listed_by, "DNS lists: under the threshold");
             }
             return Ok(());
         }
         let zone = score.worst(&lists.zones).map(|z| z.name.clone()).unwrap_or_default();
         metrics::dnsbl_verdict(&self.listener.name, action.as_str());
         tracing::info!(
-            peer = %self.peer, listener = %self.listener.name, score = score.total, threshold = lists.threshold,
+            peer = %self.client.addr, listener = %self.listener.name, score = score.total, threshold = lists.threshold,
             listed_by = ?score.listed_by, action = action.as_str(), "client listed by DNS lists"
         );
         match action {
             ScreenAction::Reject => {
-                let text = format!("554 5.7.1 Service unavailable; client [{}] blocked using {zone}", self.peer.ip());
+                let text =
+                    format!("554 5.7.1 Service unavailable; client [{}] blocked using {zone}", self.client.addr.ip());
                 self.reply(&text);
                 self.failure("blocklisted")?;
                 Err(Outcome::Blocklisted)
@@ -104,7 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// With "enforce": the refusal a listed, unauthenticated client gets at RCPT.
     pub(super) fn enforced_refusal(&self) -> Option<String> {
         let listed = self.listed.as_ref().filter(|_| self.authenticated.is_none())?;
-        Some(format!("550 5.7.1 Service unavailable; client [{}] blocked using {}", self.peer.ip(), listed.zone))
+        Some(format!("550 5.7.1 Service unavailable; client [{}] blocked using {}", self.client.addr.ip(), listed.zone))
     }
 
     /// Early-talker detection (postscreen's pregreet test), on listeners facing the
@@ -113,7 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// talks at once. A client that waited is greeted at once for `pregreet_ttl`.
     async fn pregreet(&mut self) -> Step {
         let Some(screen) = self.screen.clone().filter(|_| self.listener.pregreet) else { return Ok(()) };
-        let client = client_key(self.peer.ip(), self.config.limits.ipv6_prefix);
+        let client = self.client.network(self.config.limits.ipv6_prefix);
         if screen.passed_pregreet(client).await {
             return Ok(());
         }
@@ -121,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.reply(&first);
         self.flush().await?;
         self.inbuf.reserve(COMMAND_CHUNK);
-        match timeout(self.config.pregreet.wait, self.client.read_buf(&mut self.inbuf)).await {
+        match timeout(self.config.pregreet.wait, self.stream.read_buf(&mut self.inbuf)).await {
             Err(_) => {
                 screen.pass_pregreet(client, self.config.pregreet.ttl);
                 Ok(())
@@ -129,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(Ok(0)) | Ok(Err(_)) => Err(Outcome::ClientClosed),
             Ok(Ok(n)) => {
                 tracing::info!(
-                    peer = %self.peer, listener = %self.listener.name, bytes = n,
+                    peer = %self.client.addr, listener = %self.listener.name, bytes = n,
                     "client talked before the end of the greeting (pregreet); refused"
                 );
                 metrics::limit_refused("screen.pregreet");

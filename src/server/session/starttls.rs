@@ -12,7 +12,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.tls == ListenerTls::None {
             return self.refuse("502 5.5.1 Error: command not implemented");
         }
-        if self.client.is_tls() {
+        if self.stream.is_tls() {
             return self.refuse("503 5.5.1 Error: TLS already active");
         }
         if self.phase.transaction().is_some() {
@@ -24,7 +24,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // clear text and may be an injection (CVE-2011-0411): never execute it.
         if !self.inbuf.is_empty() {
             tracing::warn!(
-                peer = %self.peer, listener = %self.listener.name, bytes = self.inbuf.len(),
+                peer = %self.client.addr, listener = %self.listener.name, bytes = self.inbuf.len(),
                 "discarded data pipelined after STARTTLS"
             );
             self.inbuf.clear();
@@ -39,26 +39,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Turns the plain client stream into TLS.
     pub(super) async fn handshake(&mut self) -> Step {
-        let (Some(tls), Some(plain)) = (self.config.tls.clone(), self.client.take_plain()) else {
-            tracing::error!(peer = %self.peer, "TLS requested without a server certificate or a plain stream");
+        let (Some(tls), Some(plain)) = (self.config.tls.clone(), self.stream.take_plain()) else {
+            tracing::error!(peer = %self.client.addr, "TLS requested without a server certificate or a plain stream");
             return Err(Outcome::TlsFailed);
         };
         match timeout(self.config.limits.tls_handshake_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(plain))
             .await
         {
             Ok(Ok(stream)) => {
-                self.client = MaybeTls::Tls(Box::new(stream));
+                self.stream = MaybeTls::Tls(Box::new(stream));
                 metrics::tls_handshake(&self.listener.name, "ok");
                 Ok(())
             }
             Ok(Err(e)) => {
                 metrics::tls_handshake(&self.listener.name, "failed");
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, error = %e, "TLS handshake failed");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, error = %e, "TLS handshake failed");
                 Err(Outcome::TlsFailed)
             }
             Err(_) => {
                 metrics::tls_handshake(&self.listener.name, "timeout");
-                tracing::info!(peer = %self.peer, listener = %self.listener.name, "TLS handshake timed out");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, "TLS handshake timed out");
                 Err(Outcome::TlsFailed)
             }
         }

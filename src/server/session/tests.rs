@@ -150,14 +150,7 @@ impl Client {
     fn start_sharing(config: Arc<Config>, peer: &str, backends: Arc<Registry>) -> Self {
         let (io, server) = tokio::io::duplex(256 * 1024);
         let listener = config.listeners[0].clone();
-        let session = Session::new(
-            config,
-            listener,
-            server,
-            ClientAddr::new(peer.parse().unwrap()),
-            LocalAddr::new("192.0.2.25:25".parse().unwrap()),
-        )
-        .with_backends(backends);
+        let session = Session::new(config, listener, server, from(peer)).with_backends(backends);
         tokio::spawn(session.run());
         Self { io, buf: BytesMut::new() }
     }
@@ -197,6 +190,15 @@ impl Client {
 }
 
 const OUTSIDER: &str = "203.0.113.9:40000";
+
+/// A client at `peer` that connected directly to 192.0.2.25:25.
+fn from(peer: &str) -> crate::addr::Client {
+    use crate::addr::{ClientAddr, LocalAddr};
+    crate::addr::Client::direct(
+        ClientAddr::new(peer.parse().unwrap()),
+        LocalAddr::new("192.0.2.25:25".parse().unwrap()),
+    )
+}
 
 #[tokio::test]
 async fn ehlo_advertises_only_what_is_forwarded() {
@@ -878,14 +880,7 @@ async fn shutdown_deadline_says_421() {
     let (io, server) = tokio::io::duplex(64 * 1024);
     let stop = tokio_util::sync::CancellationToken::new();
     let listener = config.listeners[0].clone();
-    let session = Session::new(
-        config,
-        listener,
-        server,
-        ClientAddr::new(OUTSIDER.parse().unwrap()),
-        LocalAddr::new("192.0.2.25:25".parse().unwrap()),
-    )
-    .with_stop(stop.clone());
+    let session = Session::new(config, listener, server, from(OUTSIDER)).with_stop(stop.clone());
     tokio::spawn(session.run());
     let mut c = Client { io, buf: BytesMut::new() };
     c.reply().await;
@@ -915,8 +910,7 @@ async fn idle_session_state_stays_small() {
     let cfg = limited_config("", "");
     let (_io, server) = tokio::io::duplex(64);
     let listener = cfg.listeners[0].clone();
-    let peer = ClientAddr::new(OUTSIDER.parse().unwrap());
-    let session = Session::new(cfg, listener, server, peer, LocalAddr::new("192.0.2.25:25".parse().unwrap()));
+    let session = Session::new(cfg, listener, server, from(OUTSIDER));
     let future = session.run();
     eprintln!("session future: {} bytes", std::mem::size_of_val(&future));
     assert!(std::mem::size_of_val(&future) <= 2048, "{} bytes", std::mem::size_of_val(&future));

@@ -183,7 +183,8 @@ async fn a_refused_client_reads_the_reply_then_the_end() {
     let server = tokio::spawn(async move {
         let (stream, peer) = socket.accept().await.unwrap();
         let listener = cfg.listeners[0].clone();
-        Session::new(cfg, listener, stream, ClientAddr::new(peer), LocalAddr::new(addr)).run().await;
+        let client = crate::addr::Client::direct(crate::addr::ClientAddr::new(peer), crate::addr::LocalAddr::new(addr));
+        Session::new(cfg, listener, stream, client).run().await;
     });
     let mut client = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let mut greeting = String::new();
