@@ -32,6 +32,17 @@ impl Registry {
     /// The state of `backend`, made when first asked for.
     pub fn get(&self, backend: &Backend) -> Arc<BackendState> {
         let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Self::entry(&mut states, backend)
+    }
+
+    /// The states of `backends`, in order, under one lock (a session's connect asks
+    /// about each).
+    pub fn all(&self, backends: &[Backend]) -> Vec<Arc<BackendState>> {
+        let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        backends.iter().map(|b| Self::entry(&mut states, b)).collect()
+    }
+
+    fn entry(states: &mut HashMap<String, Arc<BackendState>>, backend: &Backend) -> Arc<BackendState> {
         if let Some(state) = states.get(&backend.address)
             && state.max_connections == backend.max_connections
         {
@@ -59,15 +70,17 @@ impl Registry {
     }
 
     pub fn any_up(&self, backends: &[Backend]) -> bool {
-        backends.iter().any(|b| self.is_up(b))
+        self.all(backends).iter().any(|s| s.health.is_up())
     }
 
-    /// What the backend a new session would most likely reach supports: the first one
-    /// up, as it last showed itself. Nothing learned yet: no extension.
-    pub fn with_expected_capabilities<R>(&self, backends: &[Backend], f: impl Fn(&Capabilities) -> R) -> R {
-        let backend = backends.iter().find(|b| self.is_up(b)).or(backends.first());
-        backend.and_then(|b| self.get(b).learned.read(&f)).unwrap_or_else(|| f(&Capabilities::default()))
-    }
+}
+
+/// What the backend a new session would most likely reach supports (`states` are the
+/// configured backends'): the first one up, as it last showed itself. Nothing learned
+/// yet: no extension.
+pub fn with_expected_capabilities<R>(states: &[Arc<BackendState>], f: impl Fn(&Capabilities) -> R) -> R {
+    let state = states.iter().find(|s| s.health.is_up()).or(states.first());
+    state.and_then(|s| s.learned.read(&f)).unwrap_or_else(|| f(&Capabilities::default()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
 use super::registry::{BackendState, Registry};
+use std::sync::Arc;
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::metrics as admin_metrics;
@@ -145,7 +146,7 @@ impl Upstream {
     /// the first one's `queue_timeout` for a free connection.
     pub async fn connect(
         backends: &[Backend],
-        registry: &Registry,
+        states: &[Arc<BackendState>],
         facts: &ClientFacts,
         hostname: &str,
         skip: &[String],
@@ -153,17 +154,16 @@ impl Upstream {
         let mut failures = Vec::new();
         let mut identity_refused = false;
         let mut full = Vec::new();
-        let any_up = registry.any_up(backends);
-        for (i, backend) in backends.iter().enumerate() {
-            let state = registry.get(backend);
+        let any_up = states.iter().any(|s| s.health.is_up());
+        for ((i, backend), state) in backends.iter().enumerate().zip(states) {
             if skip.contains(&backend.address) || !usable(backends, i) || (any_up && !state.health.is_up()) {
                 continue;
             }
             let Ok(slot) = state.slots.clone().try_acquire_owned() else {
-                full.push(backend);
+                full.push((backend, state));
                 continue;
             };
-            let result = Self::connect_one(backend, &state, slot, facts, hostname).await;
+            let result = Self::connect_one(backend, state, slot, facts, hostname).await;
             if let Err(e) = &result {
                 admin_metrics::backend_error(&backend.address, "connect", e.kind());
             }
@@ -181,12 +181,11 @@ impl Upstream {
                 }
             }
         }
-        if let Some(backend) = full.first() {
-            let state = registry.get(backend);
+        if let Some(&(backend, state)) = full.first() {
             match timeout(backend.queue_timeout, state.slots.clone().acquire_owned()).await {
-                Ok(Ok(slot)) => return Self::connect_one(backend, &state, slot, facts, hostname).await,
+                Ok(Ok(slot)) => return Self::connect_one(backend, state, slot, facts, hostname).await,
                 _ => {
-                    let busy = full.iter().map(|b| format!("{}: {} in use", b.address, b.max_connections));
+                    let busy = full.iter().map(|(b, _)| format!("{}: {} in use", b.address, b.max_connections));
                     return Err(UpstreamError::Busy(busy.collect::<Vec<_>>().join("; ")));
                 }
             }
@@ -668,12 +667,12 @@ impl Upstream {
 
 /// The backend a new connection would be tried on first: the first that is not in
 /// `skip`, may take failed-over sessions, and is up (or any, when none is up).
-pub fn first_choice<'a>(backends: &'a [Backend], registry: &Registry, skip: &[String]) -> Option<&'a Backend> {
-    let any_up = registry.any_up(backends);
+pub fn first_choice<'a>(backends: &'a [Backend], states: &[Arc<BackendState>], skip: &[String]) -> Option<&'a Backend> {
+    let any_up = states.iter().any(|s| s.health.is_up());
     backends
         .iter()
         .enumerate()
-        .find(|(i, b)| !skip.contains(&b.address) && usable(backends, *i) && (!any_up || registry.is_up(b)))
+        .find(|(i, b)| !skip.contains(&b.address) && usable(backends, *i) && (!any_up || states[*i].health.is_up()))
         .map(|(_, b)| b)
 }
 

@@ -29,7 +29,7 @@ mod screen;
 mod starttls;
 
 use crate::addr::Client;
-use crate::backend::registry::Registry;
+use crate::backend::registry::{BackendState, Registry};
 use crate::backend::upstream::Upstream;
 use crate::config::{Config, Listener, ListenerTls, Live};
 use crate::metrics;
@@ -292,6 +292,8 @@ pub struct Session<S> {
     /// The backends' live state (slots, health, what they offered), shared with every
     /// session and the health checks.
     backends: Arc<Registry>,
+    /// The states of the configured backends, looked up once per config.
+    backend_states: Option<Arc<[Arc<BackendState>]>>,
     listener: Arc<Listener>,
     /// The connection to the client, plain or TLS.
     stream: MaybeTls<S, tokio_rustls::server::TlsStream<S>>,
@@ -331,6 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             live: None,
             screen: None,
             backends: Arc::default(),
+            backend_states: None,
             listener,
             stream: MaybeTls::Plain(stream),
             client,
@@ -355,6 +358,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub fn with_live(mut self, live: Arc<Live>) -> Self {
         self.live = Some(live);
         self
+    }
+
+    /// The live states of the configured backends, in order.
+    fn backend_states(&mut self) -> Arc<[Arc<BackendState>]> {
+        let states = self.backend_states.get_or_insert_with(|| self.backends.all(&self.config.backends).into());
+        states.clone()
     }
 
     /// Share the backends' live state with the server's other sessions.
@@ -396,6 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.auth_mechanism = None;
         }
         self.config = config;
+        self.backend_states = None;
     }
 
     /// The token that, once cancelled, ends the session with 421 at its next read.
@@ -447,7 +457,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(filters) = self.filters.take() {
             Box::pin(filters.quit()).await;
         }
-        if !matches!(outcome, Outcome::ClientClosed | Outcome::ClientClosedInData | Outcome::WriteFailed) {
+        // After QUIT only when the client sent more: a client that waits for the 221
+        // closes by itself, and a clean end stays as cheap as it was.
+        let linger = match outcome {
+            Outcome::ClientClosed | Outcome::ClientClosedInData | Outcome::WriteFailed => false,
+            Outcome::Quit => !self.inbuf.is_empty(),
+            _ => true,
+        };
+        if linger {
             self.linger().await;
         }
         tracing::info!(

@@ -27,7 +27,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.upstream.is_some() {
             return Ok(());
         }
-        if let Some(backend) = upstream::first_choice(&self.config.backends, &self.backends, skip)
+        let states = self.backend_states();
+        if let Some(backend) = upstream::first_choice(&self.config.backends, &states, skip)
             && let Some(up) = pool::take(backend)
         {
             tracing::debug!(peer = %self.client.addr, backend = %up.address, "kept backend connection reused");
@@ -35,7 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         let facts = self.facts();
-        match Upstream::connect(&self.config.backends, &self.backends, &facts, &self.config.hostname, skip).await {
+        match Upstream::connect(&self.config.backends, &states, &facts, &self.config.hostname, skip).await {
             Ok(up) => {
                 self.upstream = Some(Box::new(up));
                 Ok(())

@@ -31,7 +31,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// What this client is offered now: the extensions that depend on the backend
     /// follow the one this session is connected to, or else the one it would reach.
-    pub(super) fn offer(&self) -> Offer {
+    pub(super) fn offer(&mut self) -> Offer {
         let offer = Offer {
             max_size: self.config.limits.max_message_size,
             starttls: self.listener.tls == ListenerTls::StartTls && !self.stream.is_tls(),
@@ -41,7 +41,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         match &self.upstream {
             Some(up) => offer.following(up.capabilities()),
-            None => self.backends.with_expected_capabilities(&self.config.backends, |caps| offer.following(caps)),
+            None => {
+                let states = self.backend_states();
+                crate::backend::registry::with_expected_capabilities(&states, |caps| offer.following(caps))
+            }
         }
     }
 }

@@ -96,13 +96,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// moment. Closing with its bytes unread would make the kernel answer with a reset,
     /// which can destroy the last reply before the client reads it.
     pub(super) async fn linger(&mut self) {
-        let client = &mut self.stream;
+        let (stream, input) = (&mut self.stream, &mut self.inbuf);
         let drain = async {
-            let _ = client.shutdown().await;
-            let mut scratch = vec![0u8; 4096];
+            let _ = stream.shutdown().await;
             let mut drained = 0;
             while drained < LINGER_BYTES {
-                match client.read(&mut scratch).await {
+                input.clear();
+                input.reserve(DATA_CHUNK);
+                match stream.read_buf(input).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
