@@ -40,11 +40,19 @@
 #
 # Each tree gets bookworm-updates and bookworm-security (apt sources like
 # debian:bookworm-slim's) and is upgraded from them. The trees (and the downloaded
-# .debs) are kept in --cache (default target/docker-base in this repository), so a
-# second run only re-imports them (and picks up the current toolchain and registry); a
-# tree older than 7 days, or any with --refresh, is debootstrapped again, for Debian's
-# updates. Re-importing a tag deletes the image it replaces unless something still
-# uses it.
+# .debs) are kept in --cache (default target/docker-base in this repository); a tree
+# older than 7 days, or any with --refresh, is debootstrapped again, for Debian's
+# updates.
+#
+# An image is made again only when what it is made of changed: each carries the label
+# portcullis.base-images.inputs, a hash of this script, the suite, mirrors, packages
+# asked for, --label values and (rust) the toolchain and the list of downloaded crates,
+# together with the tree's installed package versions. A run that finds the image
+# already carrying its hash, less than 7 days old (and no --refresh), touches nothing:
+# no debootstrap, no import, the same image ID, so `docker build` and `compose up
+# --build` FROM it keep their layer cache. A refreshed tree with the same package
+# versions keeps the image too. Replacing an image deletes the one it replaces unless
+# something still uses it (then `docker image prune` removes it once unused).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -195,34 +203,10 @@ EOF
     rm -f "$dir/etc/resolv.conf"
 }
 
-# import NAME DIR [CHANGE...] [-- EXTRA TAR ARGS...]: tar DIR (and extras) into image NAME.
-import() {
-    local name=$1 dir=$2
-    shift 2
-    local changes=(--change 'CMD ["bash"]')
-    for l in "${labels[@]+"${labels[@]}"}"; do changes+=(--change "LABEL $l"); done
-    while [ $# -gt 0 ] && [ "$1" != -- ]; do changes+=(--change "$1"); shift; done
-    [ $# -gt 0 ] && shift
-    local old
-    old=$(docker image inspect -f '{{.Id}}' "$name" 2>/dev/null || true)
-    local start=$SECONDS
-    # --exclude: the device nodes debootstrap may have made (Docker mounts its own /dev).
-    # tar's status 1 is "a file changed as we read it" (cargo downloading into the
-    # registry meanwhile): what was read is still whole.
-    set +e +o pipefail
-    tar -c --numeric-owner --warning=no-file-changed --exclude='./dev/*' -C "$dir" . "$@" |
-        docker import "${changes[@]}" - "$name" >/dev/null
-    local status=("${PIPESTATUS[@]}")
-    set -e -o pipefail
-    [ "${status[0]}" -le 1 ] || die "tar for $name failed (status ${status[0]})"
-    [ "${status[1]}" = 0 ] || die "docker import of $name failed"
-    if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$name")" ]; then
-        docker rmi "$old" >/dev/null 2>&1 || true
-    fi
-    log "$name: imported in $((SECONDS - start)) s"
-}
-
 base_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+input_label=portcullis.base-images.inputs
+# Any change to this script makes every image again.
+script_sum=$(sha256sum "$0" | cut -d' ' -f1)
 
 # Checked before anything is made.
 if [[ " ${kinds[*]} " == *" rust "* ]]; then
@@ -235,53 +219,136 @@ if [[ " ${kinds[*]} " == *" rust "* ]]; then
     if [ ! -d "$cargo_home/registry/index" ] || [ ! -d "$cargo_home/registry/cache" ]; then
         die "no cargo registry in $cargo_home/registry (run cargo fetch in the project first)"
     fi
+    # What the rust image takes from this machine: the toolchain (its version, and its
+    # files by name and size) and the registry (which crates are downloaded; the index
+    # holds whatever they need).
+    rust_inputs="$("$rustc" -vV)
+sysroot $sysroot $(cd "$sysroot" && find bin lib -printf '%p %s\n' | LC_ALL=C sort | sha256sum)
+registry $(cd "$cargo_home/registry" && { ls index; find cache -name '*.crate' -printf '%p %s\n'; } | LC_ALL=C sort | sha256sum)"
 fi
 
-# The trees, all at once (each in a subshell of its own; its log says what went wrong).
+# spec KIND: the image of KIND, in name, var (its line on standard output), changes
+# (docker import --change), tar_extra (more for tar to put in) and extra (more inputs).
+spec() {
+    changes=('CMD ["bash"]')
+    for l in "${labels[@]+"${labels[@]}"}"; do changes+=("LABEL $l"); done
+    tar_extra=()
+    extra=
+    case $1 in
+    runtime)
+        name=$prefix/debian:$suite-slim var=RUNTIME_IMAGE
+        changes+=("ENV PATH=$base_path")
+        ;;
+    rust)
+        name=$prefix/rust:$version-slim-$suite var=RUST_IMAGE
+        # The toolchain goes where rust:*-slim has it (RUSTUP_HOME=/usr/local/rustup), the
+        # registry into CARGO_HOME=/usr/local/cargo; tar renames them on the way (the
+        # tree's own members all start with "./", so the patterns cannot touch them).
+        local tc=usr/local/rustup/toolchains/$toolchain
+        changes+=("ENV RUSTUP_HOME=/usr/local/rustup" "ENV CARGO_HOME=/usr/local/cargo"
+            "ENV PATH=/usr/local/cargo/bin:/$tc/bin:$base_path" "ENV RUST_VERSION=$version"
+            "ENV CARGO_NET_OFFLINE=true")
+        tar_extra=(--transform="s,^bin,$tc/bin,S" --transform="s,^lib,$tc/lib,S"
+            --transform="s,^registry,usr/local/cargo/registry,S"
+            -C "$sysroot" bin lib -C "$cargo_home" registry/index registry/cache)
+        extra=$rust_inputs
+        ;;
+    mail)
+        name=$prefix/mail:$suite var=MAIL_IMAGE
+        changes+=("ENV PATH=$base_path")
+        ;;
+    scanner)
+        name=$prefix/scanner:$suite var=SCANNER_IMAGE
+        changes+=("ENV PATH=$base_path")
+        ;;
+    esac
+}
+
+# request KIND (after spec KIND): a hash of what the image is asked to be made of,
+# known before its tree is made; the label is "REQUEST-TREE", TREE a hash of the
+# tree's installed packages (dpkg's status: their names and versions).
+request() {
+    { echo "$script_sum $1 $suite $mirror $security ${packages[$1]} $name"
+      printf '%s\n' "${changes[@]}" "$extra"; } | sha256sum | cut -c1-16
+}
+
+# The inputs label of image NAME ("" if there is no such image).
+inputs_of() {
+    docker image inspect -f "{{index .Config.Labels \"$input_label\"}}" "$1" 2>/dev/null || true
+}
+
+# up_to_date NAME REQUEST: the image exists, was made from REQUEST and less than 7
+# days ago (after that, its tree is made again for Debian's updates).
+up_to_date() {
+    local have created
+    have=$(inputs_of "$1")
+    [ "${have%-*}" = "$2" ] || return 1
+    created=$(docker image inspect -f '{{.Created}}' "$1") || return 1
+    [ $(($(date +%s) - $(date -d "$created" +%s))) -lt $((7 * 86400)) ]
+}
+
+# import KIND REQUEST (after spec KIND): tar the tree of KIND (and tar_extra) into the
+# image, unless the image there was made of the same inputs.
+import() {
+    local dir=$cache/$1 inputs
+    inputs=$2-$(sha256sum <"$dir/var/lib/dpkg/status" | cut -c1-16)
+    if [ "$(inputs_of "$name")" = "$inputs" ]; then
+        log "$name: made of the same inputs ($inputs): kept"
+        return
+    fi
+    local args=() c
+    for c in "${changes[@]}" "LABEL $input_label=$inputs"; do args+=(--change "$c"); done
+    local old
+    old=$(docker image inspect -f '{{.Id}}' "$name" 2>/dev/null || true)
+    local start=$SECONDS
+    # --exclude: the device nodes debootstrap may have made (Docker mounts its own /dev).
+    # tar's status 1 is "a file changed as we read it" (cargo downloading into the
+    # registry meanwhile): what was read is still whole.
+    set +e +o pipefail
+    tar -c --numeric-owner --warning=no-file-changed --exclude='./dev/*' -C "$dir" . "${tar_extra[@]+"${tar_extra[@]}"}" |
+        docker import "${args[@]}" - "$name" >/dev/null
+    local status=("${PIPESTATUS[@]}")
+    set -e -o pipefail
+    [ "${status[0]}" -le 1 ] || die "tar for $name failed (status ${status[0]})"
+    [ "${status[1]}" = 0 ] || die "docker import of $name failed"
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$name")" ]; then
+        docker rmi "$old" >/dev/null 2>&1 || log "$name: the image it replaces ($old) is still used: kept"
+    fi
+    log "$name: imported in $((SECONDS - start)) s (inputs $inputs)"
+}
+
 declare -A packages=([runtime]="" [rust]="ca-certificates,gcc,libc6-dev" [mail]="postfix,swaks,ca-certificates"
     [scanner]="clamsmtp,clamav-daemon,iproute2")
-pids=()
+
+# Which images are to be made (or checked against their trees): those not up to date.
+declare -A requests
+todo=()
 for kind in "${kinds[@]}"; do
+    spec "$kind"
+    requests[$kind]=$(request "$kind")
+    if [ $refresh = 0 ] && up_to_date "$name" "${requests[$kind]}"; then
+        log "$name: up to date (inputs $(inputs_of "$name")): kept, no tree needed"
+    else
+        todo+=("$kind")
+    fi
+done
+
+# Their trees, all at once (each in a subshell of its own; its log says what went wrong).
+pids=()
+for kind in "${todo[@]+"${todo[@]}"}"; do
     tree "$kind" "${packages[$kind]}" &
     pids+=($!)
 done
 failed=0
-for pid in "${pids[@]}"; do
+for pid in "${pids[@]+"${pids[@]}"}"; do
     wait "$pid" || failed=1
 done
 [ $failed = 0 ] || die "a tree could not be made (see above)"
 
 for kind in "${kinds[@]}"; do
-    case $kind in
-    runtime)
-        name=$prefix/debian:$suite-slim
-        import "$name" "$cache/runtime" "ENV PATH=$base_path"
-        echo "RUNTIME_IMAGE=$name"
-        ;;
-    rust)
-        name=$prefix/rust:$version-slim-$suite
-        # The toolchain goes where rust:*-slim has it (RUSTUP_HOME=/usr/local/rustup), the
-        # registry into CARGO_HOME=/usr/local/cargo; tar renames them on the way (the
-        # tree's own members all start with "./", so the patterns cannot touch them).
-        tc=usr/local/rustup/toolchains/$toolchain
-        import "$name" "$cache/rust" \
-            "ENV RUSTUP_HOME=/usr/local/rustup" "ENV CARGO_HOME=/usr/local/cargo" \
-            "ENV PATH=/usr/local/cargo/bin:/$tc/bin:$base_path" "ENV RUST_VERSION=$version" \
-            "ENV CARGO_NET_OFFLINE=true" -- \
-            --transform="s,^bin,$tc/bin,S" --transform="s,^lib,$tc/lib,S" \
-            --transform="s,^registry,usr/local/cargo/registry,S" \
-            -C "$sysroot" bin lib -C "$cargo_home" registry/index registry/cache
-        echo "RUST_IMAGE=$name"
-        ;;
-    mail)
-        name=$prefix/mail:$suite
-        import "$name" "$cache/mail" "ENV PATH=$base_path"
-        echo "MAIL_IMAGE=$name"
-        ;;
-    scanner)
-        name=$prefix/scanner:$suite
-        import "$name" "$cache/scanner" "ENV PATH=$base_path"
-        echo "SCANNER_IMAGE=$name"
-        ;;
-    esac
+    spec "$kind"
+    if [[ " ${todo[*]+"${todo[*]}"} " == *" $kind "* ]]; then
+        import "$kind" "${requests[$kind]}"
+    fi
+    echo "$var=$name"
 done

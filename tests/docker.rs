@@ -1,8 +1,13 @@
 //! The container image and the compose stacks of docker/, for real, against the
 //! machine's Docker Engine and with no container registry:
 //!
-//! - base images made by docker/base-images.sh (debootstrap + docker import);
-//! - the image built from docker/Dockerfile itself, only the FROM images named;
+//! - the quick start's `up -d --build || down` failing (base images that do not exist)
+//!   leaves no container or network behind;
+//! - base images made by docker/base-images.sh (debootstrap + docker import); a second
+//!   run keeps them (same image IDs), so a second build comes whole from the cache, and a
+//!   changed input makes a new image;
+//! - the image built from docker/Dockerfile itself, only the FROM images named; its size
+//!   and the binary's as docker/README.md states them;
 //! - docker/compose.yml up until Portcullis is healthy; mail from a client container on
 //!   the stack's network through Portcullis to Postfix, which must log and stamp the
 //!   client's address, not Portcullis'; a relay attempt refused with 550 5.7.1; Postfix
@@ -15,7 +20,7 @@
 //!
 //! Needs root (debootstrap), a running Docker Engine, `docker compose` or
 //! `docker-compose`, debootstrap, and deb.debian.org (the first run; later runs reuse the
-//! trees in target/docker-base). About 4 minutes (6 from nothing), most of it the release
+//! trees in target/docker-base). About 6 minutes (8 from nothing), most of it the release
 //! build inside `docker build`; each step's time is printed (`-- --nocapture`).
 
 #[path = "e2e/support.rs"]
@@ -215,7 +220,7 @@ fn remove_stale_runs() {
         }
         eprintln!("docker test: removing what a killed run ({run}) left");
         remove_labeled(&format!("{RUN_LABEL}={run}"));
-        for project in [prefix.to_string(), format!("{prefix}-transparent")] {
+        for project in [prefix.to_string(), format!("{prefix}-transparent"), format!("{prefix}-failed")] {
             let label = format!("label=com.docker.compose.project={project}");
             for n in docker_lines(&["network", "ls", "-q", "--filter", &label]) {
                 let _ = docker(&["network", "rm", &n]).output();
@@ -247,10 +252,14 @@ impl Stack {
         must(&mut self.cmd(args), what, limit)
     }
 
-    /// `compose config` with no variables set: the file as shipped is valid, and its
-    /// output holds `expected`.
+    /// `compose config` with no variables set (neither in the environment nor by a
+    /// docker/.env that base-images.sh wrote for the quick start): the file as shipped is
+    /// valid, and its output holds `expected`.
     fn check_defaults(&self, expected: &[&str]) {
-        let mut config = self.cmd(&["config"]);
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let mut config = Command::new(&self.compose[0]);
+        config.args(&self.compose[1..]).arg("--env-file").arg(empty.path());
+        config.args(["-p", &self.project, "-f", &format!("{REPO}/docker/{}", self.file), "config"]);
         for (var, _) in &self.env {
             config.env_remove(var);
         }
@@ -402,6 +411,50 @@ fn sample(metrics: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// The number (MB) right after `before` in `text` (whitespace as one space).
+fn stated_mb(text: &str, before: &str) -> f64 {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = text.find(before).unwrap_or_else(|| panic!("docker/README.md lacks {before:?}")) + before.len();
+    let number: String = text[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    number.parse().unwrap_or_else(|_| panic!("no number after {before:?} in docker/README.md"))
+}
+
+/// The quick start's `up -d --build || down` (as docker/README.md gives it), with base
+/// images that exist nowhere, so that the build fails (no registry, or no such image in
+/// it): `up` fails, and after `down` no container or network of the project is left.
+fn failed_start(compose: &[String], prefix: &str, net: &str) {
+    let readme = std::fs::read_to_string(format!("{REPO}/docker/README.md")).unwrap();
+    let quick = "docker compose -f docker/compose.yml up -d --build || docker compose -f docker/compose.yml down";
+    assert!(readme.contains(quick), "docker/README.md's quick start lacks {quick:?}");
+    let missing = format!("{prefix}/missing:none");
+    let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let stack = Stack {
+        compose: compose.to_vec(),
+        file: "compose.yml",
+        project: format!("{prefix}-failed"),
+        env: vec![
+            set("RUST_IMAGE", &missing),
+            set("RUNTIME_IMAGE", &missing),
+            set("MAIL_IMAGE", &missing),
+            set("PORTCULLIS_IMAGE", &format!("{prefix}/portcullis:failed")),
+            set("POSTFIX_IMAGE", &format!("{prefix}/postfix:failed")),
+            set("PORTCULLIS_NET", net),
+            set("PORTCULLIS_SMTP_PORT", &support::free_port().to_string()),
+            set("PORTCULLIS_ADMIN_PORT", &support::free_port().to_string()),
+        ],
+    };
+    let up = run(&mut stack.cmd(&["up", "-d", "--build"]), Duration::from_secs(300));
+    assert!(!up.ok, "up with base images that do not exist succeeded:\n{}", up.all());
+    eprintln!("docker test: the failed up left {:?}; then down", stack.leftovers());
+    stack.must(&["down"], "compose down after a failed up", Duration::from_secs(120));
+    let left = stack.leftovers();
+    assert!(left.is_empty(), "left after a failed up and down: {left:?}");
+    for image in [format!("{prefix}/portcullis:failed"), format!("{prefix}/postfix:failed")] {
+        let ids = docker_lines(&["images", "-q", &image]);
+        assert!(ids.is_empty(), "a failed up made the image {image}: {ids:?}");
+    }
+}
+
 // === the tests ===
 
 /// The configs shipped in docker/ (the image's default and the stacks') are valid for
@@ -450,15 +503,20 @@ fn image_and_compose_stacks() {
     let run_id = format!("{}/{pid}/{prefix}", hostname());
     let _made = Made { label: format!("{RUN_LABEL}={run_id}") };
     let mut timings = Vec::new();
+    let net = format!("10.152.{}", 26 + pid % 200);
+
+    // 0. The quick start's first command, failing: a failed start leaves nothing behind.
+    timed(&mut timings, "a failed start (up || down)", || failed_start(&compose, &prefix, &net));
 
     // 1. Base images, without a registry.
-    let made = timed(&mut timings, "base images (docker/base-images.sh)", || {
+    let base_images = |extra: &[&str]| -> Ran {
         let mut cmd = Command::new(format!("{REPO}/docker/base-images.sh"));
-        cmd.args(["--prefix", &prefix, "--label", &format!("{RUN_LABEL}={run_id}")]);
+        cmd.args(["--prefix", &prefix, "--label", &format!("{RUN_LABEL}={run_id}")]).args(extra);
         let ran = must(&mut cmd, "docker/base-images.sh", Duration::from_secs(900));
         ran.stderr.lines().for_each(|l| eprintln!("    {l}"));
-        ran.stdout
-    });
+        ran
+    };
+    let made = timed(&mut timings, "base images (docker/base-images.sh)", || base_images(&[]).stdout);
     let image_of = |var: &str| -> String {
         made.lines()
             .find_map(|l| l.strip_prefix(&format!("{var}=")))
@@ -469,12 +527,35 @@ fn image_and_compose_stacks() {
 
     // 2. The image, from docker/Dockerfile as a user builds it (only the FROM images named).
     let image = format!("{prefix}/portcullis:test");
-    timed(&mut timings, "docker build -f docker/Dockerfile", || {
+    let build = || {
         let (rust, runtime) = (format!("RUST_IMAGE={rust_image}"), format!("RUNTIME_IMAGE={runtime_image}"));
         let dockerfile = format!("{REPO}/docker/Dockerfile");
         let args = ["build", "-f", &dockerfile, "--build-arg", &rust, "--build-arg", &runtime, "-t", &image, REPO];
-        must(&mut docker(&args), "docker build", Duration::from_secs(1500))
-    });
+        must(&mut docker(&args), "docker build", Duration::from_secs(1500));
+        docker_out(&["image", "inspect", "-f", "{{.Id}}", &image])
+    };
+    let built = timed(&mut timings, "docker build -f docker/Dockerfile", &build);
+
+    // base-images.sh again, nothing changed: every image kept as it is (no new image
+    // IDs), and so a second build is the same image, every step from the cache.
+    let base_names: Vec<String> = made.lines().filter_map(|l| Some(l.split_once('=')?.1.to_string())).collect();
+    assert_eq!(base_names.len(), 4, "{made}");
+    let ids = |names: &[String]| -> Vec<String> {
+        names.iter().map(|n| docker_out(&["image", "inspect", "-f", "{{.Id}}", n])).collect()
+    };
+    let base_ids = ids(&base_names);
+    let again = timed(&mut timings, "base images again (all kept)", || base_images(&[]));
+    assert_eq!(again.stdout, made, "base-images.sh printed other images");
+    assert_eq!(ids(&base_names), base_ids, "base-images.sh made new images though nothing changed:\n{}", again.stderr);
+    assert!(!again.stderr.contains("debootstrap --variant"), "base-images.sh debootstrapped again:\n{}", again.stderr);
+    let rebuilt = timed(&mut timings, "docker build again (from the cache)", &build);
+    assert_eq!(rebuilt, built, "a second build with nothing changed is not the same image (no cache?)");
+    // A changed input (here another label) does make a new image.
+    let changed = base_images(&["--label", "portcullis.test.changed=1", "runtime"]);
+    assert!(changed.stderr.contains("imported"), "a changed input did not make a new image:\n{}", changed.stderr);
+    let runtime_id = docker_out(&["image", "inspect", "-f", "{{.Id}}", &runtime_image]);
+    let old_runtime = &base_ids[base_names.iter().position(|n| *n == runtime_image).unwrap()];
+    assert_ne!(&runtime_id, old_runtime, "a changed input kept the old runtime image");
     let config = docker_out(&[
         "image",
         "inspect",
@@ -496,8 +577,19 @@ fn image_and_compose_stacks() {
     for port in ["25/tcp", "465/tcp", "587/tcp", "9925/tcp"] {
         assert!(fields[4].contains(port), "port {port} not exposed: {config}");
     }
-    let size = docker_out(&["image", "inspect", "-f", "{{.Size}}", &image]);
-    eprintln!("docker test: image {image}: {} MB", size.parse::<u64>().unwrap() / 1_000_000);
+    // The sizes docker/README.md states (in MB of 10^6 bytes, as `docker images`), within 15%.
+    let size = docker_out(&["image", "inspect", "-f", "{{.Size}}", &image]).parse::<f64>().unwrap() / 1e6;
+    let stat = ["run", "--rm", "--entrypoint", "stat", &image, "-c", "%s", "/usr/local/bin/portcullis"];
+    let binary = docker_out(&stat).parse::<f64>().unwrap() / 1e6;
+    eprintln!("docker test: image {image}: {size:.1} MB, /usr/local/bin/portcullis {binary:.1} MB");
+    let readme = std::fs::read_to_string(format!("{REPO}/docker/README.md")).unwrap();
+    for (what, before, measured) in [("image", "The image is about ", size), ("binary", "and the binary (", binary)] {
+        let stated = stated_mb(&readme, before);
+        assert!(
+            (measured / stated - 1.0).abs() < 0.15,
+            "docker/README.md says the {what} is {stated} MB ({before:?}), measured {measured:.1} MB"
+        );
+    }
     // System roots for backend TLS, though the runtime base has no ca-certificates; and
     // the default config is valid.
     let ca = ["run", "--rm", "--entrypoint", "test", &image, "-s", "/etc/ssl/certs/ca-certificates.crt"];
@@ -517,7 +609,6 @@ fn image_and_compose_stacks() {
 
     // 3. docker/compose.yml. Networks of its own (not the defaults, which a stack a user
     // runs may have), host ports that are free.
-    let net = format!("10.152.{}", 26 + pid % 200);
     let (smtp_port, admin_port) = (support::free_port(), support::free_port());
     let mut stack =
         Stack { compose: compose.clone(), file: "compose.yml", project: prefix.clone(), env: images.clone() };
