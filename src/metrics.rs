@@ -215,14 +215,8 @@ pub fn auth(listener: &str, result: &'static str) {
     counter!(AUTH, "listener" => listener.to_string(), "result" => result).increment(1);
 }
 
-pub fn dnsbl_lookup(zone: &str, outcome: crate::screen::dnsbl::Outcome) {
-    use crate::screen::dnsbl::{Outcome, Unusable};
-    let result = match outcome {
-        Outcome::Listed => "listed",
-        Outcome::NotListed => "not_listed",
-        Outcome::Unusable(Unusable::ErrorCode) => "error_code",
-        Outcome::Unusable(Unusable::Lookup) => "lookup_failed",
-    };
+/// One DNS list answer; `result`: "listed", "not_listed", "error_code", "lookup_failed".
+pub fn dnsbl_lookup(zone: &str, result: &'static str) {
     counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
 }
 

@@ -534,7 +534,7 @@ fn image_and_compose_stacks() {
         must(&mut docker(&args), "docker build", Duration::from_secs(1500));
         docker_out(&["image", "inspect", "-f", "{{.Id}}", &image])
     };
-    let built = timed(&mut timings, "docker build -f docker/Dockerfile", &build);
+    let built = timed(&mut timings, "docker build -f docker/Dockerfile", build);
 
     // base-images.sh again, nothing changed: every image kept as it is (no new image
     // IDs), and so a second build is the same image, every step from the cache.
@@ -548,7 +548,7 @@ fn image_and_compose_stacks() {
     assert_eq!(again.stdout, made, "base-images.sh printed other images");
     assert_eq!(ids(&base_names), base_ids, "base-images.sh made new images though nothing changed:\n{}", again.stderr);
     assert!(!again.stderr.contains("debootstrap --variant"), "base-images.sh debootstrapped again:\n{}", again.stderr);
-    let rebuilt = timed(&mut timings, "docker build again (from the cache)", &build);
+    let rebuilt = timed(&mut timings, "docker build again (from the cache)", build);
     assert_eq!(rebuilt, built, "a second build with nothing changed is not the same image (no cache?)");
     // A changed input (here another label) does make a new image.
     let changed = base_images(&["--label", "portcullis.test.changed=1", "runtime"]);

@@ -72,7 +72,6 @@ impl Registry {
     pub fn any_up(&self, backends: &[Backend]) -> bool {
         self.all(backends).iter().any(|s| s.health.is_up())
     }
-
 }
 
 /// What the backend a new session would most likely reach supports (`states` are the

@@ -9,7 +9,6 @@
 //! [`UpstreamError::OutOfStep`] and the caller drops it without sending another byte.
 
 use super::registry::{BackendState, Registry};
-use std::sync::Arc;
 use crate::config::{Backend, BackendTls};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::metrics as admin_metrics;
@@ -19,6 +18,7 @@ use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use thiserror::Error;

@@ -134,7 +134,7 @@ pub async fn score(lists: &DnsLists, client: IpAddr) -> Score {
                  quota); the zone counts nothing until it answers again"
             );
         }
-        metrics::dnsbl_lookup(&zone.name, outcome);
+        metrics::dnsbl_lookup(&zone.name, outcome.label());
         outcomes.push((zone, outcome));
     }
     Score::of(outcomes)

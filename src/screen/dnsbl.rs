@@ -166,6 +166,18 @@ pub enum Outcome {
     Unusable(Unusable),
 }
 
+impl Outcome {
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Listed => "listed",
+            Outcome::NotListed => "not_listed",
+            Outcome::Unusable(Unusable::ErrorCode) => "error_code",
+            Outcome::Unusable(Unusable::Lookup) => "lookup_failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unusable {
     /// The list answered with an error code (blocked or public resolver, quota).
