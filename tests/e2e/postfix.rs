@@ -318,6 +318,19 @@ fn client_disconnect_mid_data_delivers_nothing() {
     assert_eq!(pf.count(&mark), 0);
 }
 
+/// Runs a Python smtplib `script` (its arguments: host, port, `mark`) against the
+/// proxy's `mx` listener; its standard output and error, once it has succeeded.
+fn smtplib(script: &str, proxy: &Proxy, mark: &str) -> (String, String) {
+    let addr = proxy.addr("mx");
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), mark])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    (stdout.into_owned(), stderr.into_owned())
+}
+
 /// A list server's message to 150 recipients, from Python's smtplib: 100 accepted, 50
 /// deferred with 452 (to be retried), the session kept, and Postfix queues the message
 /// once, for the 100.
@@ -339,13 +352,7 @@ with smtplib.SMTP(host, port, source_address=("127.0.0.79", 0), timeout=30) as s
     codes = sorted(set((c, m.decode()) for c, m in refused.values()))
     print(len(refused), codes, s.noop()[0])
 "#;
-    let addr = proxy.addr("mx");
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), &mark])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, _) = smtplib(script, &proxy, &mark);
     assert_eq!(stdout.trim(), "50 [(452, '4.5.3 Error: too many recipients')] 250");
     let msg = pf.delivered(&mark);
     let queued = format!("{}: from=<list@example.org>", msg.queue_id);
@@ -379,13 +386,8 @@ with smtplib.SMTP(host, port, source_address=("127.0.0.79", 0), timeout=30) as s
     refused = s.send_message(msg, mail_options=["SMTPUTF8"])
     print("refused:", refused)
 "#;
-    let addr = proxy.addr("mx");
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), &mark])
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{transcript}");
+    let (stdout, stderr) = smtplib(script, &proxy, &mark);
+    let transcript = stdout + &stderr;
     assert!(transcript.contains("SMTPUTF8 SMTPUTF8"), "smtplib no longer repeats it: {transcript}");
     assert!(transcript.contains("refused: {}"), "{transcript}");
     pf.delivered(&mark);
