@@ -3,17 +3,17 @@
 //!
 //! - the quick start's `up -d --build || down` failing (base images that do not exist)
 //!   leaves no container or network behind;
-//! - base images made by docker/base-images.sh (debootstrap + docker import); a second
+//! - base images made by deploy/docker/base-images.sh (debootstrap + docker import); a second
 //!   run keeps them (same image IDs), so a second build comes whole from the cache, and a
 //!   changed input makes a new image;
-//! - the image built from docker/Dockerfile itself, only the FROM images named; its size
-//!   and the binary's as docker/README.md states them;
-//! - docker/compose.yml up until Portcullis is healthy; mail from a client container on
+//! - the image built from deploy/docker/Dockerfile itself, only the FROM images named; its size
+//!   and the binary's as deploy/docker/README.md states them;
+//! - deploy/docker/compose.yml up until Portcullis is healthy; mail from a client container on
 //!   the stack's network through Portcullis to Postfix, which must log and stamp the
 //!   client's address, not Portcullis'; a relay attempt refused with 550 5.7.1; Postfix
 //!   refusing XCLIENT from anyone but Portcullis; the published ports and /metrics;
 //!   SIGHUP and SIGTERM reaching Portcullis as PID 1; nothing left after `down`;
-//! - docker/compose.transparent.yml: Portcullis (identity = "transparent") in front of
+//! - deploy/docker/compose.transparent.yml: Portcullis (identity = "transparent") in front of
 //!   clamsmtpd + clamd in front of Postfix: Postfix logs the client, the scanner stamps
 //!   the message, EICAR is discarded by the scanner;
 //! - every container and image the test made removed at the end, also when it fails.
@@ -243,7 +243,7 @@ struct Stack {
 impl Stack {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.compose[0]);
-        cmd.args(&self.compose[1..]).args(["-p", &self.project, "-f", &format!("{REPO}/docker/{}", self.file)]);
+        cmd.args(&self.compose[1..]).args(["-p", &self.project, "-f", &format!("{REPO}/deploy/docker/{}", self.file)]);
         cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
@@ -253,13 +253,13 @@ impl Stack {
     }
 
     /// `compose config` with no variables set (neither in the environment nor by a
-    /// docker/.env that base-images.sh wrote for the quick start): the file as shipped is
+    /// deploy/docker/.env that base-images.sh wrote for the quick start): the file as shipped is
     /// valid, and its output holds `expected`.
     fn check_defaults(&self, expected: &[&str]) {
         let empty = tempfile::NamedTempFile::new().unwrap();
         let mut config = Command::new(&self.compose[0]);
         config.args(&self.compose[1..]).arg("--env-file").arg(empty.path());
-        config.args(["-p", &self.project, "-f", &format!("{REPO}/docker/{}", self.file), "config"]);
+        config.args(["-p", &self.project, "-f", &format!("{REPO}/deploy/docker/{}", self.file), "config"]);
         for (var, _) in &self.env {
             config.env_remove(var);
         }
@@ -414,18 +414,19 @@ fn sample(metrics: &str, name: &str, label: &str) -> f64 {
 /// The number (MB) right after `before` in `text` (whitespace as one space).
 fn stated_mb(text: &str, before: &str) -> f64 {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let at = text.find(before).unwrap_or_else(|| panic!("docker/README.md lacks {before:?}")) + before.len();
+    let at = text.find(before).unwrap_or_else(|| panic!("deploy/docker/README.md lacks {before:?}")) + before.len();
     let number: String = text[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    number.parse().unwrap_or_else(|_| panic!("no number after {before:?} in docker/README.md"))
+    number.parse().unwrap_or_else(|_| panic!("no number after {before:?} in deploy/docker/README.md"))
 }
 
-/// The quick start's `up -d --build || down` (as docker/README.md gives it), with base
+/// The quick start's `up -d --build || down` (as deploy/docker/README.md gives it), with base
 /// images that exist nowhere, so that the build fails (no registry, or no such image in
 /// it): `up` fails, and after `down` no container or network of the project is left.
 fn failed_start(compose: &[String], prefix: &str, net: &str) {
-    let readme = std::fs::read_to_string(format!("{REPO}/docker/README.md")).unwrap();
-    let quick = "docker compose -f docker/compose.yml up -d --build || docker compose -f docker/compose.yml down";
-    assert!(readme.contains(quick), "docker/README.md's quick start lacks {quick:?}");
+    let readme = std::fs::read_to_string(format!("{REPO}/deploy/docker/README.md")).unwrap();
+    let quick =
+        "docker compose -f deploy/docker/compose.yml up -d --build || docker compose -f deploy/docker/compose.yml down";
+    assert!(readme.contains(quick), "deploy/docker/README.md's quick start lacks {quick:?}");
     let missing = format!("{prefix}/missing:none");
     let set = |k: &str, v: &str| (k.to_string(), v.to_string());
     let stack = Stack {
@@ -463,9 +464,9 @@ fn failed_start(compose: &[String], prefix: &str, net: &str) {
 #[test]
 fn shipped_configs_check_clean() {
     for file in [
-        "docker/portcullis.example.toml",
-        "docker/config/portcullis.compose.toml",
-        "docker/config/portcullis.transparent.toml",
+        "deploy/docker/portcullis.example.toml",
+        "deploy/docker/config/portcullis.compose.toml",
+        "deploy/docker/config/portcullis.transparent.toml",
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["check", "--config", &format!("{REPO}/{file}")])
@@ -510,13 +511,13 @@ fn image_and_compose_stacks() {
 
     // 1. Base images, without a registry.
     let base_images = |extra: &[&str]| -> Ran {
-        let mut cmd = Command::new(format!("{REPO}/docker/base-images.sh"));
+        let mut cmd = Command::new(format!("{REPO}/deploy/docker/base-images.sh"));
         cmd.args(["--prefix", &prefix, "--label", &format!("{RUN_LABEL}={run_id}")]).args(extra);
-        let ran = must(&mut cmd, "docker/base-images.sh", Duration::from_secs(900));
+        let ran = must(&mut cmd, "deploy/docker/base-images.sh", Duration::from_secs(900));
         ran.stderr.lines().for_each(|l| eprintln!("    {l}"));
         ran
     };
-    let made = timed(&mut timings, "base images (docker/base-images.sh)", || base_images(&[]).stdout);
+    let made = timed(&mut timings, "base images (deploy/docker/base-images.sh)", || base_images(&[]).stdout);
     let image_of = |var: &str| -> String {
         made.lines()
             .find_map(|l| l.strip_prefix(&format!("{var}=")))
@@ -525,16 +526,16 @@ fn image_and_compose_stacks() {
     };
     let (rust_image, runtime_image) = (image_of("RUST_IMAGE"), image_of("RUNTIME_IMAGE"));
 
-    // 2. The image, from docker/Dockerfile as a user builds it (only the FROM images named).
+    // 2. The image, from deploy/docker/Dockerfile as a user builds it (only the FROM images named).
     let image = format!("{prefix}/portcullis:test");
     let build = || {
         let (rust, runtime) = (format!("RUST_IMAGE={rust_image}"), format!("RUNTIME_IMAGE={runtime_image}"));
-        let dockerfile = format!("{REPO}/docker/Dockerfile");
+        let dockerfile = format!("{REPO}/deploy/docker/Dockerfile");
         let args = ["build", "-f", &dockerfile, "--build-arg", &rust, "--build-arg", &runtime, "-t", &image, REPO];
         must(&mut docker(&args), "docker build", Duration::from_secs(1500));
         docker_out(&["image", "inspect", "-f", "{{.Id}}", &image])
     };
-    let built = timed(&mut timings, "docker build -f docker/Dockerfile", build);
+    let built = timed(&mut timings, "docker build -f deploy/docker/Dockerfile", build);
 
     // base-images.sh again, nothing changed: every image kept as it is (no new image
     // IDs), and so a second build is the same image, every step from the cache.
@@ -577,17 +578,17 @@ fn image_and_compose_stacks() {
     for port in ["25/tcp", "465/tcp", "587/tcp", "9925/tcp"] {
         assert!(fields[4].contains(port), "port {port} not exposed: {config}");
     }
-    // The sizes docker/README.md states (in MB of 10^6 bytes, as `docker images`), within 15%.
+    // The sizes deploy/docker/README.md states (in MB of 10^6 bytes, as `docker images`), within 15%.
     let size = docker_out(&["image", "inspect", "-f", "{{.Size}}", &image]).parse::<f64>().unwrap() / 1e6;
     let stat = ["run", "--rm", "--entrypoint", "stat", &image, "-c", "%s", "/usr/local/bin/portcullis"];
     let binary = docker_out(&stat).parse::<f64>().unwrap() / 1e6;
     eprintln!("docker test: image {image}: {size:.1} MB, /usr/local/bin/portcullis {binary:.1} MB");
-    let readme = std::fs::read_to_string(format!("{REPO}/docker/README.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{REPO}/deploy/docker/README.md")).unwrap();
     for (what, before, measured) in [("image", "The image is about ", size), ("binary", "and the binary (", binary)] {
         let stated = stated_mb(&readme, before);
         assert!(
             (measured / stated - 1.0).abs() < 0.15,
-            "docker/README.md says the {what} is {stated} MB ({before:?}), measured {measured:.1} MB"
+            "deploy/docker/README.md says the {what} is {stated} MB ({before:?}), measured {measured:.1} MB"
         );
     }
     // System roots for backend TLS, though the runtime base has no ca-certificates; and
@@ -607,7 +608,7 @@ fn image_and_compose_stacks() {
         ("SCANNER_BUILD_IMAGE".to_string(), format!("{prefix}/scanner:test")),
     ];
 
-    // 3. docker/compose.yml. Networks of its own (not the defaults, which a stack a user
+    // 3. deploy/docker/compose.yml. Networks of its own (not the defaults, which a stack a user
     // runs may have), host ports that are free.
     let (smtp_port, admin_port) = (support::free_port(), support::free_port());
     let mut stack =
@@ -710,7 +711,7 @@ fn image_and_compose_stacks() {
     timed(&mut timings, "compose down -v", || stack.down());
     drop(stack);
 
-    // 4. docker/compose.transparent.yml: Portcullis -> clamsmtpd + clamd -> Postfix.
+    // 4. deploy/docker/compose.transparent.yml: Portcullis -> clamsmtpd + clamd -> Postfix.
     let (front, back) = (format!("10.153.{}", 26 + pid % 200), format!("10.154.{}", 26 + pid % 200));
     let mut stack = Stack {
         compose,

@@ -1,4 +1,4 @@
-//! dist/portcullis.service: systemd's own checker has nothing to say about it, its
+//! deploy/systemd/portcullis.service: systemd's own checker has nothing to say about it, its
 //! sandbox stays tight, and it keeps the contract the docs and the Dockerfile share
 //! (the binary and config paths, SIGHUP reload, SIGTERM drain with time to finish).
 //!
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const UNIT: &str = include_str!("../dist/portcullis.service");
+const UNIT: &str = include_str!("../deploy/systemd/portcullis.service");
 
 fn setting<'a>(key: &str) -> Vec<&'a str> {
     UNIT.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).collect()
@@ -332,7 +332,7 @@ fn fleet_files_agree() {
     // The instances run the image's command on this directory, and get longer than
     // drain_timeout to stop.
     let drain = duration(get_str(&config, "server.drain_timeout"));
-    assert!(FLEET_COMPOSE.contains("\n    dockerfile: docker/Dockerfile\n"));
+    assert!(FLEET_COMPOSE.contains("\n    dockerfile: deploy/docker/Dockerfile\n"));
     assert!(FLEET_COMPOSE.contains("\n    - .:/etc/portcullis:ro\n"));
     assert!(FLEET_COMPOSE.contains(r#"command: ["run", "--config", "/etc/portcullis/portcullis.toml"]"#));
     let grace: Vec<Duration> = FLEET_COMPOSE

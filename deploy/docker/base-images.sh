@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Make, without a container registry, the Debian base images that docker/Dockerfile and
-# docker/compose.yml start FROM: debootstrap a tree, `tar | docker import` it.
+# Make, without a container registry, the Debian base images that deploy/docker/Dockerfile and
+# deploy/docker/compose.yml start FROM: debootstrap a tree, `tar | docker import` it.
 #
 #   runtime  PREFIX/debian:bookworm-slim   debootstrap minbase, trimmed like debian:*-slim
 #                                          (stands in for debian:bookworm-slim)
@@ -14,13 +14,13 @@
 #                                          every crate this machine has already downloaded
 #                                          (run `cargo fetch` first).
 #                                          (stands in for rust:1.95-slim-bookworm)
-#   mail     PREFIX/mail:bookworm          minbase + postfix + swaks (for docker/postfix/)
+#   mail     PREFIX/mail:bookworm          minbase + postfix + swaks (for deploy/docker/postfix/)
 #   scanner  PREFIX/scanner:bookworm       minbase + clamsmtp, clamav-daemon, iproute2
-#                                          (for docker/scanner/)
+#                                          (for deploy/docker/scanner/)
 #
 # Usage (as root; needs debootstrap, docker, GNU tar, and deb.debian.org or --mirror):
 #
-#   docker/base-images.sh [--prefix NAME] [--cache DIR] [--mirror URL] [--security URL]
+#   deploy/docker/base-images.sh [--prefix NAME] [--cache DIR] [--mirror URL] [--security URL]
 #                         [--refresh] [--label KEY=VALUE]... [runtime] [rust] [mail] [scanner]
 #
 # --prefix  image names (default portcullis-local)
@@ -31,7 +31,7 @@
 # --label   added to every image (and so to every image built FROM them)
 #
 # Without image kinds it makes all four. On standard output it prints, for each image
-# made, a line for the build (usable with `eval`, or as docker/.env for compose):
+# made, a line for the build (usable with `eval`, or as deploy/docker/.env for compose):
 #
 #   RUNTIME_IMAGE=portcullis-local/debian:bookworm-slim
 #   RUST_IMAGE=portcullis-local/rust:1.95.0-slim-bookworm
@@ -55,7 +55,7 @@
 # something still uses it (then `docker image prune` removes it once unused).
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 prefix=portcullis-local
 cache=$repo/target/docker-base
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
