@@ -65,10 +65,6 @@ impl Registry {
         states.retain(|address, _| backends.iter().any(|b| &b.address == address));
     }
 
-    pub fn is_up(&self, backend: &Backend) -> bool {
-        self.get(backend).health.is_up()
-    }
-
     pub fn any_up(&self, backends: &[Backend]) -> bool {
         self.all(backends).iter().any(|s| s.health.is_up())
     }
@@ -102,7 +98,7 @@ mod tests {
         assert_eq!(state.slots.available_permits(), 2);
         let held = state.slots.clone().try_acquire_owned().unwrap();
         state.health.record(false, &crate::config::HealthCheck { fall: 1, ..first[0].check });
-        assert!(!registry.is_up(&first[0]));
+        assert!(!registry.get(&first[0]).health.is_up());
         // Same address and limit: the same slots; a new limit: new slots, same health.
         assert_eq!(registry.get(&backends("2")[0]).slots.available_permits(), 1);
         let resized = registry.get(&backends("5")[0]);
@@ -110,6 +106,6 @@ mod tests {
         assert!(!resized.health.is_up());
         drop(held);
         registry.keep_only(&backends("5")[1..]);
-        assert!(registry.is_up(&first[0]), "forgotten, then made anew");
+        assert!(registry.get(&first[0]).health.is_up(), "forgotten, then made anew");
     }
 }

@@ -27,6 +27,9 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
+/// What a client is told when its backend connection went away.
+pub const CONNECTION_LOST: &str = "451 4.4.2 Connection to the mail server lost, try again later";
+
 /// Trouble on the backend side. None of it is proven to be the client's fault, so
 /// every variant maps to a temporary (4xx) reply.
 #[derive(Debug, Error)]
@@ -66,7 +69,7 @@ impl UpstreamError {
             UpstreamError::IdentityRefused { .. } | UpstreamError::ClientValueRefused { .. } => {
                 "451 4.3.0 Service temporarily unavailable, try again later"
             }
-            _ => "451 4.4.2 Connection to the mail server lost, try again later",
+            _ => CONNECTION_LOST,
         }
     }
 

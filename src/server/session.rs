@@ -618,7 +618,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn failure(&mut self, kind: &'static str) -> Step {
         let Some(screen) = &self.screen else { return Ok(()) };
         let client = self.client.network(self.config.limits.ipv6_prefix);
-        if !self.client.origin.address_known() || !screen.failure(client, kind, &self.config.bans) {
+        if !self.client.address_known() || !screen.failure(client, kind, &self.config.bans) {
             return Ok(());
         }
         tracing::warn!(

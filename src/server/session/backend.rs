@@ -73,7 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// fault (a 503 here would make a sending MTA bounce what it should retry).
     pub(super) fn transaction_lost(&mut self) -> Step {
         tracing::info!(peer = %self.client.addr, listener = %self.listener.name, command = self.verb, "command in a transaction whose backend was lost; 451");
-        self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+        self.reply(crate::backend::upstream::CONNECTION_LOST);
         Ok(())
     }
 

@@ -34,10 +34,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Not offered where messages are held for content filters; the chunk is
             // still read whole, never taken for commands.
             _ if self.offered.held => Some("502 5.5.1 Error: BDAT not offered here; use DATA"),
-            None if self.phase.lost() => Some("451 4.4.2 Connection to the mail server lost, try again later"),
+            None if self.phase.lost() => Some(crate::backend::upstream::CONNECTION_LOST),
             None => Some("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => Some("503 5.5.1 Error: need RCPT command"),
-            Some(_) if self.upstream.is_none() => Some("451 4.4.2 Connection to the mail server lost, try again later"),
+            Some(_) if self.upstream.is_none() => Some(crate::backend::upstream::CONNECTION_LOST),
             Some(tx) => {
                 let so_far = tx.chunks.as_ref().map_or(0, |c| c.scanner.size());
                 (so_far.saturating_add(chunk.size) > self.config.limits.max_message_size)

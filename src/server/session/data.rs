@@ -81,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// `relay_354`); otherwise the client has the backend's refusal or ours.
     pub(super) async fn backend_data(&mut self, relay_354: bool) -> Result<bool, Outcome> {
         let Some(up) = self.upstream.as_mut() else {
-            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            self.reply(crate::backend::upstream::CONNECTION_LOST);
             return Ok(false);
         };
         let reply = up.command(b"DATA\r\n", Asked::Data).await;

@@ -272,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let facts = self.facts();
         let Some(up) = self.upstream.as_mut() else {
-            self.reply("451 4.4.2 Connection to the mail server lost, try again later");
+            self.reply(crate::backend::upstream::CONNECTION_LOST);
             return Ok(false);
         };
         let remade = async {

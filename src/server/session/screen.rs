@@ -23,7 +23,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// client that is refused anyway.
     pub(super) async fn screen_connection(&mut self) -> Step {
         let Some(screen) = self.screen.clone() else { return Ok(()) };
-        if !self.client.origin.address_known() {
+        if !self.client.address_known() {
             return Ok(());
         }
         let client = self.client.network(self.config.limits.ipv6_prefix);
@@ -63,7 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// RFC 5321's rule that every line of a reply has one code); with a local
     /// resolver and its cache that costs milliseconds, within `[screen] dnsbl_timeout`.
     pub(super) async fn screen_before_greeting(&mut self) -> Step {
-        if self.screen.is_none() || self.ours() || !self.client.origin.address_known() {
+        if self.screen.is_none() || self.ours() || !self.client.address_known() {
             return Ok(());
         }
         self.dns_lists().await?;
