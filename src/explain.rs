@@ -133,7 +133,7 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
 fn identity(w: &mut String, config: &Config, client: ClientAddr, local: LocalAddr, q: &Question) {
     let Some(backend) = config.backends.first() else { return };
     let who = crate::addr::Client::direct(client, local);
-    let facts = ClientFacts { client: who, helo: q.helo.clone(), esmtp: true, login: q.user.clone() };
+    let facts = ClientFacts { client: who, helo: &q.helo, esmtp: true, login: q.user.as_deref() };
     let _ = writeln!(w, "backend {} (identity {:?}) would be told:", backend.address, backend.identity.name());
     let mut caps_bytes = bytes::BytesMut::from(FULL_EHLO);
     let caps = ReplyParser::parse(&mut caps_bytes)

@@ -150,7 +150,7 @@ impl Upstream {
     pub async fn connect(
         backends: &[Backend],
         states: &[Arc<BackendState>],
-        facts: &ClientFacts,
+        facts: &ClientFacts<'_>,
         hostname: &str,
         skip: &[String],
     ) -> Result<Self, UpstreamError> {
@@ -210,7 +210,7 @@ impl Upstream {
         backend: &Backend,
         state: &BackendState,
         slot: OwnedSemaphorePermit,
-        facts: &ClientFacts,
+        facts: &ClientFacts<'_>,
         hostname: &str,
     ) -> Result<Self, UpstreamError> {
         if !facts.client.address_known()
@@ -249,7 +249,7 @@ impl Upstream {
         let name = match backend.identity {
             Identity::Xclient | Identity::Xforward => Name::Ours(hostname),
             Identity::None if backend.reuse.is_some() => Name::Ours(hostname),
-            _ => Name::Clients(&facts.helo),
+            _ => Name::Clients(facts.helo),
         };
         let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_header(facts.client.addr, facts.client.local)),
@@ -429,7 +429,7 @@ impl Upstream {
         }
     }
 
-    async fn xclient(&mut self, facts: &ClientFacts) -> Result<(), UpstreamError> {
+    async fn xclient(&mut self, facts: &ClientFacts<'_>) -> Result<(), UpstreamError> {
         let lines = xclient::commands(facts, &self.caps);
         for line in lines {
             let reply = self.command(line.as_bytes(), Asked::Xclient).await?;
@@ -437,7 +437,7 @@ impl Upstream {
             self.check_identity_reply("XCLIENT", &reply)?;
         }
         // The session restarted as the client's: greet as the client did.
-        self.hello(Name::Clients(&facts.helo)).await
+        self.hello(Name::Clients(facts.helo)).await
     }
 
     /// A refused identity command. 501 is a syntax error in what was sent, and every
@@ -459,7 +459,7 @@ impl Upstream {
     /// same write as MAIL if the backend pipelines), then the MAIL line. Returns the
     /// reply to MAIL. A refused XFORWARD is an error; the caller then drops this
     /// connection, which also ends a MAIL the backend may have accepted.
-    pub async fn mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
+    pub async fn mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
         if self.caps.pipelining || self.identity != Identity::Xforward {
             self.queue_mail(facts, mail_line)?;
             return self.mail_reply().await;
@@ -477,7 +477,7 @@ impl Upstream {
     /// Queues the start of a transaction (XFORWARD when that is the identity method,
     /// then MAIL) for the next write; [`Upstream::mail_reply`] reads its replies. With
     /// XFORWARD this needs PIPELINING (see [`Upstream::mail`]).
-    pub fn queue_mail(&mut self, facts: &ClientFacts, mail_line: &[u8]) -> Result<(), UpstreamError> {
+    pub fn queue_mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<(), UpstreamError> {
         self.messages += 1;
         self.in_transaction = true;
         if self.identity == Identity::Xforward {

@@ -53,19 +53,20 @@ impl Identity {
     }
 }
 
-/// What is passed on about the client.
-#[derive(Debug, Clone)]
-pub struct ClientFacts {
+/// What is passed on about the client, borrowed from the session for each connect or
+/// MAIL.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFacts<'a> {
     /// The client as made at accept. When a PROXY header did not say who the client is,
     /// its address is the load balancer's, and the backend must not be told it is the
     /// client's.
     pub client: Client,
     /// The name the client gave in HELO/EHLO.
-    pub helo: String,
+    pub helo: &'a str,
     /// Whether the client said EHLO (ESMTP) rather than HELO.
     pub esmtp: bool,
     /// The user the client authenticated as, if it did.
-    pub login: Option<String>,
+    pub login: Option<&'a str>,
 }
 
 /// Longest XCLIENT / XFORWARD command line, CRLF included (Postfix's limit).

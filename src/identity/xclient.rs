@@ -6,17 +6,17 @@ use crate::smtp::{Capabilities, xtext};
 
 /// The XCLIENT lines to send, holding only attributes the backend advertised, with
 /// NAME and ADDR last. Empty if the backend offers none of them.
-pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+pub fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
         ("PROTO", proto.to_string()),
-        ("HELO", helo_value(&facts.helo)),
+        ("HELO", helo_value(facts.helo)),
         ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
         ("DESTADDR", addr_value(client.local.ip())),
         ("DESTPORT", client.local.socket().port().to_string()),
         // Tells the backend the session is authenticated (Postfix: smtpd_sasl_* sees it).
-        ("LOGIN", facts.login.as_deref().map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
+        ("LOGIN", facts.login.map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
         // No reverse DNS here: the backend is told the name is unknown.
         ("NAME", "[UNAVAILABLE]".to_string()),
         ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
@@ -33,13 +33,13 @@ mod tests {
     use super::*;
     use crate::addr::{Client, ClientAddr, LocalAddr};
 
-    fn facts(client: &str) -> ClientFacts {
+    fn facts(client: &str) -> ClientFacts<'static> {
         ClientFacts {
             client: Client::direct(
                 ClientAddr::new(client.parse().unwrap()),
                 LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             ),
-            helo: "client name+x".into(),
+            helo: "client name+x",
             esmtp: true,
             login: None,
         }
@@ -72,7 +72,7 @@ mod tests {
         );
         assert!(commands(&facts("203.0.113.9:1"), &caps(&[])).is_empty());
         let mut logged_in = facts("203.0.113.9:1");
-        logged_in.login = Some("alice smith".into());
+        logged_in.login = Some("alice smith");
         assert_eq!(
             commands(&logged_in, &caps(&["ADDR", "LOGIN"])),
             vec!["XCLIENT LOGIN=alice+20smith ADDR=203.0.113.9\r\n".to_string()]

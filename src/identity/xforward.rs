@@ -4,7 +4,7 @@
 use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
 use crate::smtp::Capabilities;
 
-pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
+pub fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [
@@ -12,7 +12,7 @@ pub fn commands(facts: &ClientFacts, caps: &Capabilities) -> Vec<String> {
         ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
         ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
         ("PROTO", proto.to_string()),
-        ("HELO", helo_value(&facts.helo)),
+        ("HELO", helo_value(facts.helo)),
         ("SOURCE", "REMOTE".to_string()),
     ];
     let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xforward_offers(name)).collect();
@@ -31,7 +31,7 @@ mod tests {
                 ClientAddr::new("203.0.113.9:4000".parse().unwrap()),
                 LocalAddr::new("192.0.2.25:25".parse().unwrap()),
             ),
-            helo: "c.example".into(),
+            helo: "c.example",
             esmtp: false,
             login: None,
         };

@@ -7,12 +7,12 @@
 //! replies owed for commands pipelined to it, [`io`] the client's lines and replies,
 //! [`screen`] the screening before the greeting, and [`filter`] the content filters.
 //!
-//! The state: the [`Phase`] (connected, greeted, in a transaction), `authenticated`,
-//! the client stream (plain or TLS) and `upstream` (the backend connection, opened by
-//! the first MAIL or by AUTH in backend mode). A transaction without an upstream means
-//! the backend was lost mid-transaction, or given back while the client was idle
-//! without a recipient (then the MAIL is sent again on a new connection at the next
-//! RCPT).
+//! The state: the [`Phase`] (connected, greeted, in a transaction, lost), `authenticated`
+//! and the client stream (plain or TLS). A transaction owns its backend leg
+//! ([`backend::Leg`]): open on a connection, given back while the client idles without a
+//! recipient (the MAIL goes again at the next RCPT), or withheld from a listed client; a
+//! transaction whose backend failed is [`Phase::Lost`]. Between transactions the
+//! connection (opened by AUTH in backend mode, or kept after a message) is `idle`.
 
 mod auth;
 mod backend;
@@ -139,22 +139,35 @@ enum Read {
 }
 
 /// What the session knows of one open mail transaction.
-#[derive(Debug, Default)]
 struct Transaction {
+    /// Where the transaction stands with the backend.
+    leg: backend::Leg,
     recipients: u32,
     /// Recipients refused for `max_recipients` so far.
     overshoot: u32,
     /// The MAIL line as the backend got it, to send again when the backend connection
     /// was given back before any recipient (see `release_idle_upstream`).
     mail_line: Vec<u8>,
-    /// The backend connection was given back while idle: reconnect at the next RCPT.
-    released: bool,
     /// MAIL said SMTPUTF8: addresses may be UTF-8.
     smtputf8: bool,
     /// The message is coming in BDAT chunks.
     chunks: Option<bdat::Chunks>,
     /// BODY=BINARYMIME: BDAT only, passed on untouched.
     binary: bool,
+}
+
+impl Transaction {
+    fn new(leg: backend::Leg, mail_line: &[u8], declared: &crate::smtp::mail::MailParams) -> Self {
+        Self {
+            leg,
+            recipients: 0,
+            overshoot: 0,
+            mail_line: mail_line.to_vec(),
+            smtputf8: declared.smtputf8,
+            chunks: None,
+            binary: declared.binary,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -262,12 +275,18 @@ impl Phase {
         }
     }
 
-    /// The backend went away inside the open transaction, if any.
-    fn lose_transaction(&mut self) {
-        *self = match std::mem::replace(self, Phase::Connected) {
-            Phase::Transaction(h, _) => Phase::Lost(h),
-            other => other,
-        };
+    /// The backend went away inside the open transaction, if any: its leg goes with it.
+    fn lose_transaction(&mut self) -> Option<Box<Upstream>> {
+        match std::mem::replace(self, Phase::Connected) {
+            Phase::Transaction(h, tx) => {
+                *self = Phase::Lost(h);
+                tx.leg.into_open()
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
     }
 
     fn lost(&self) -> bool {
@@ -313,7 +332,9 @@ pub struct Session<S> {
     filters: Option<Box<crate::milter::Filters>>,
     /// The SASL mechanism the client logged in with (for filters' `{auth_type}`).
     auth_mechanism: Option<&'static str>,
-    upstream: Option<Box<Upstream>>,
+    /// The backend connection between transactions (see [`backend::Leg`] for the one a
+    /// transaction holds).
+    idle: Option<Box<Upstream>>,
     /// Replies owed to the client for commands pipelined to the backend, in order.
     pending: std::collections::VecDeque<pipeline::Pending>,
     stats: Stats,
@@ -346,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             listed: None,
             filters: None,
             auth_mechanism: None,
-            upstream: None,
+            idle: None,
             pending: Default::default(),
             stats: Stats::default(),
             stop: CancellationToken::new(),
@@ -449,7 +470,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Outcome::ClientClosed => self.phase.transaction().is_none(),
             _ => false,
         };
-        if let Some(upstream) = self.upstream.take()
+        if let Some(upstream) = self.take_connection()
             && clean
         {
             Box::pin(self.give_back(upstream)).await;

@@ -68,7 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 });
                 if !backend_mode {
                     // The next backend connection carries the login (XCLIENT LOGIN).
-                    self.upstream = None;
+                    self.drop_connection();
                 }
                 Ok(())
             }
@@ -173,11 +173,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         mechanism: Mechanism,
         initial: Option<&str>,
     ) -> Result<Verdict, Outcome> {
-        if self.connect_upstream(&[]).await.is_err() {
-            self.reply("454 4.7.0 Temporary authentication failure");
-            return Ok(Verdict::Answered);
+        match self.connect_upstream(&[]).await {
+            Ok(up) => self.idle = Some(up),
+            Err(_) => {
+                self.reply("454 4.7.0 Temporary authentication failure");
+                return Ok(Verdict::Answered);
+            }
         }
-        if self.upstream.as_ref().is_some_and(|u| u.capabilities().auth.is_none()) {
+        if self.idle.as_ref().is_some_and(|u| u.capabilities().auth.is_none()) {
             tracing::warn!(peer = %self.client.addr, "auth.mode = \"backend\" but the backend does not offer AUTH");
             self.reply("454 4.7.0 Temporary authentication failure");
             return Ok(Verdict::Answered);
@@ -220,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn upstream_command(&mut self, bytes: &[u8]) -> Result<Reply, UpstreamError> {
-        match self.upstream.as_mut() {
+        match self.idle.as_mut() {
             Some(up) => up.command(bytes, Asked::Auth).await,
             None => Err(UpstreamError::Closed),
         }

@@ -5,6 +5,7 @@
 //! smuggling rules as DATA. Our own `250` to a chunk acknowledges only its bytes; the
 //! reply to the last chunk is always the backend's.
 
+use super::backend::Leg;
 use super::{Outcome, Session, Step};
 use crate::backend::upstream::UpstreamError;
 use crate::metrics;
@@ -37,7 +38,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None if self.phase.lost() => Some(crate::backend::upstream::CONNECTION_LOST),
             None => Some("503 5.5.1 Error: need MAIL command"),
             Some(tx) if tx.recipients == 0 => Some("503 5.5.1 Error: need RCPT command"),
-            Some(_) if self.upstream.is_none() => Some(crate::backend::upstream::CONNECTION_LOST),
+            Some(tx) if !matches!(tx.leg, Leg::Open(_)) => Some(crate::backend::upstream::CONNECTION_LOST),
             Some(tx) => {
                 let so_far = tx.chunks.as_ref().map_or(0, |c| c.scanner.size());
                 (so_far.saturating_add(chunk.size) > self.config.limits.max_message_size)
@@ -49,8 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if reply.starts_with("552") {
                 metrics::limit_refused("limits.max_message_size");
                 metrics::message("rejected");
-                self.upstream = None;
-                self.phase.end_transaction();
+                self.abandon_transaction();
             }
             if reply.starts_with('4') {
                 self.phase.lose_transaction();
@@ -66,8 +66,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut upstream_error: Option<UpstreamError> = None;
         if !via_data {
             let header = format!("BDAT {}{}\r\n", chunk.size, if chunk.last { " LAST" } else { "" });
-            let up = self.upstream.as_mut().expect("checked above");
-            if let Err(e) = up.bdat(header.as_bytes(), chunk.last).await {
+            let sent = match self.connection_mut() {
+                Some(up) => up.bdat(header.as_bytes(), chunk.last).await,
+                None => Err(UpstreamError::Closed),
+            };
+            if let Err(e) = sent {
                 upstream_error = Some(e);
             }
         }
@@ -80,10 +83,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// client has the backend's reply and the transaction is over.
     async fn begin_chunks(&mut self) -> Result<bool, Outcome> {
         let binary = self.phase.transaction().is_some_and(|tx| tx.binary);
-        let up = self.upstream.as_mut().expect("checked by the caller");
         // Binary content has no lines: it goes on untouched (MAIL made sure the backend
         // takes BINARYMIME, hence BDAT).
         let policy = if binary { BareLf::Allow } else { self.config.limits.bare_lf };
+        let Some(up) = self.connection_mut() else {
+            self.phase.lose_transaction();
+            self.reply(crate::backend::upstream::CONNECTION_LOST);
+            return Ok(false);
+        };
         let via_data = !binary && (!up.capabilities().chunking || policy == BareLf::Normalize);
         if via_data {
             let reply = match up.command(b"DATA\r\n", Asked::Data).await {
@@ -95,8 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             if !reply.is_intermediate() {
                 // The backend's transaction stays open behind its refusal: drop it.
-                self.upstream = None;
-                self.phase.end_transaction();
+                self.abandon_transaction();
                 self.relay_reply(&reply)?;
                 return Ok(false);
             }
@@ -129,7 +135,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 bytes::BytesMut::new()
             };
-            if let Some(chunks) = self.phase.transaction_mut().and_then(|tx| tx.chunks.as_mut()) {
+            if let Some(tx) = self.phase.transaction_mut()
+                && let Some(chunks) = tx.chunks.as_mut()
+            {
                 out.clear();
                 chunks.scanner.scan(&part, &mut out);
                 if chunk.last && remaining == 0 {
@@ -137,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 let go_on = chunks.scanner.violation().is_none() && upstream_error.is_none() && !out.is_empty();
                 if go_on
-                    && let Some(up) = self.upstream.as_mut()
+                    && let Leg::Open(up) = &mut tx.leg
                     && let Err(e) = up.send_body(&out).await
                 {
                     upstream_error = Some(e);
@@ -164,15 +172,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             metrics::message("failed");
             return self.upstream_failed(e, "BDAT");
         }
-        let up = self.upstream.as_mut().expect("a chunk in progress has its backend");
-        let reply = match (via_data, chunk.last) {
-            (true, false) => {
-                let text = format!("250 2.0.0 {} octets received", chunk.size);
-                self.reply(&text);
-                return Ok(());
-            }
-            (true, true) => up.end_of_data().await,
-            (false, _) => up.reply().await,
+        if via_data && !chunk.last {
+            let text = format!("250 2.0.0 {} octets received", chunk.size);
+            self.reply(&text);
+            return Ok(());
+        }
+        let reply = match self.connection_mut() {
+            Some(up) if via_data => up.end_of_data().await,
+            Some(up) => up.reply().await,
+            None => Err(UpstreamError::Closed),
         };
         let reply = match reply {
             Ok(r) => r,
@@ -181,14 +189,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.upstream_failed(e, if chunk.last { "end of data" } else { "BDAT" });
             }
         };
-        if chunk.last || !reply.is_positive() {
-            self.phase.end_transaction();
+        if chunk.last {
+            self.end_transaction();
             self.count_message(&reply);
-            if !chunk.last {
-                // The backend refused a chunk inside its transaction: that connection is
-                // in no state to start another one.
-                self.upstream = None;
-            }
+        } else if !reply.is_positive() {
+            // The backend refused a chunk inside its transaction: that connection is
+            // in no state to start another one.
+            self.abandon_transaction();
+            self.count_message(&reply);
         }
         self.relay_reply(&reply)
     }

@@ -14,8 +14,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// is abandoned by closing its connection (it never sees the final dot), and the
     /// client gets the refusal.
     pub(super) fn refuse_message(&mut self, v: Violation, size: u64) -> Step {
-        self.upstream = None;
-        self.phase.end_transaction();
+        self.abandon_transaction();
         tracing::info!(peer = %self.client.addr, listener = %self.listener.name, reason = v.reason(), size, "message refused");
         metrics::message("rejected");
         self.refuse(v.reply())
@@ -56,14 +55,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.reply("554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)");
             return Err(Outcome::Pipelining);
         }
-        if self.upstream.is_some() && !self.listener.milters.is_empty() {
+        if self.connection().is_some() && !self.listener.milters.is_empty() {
             return Box::pin(self.filtered_data()).await;
         }
         let body_follows = if self.pending.is_empty() {
             self.backend_data(true).await?
         } else {
             // DATA ends the pipelined group; its reply comes after the others.
-            let queued = self.upstream.as_mut().map(|up| up.queue(b"DATA\r\n", Asked::Data));
+            let queued = self.connection_mut().map(|up| up.queue(b"DATA\r\n", Asked::Data));
             match queued {
                 Some(Ok(())) => self.pending.push_back(Pending::Data),
                 Some(Err(e)) => self.upstream_failed(e, "DATA")?,
@@ -80,7 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// DATA at the backend: true when it said 354 (relayed to the client when
     /// `relay_354`); otherwise the client has the backend's refusal or ours.
     pub(super) async fn backend_data(&mut self, relay_354: bool) -> Result<bool, Outcome> {
-        let Some(up) = self.upstream.as_mut() else {
+        let Some(up) = self.connection_mut() else {
             self.reply(crate::backend::upstream::CONNECTION_LOST);
             return Ok(false);
         };
@@ -123,7 +122,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The backend's reply to the end of data (whose dot has gone out), counted and
     /// relayed to the client.
     pub(super) async fn finish_message(&mut self) -> Step {
-        let up = self.upstream.as_mut().expect("a message needs an upstream");
+        let Some(up) = self.connection_mut() else {
+            metrics::message("failed");
+            self.reply(crate::backend::upstream::CONNECTION_LOST);
+            return Ok(());
+        };
         match up.end_of_data().await {
             Ok(reply) => {
                 self.count_message(&reply);
@@ -163,8 +166,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 let bytes: &[u8] = if scanner.rewrites() { &rewritten } else { &chunk };
                 match sink {
                     BodySink::Backend(error @ None) => {
-                        let up = self.upstream.as_mut().expect("DATA needs an upstream");
-                        if let Err(e) = up.send_body(bytes).await {
+                        let sent = match self.connection_mut() {
+                            Some(up) => up.send_body(bytes).await,
+                            None => Err(UpstreamError::Closed),
+                        };
+                        if let Err(e) = sent {
                             *error = Some(e);
                         }
                     }
@@ -180,7 +186,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
         }
-        self.phase.end_transaction();
+        // The client's transaction ends with its final dot; the connection stays for the
+        // backend's reply to it.
+        self.end_transaction();
         if let Some(v) = scanner.violation() {
             self.refuse_message(v, scanner.size())?;
             return Ok(None);

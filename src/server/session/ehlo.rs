@@ -10,10 +10,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn hello(&mut self, name: &str, esmtp: bool) -> Step {
         self.reset_transaction().await?;
         let renamed = self.phase.helo().is_some_and(|h| h.name != name || h.esmtp != esmtp);
-        if renamed && self.upstream.is_some() && !self.logged_in_at_backend() {
+        if renamed && !self.logged_in_at_backend() {
             // The open connection told the backend the old name (XCLIENT HELO=, or the
             // EHLO it was opened with): the next MAIL opens one that tells the new one.
-            if let Some(up) = self.upstream.take() {
+            if let Some(up) = self.idle.take() {
                 up.quit().await;
             }
         }
@@ -39,7 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             held: !self.listener.milters.is_empty(),
             ..Offer::default()
         };
-        match &self.upstream {
+        match self.connection() {
             Some(up) => offer.following(up.capabilities()),
             None => {
                 let states = self.backend_states();

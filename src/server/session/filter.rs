@@ -124,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(e) = error {
             tracing::error!(peer = %self.client.addr, error = %e, "message could not be held (temporary file); refused for now");
             self.abort_filters().await;
-            self.upstream = None;
+            self.drop_connection();
             metrics::message("failed");
             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
             return Ok(());
@@ -203,7 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         metrics::message(if e.refusal().is_some() { "rejected" } else { "failed" });
         let Some((limit, reply)) = e.refusal() else {
             tracing::error!(peer = %self.client.addr, error = %e, "held message unreadable; refused for now");
-            self.upstream = None;
+            self.drop_connection();
             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
             return Ok(());
         };
@@ -222,10 +222,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The backend's transaction for a message that will not come: RSET.
     async fn drop_backend_transaction(&mut self) -> Step {
-        if let Some(up) = self.upstream.as_mut()
+        if let Some(up) = self.connection_mut()
             && !up.command(b"RSET\r\n", Asked::Rset).await.is_ok_and(|r| r.is_positive())
         {
-            self.upstream = None;
+            self.drop_connection();
         }
         Ok(())
     }
@@ -270,8 +270,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.drop_backend_transaction().await?;
             return Ok(false);
         }
-        let facts = self.facts();
-        let Some(up) = self.upstream.as_mut() else {
+        // The client's transaction ended with its final dot: the connection is idle.
+        let facts = super::backend::facts_of(self.client, &self.phase, self.authenticated.as_deref());
+        let Some(up) = self.idle.as_deref_mut() else {
             self.reply(crate::backend::upstream::CONNECTION_LOST);
             return Ok(false);
         };
@@ -302,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match remade {
             Ok(None) => Ok(true),
             Ok(Some(refusal)) => {
-                self.upstream = None;
+                self.drop_connection();
                 match refusal {
                     Some(reply) => self.relay_reply(&reply)?,
                     None => self.reply("451 4.3.0 Error: the recipients could not be confirmed again, try again later"),
@@ -321,7 +322,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.backend_data(false).await? {
             return Ok(());
         }
-        let up = self.upstream.as_mut().expect("the backend said 354");
+        let Some(up) = self.connection_mut() else {
+            metrics::message("failed");
+            self.reply(crate::backend::upstream::CONNECTION_LOST);
+            return Ok(());
+        };
         let mut buf = vec![0u8; 64 * 1024];
         for part in held.render(edits) {
             let sent = match part {
@@ -331,7 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Ok(n) => n,
                         Err(e) => {
                             tracing::error!(error = %e, "held message unreadable; backend transaction abandoned");
-                            self.upstream = None;
+                            self.drop_connection();
                             self.reply("451 4.3.0 Error: local problem holding the message, try again later");
                             return Ok(());
                         }

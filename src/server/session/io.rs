@@ -17,8 +17,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         debug_assert!(self.pending.is_empty(), "backend replies are relayed in order");
         self.out.extend_from_slice(reply.as_bytes());
         if reply.code == 421 {
-            self.upstream = None;
-            self.phase.end_transaction();
+            self.abandon_transaction();
             return Err(Outcome::BackendClosing);
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! transaction opens when MAIL goes to the backend and ends again if the backend
 //! refuses it (its reply may come later: [`super::pipeline`]).
 
+use super::backend::Leg;
 use super::pipeline::Pending;
 use super::{Outcome, Session, Step, Transaction};
 use crate::backend::upstream::UpstreamError;
@@ -49,8 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.enforced_refusal().is_some() {
             // Listed by the DNS lists ("enforce"): no backend for this client; each
             // RCPT is refused, so the log shows who it wanted to send to.
-            let tx = Transaction { mail_line: line.to_vec(), smtputf8: declared.smtputf8, ..Transaction::default() };
-            self.phase.begin_transaction(tx);
+            self.phase.begin_transaction(Transaction::new(Leg::Withheld, line, &declared));
             self.reply("250 2.1.0 Ok");
             return Ok(());
         }
@@ -64,35 +64,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             super::filter::Filtered::Discard => true,
             super::filter::Filtered::Refused => return Ok(()),
         };
-        if let Err(e) = self.connect_upstream(&[]).await {
-            return self.upstream_failed(e, "MAIL");
-        }
-        let facts = self.facts();
-        let up = self.upstream.as_mut().expect("connected above");
+        let mut up = match self.connect_upstream(&[]).await {
+            Ok(up) => up,
+            Err(e) => return self.upstream_failed(e, "MAIL"),
+        };
         let forward = match mail::for_backend(up.capabilities(), line, path, params) {
             Ok(forward) => forward,
-            Err(refusal) => return self.backend_lacks(&refusal.reply(), "MAIL"),
+            Err(refusal) => {
+                self.idle = Some(up);
+                return self.backend_lacks(&refusal.reply(), "MAIL");
+            }
+        };
+        let facts = self.facts();
+        // (Never with filters, so never a message to discard.)
+        let pipelined = self.pipelines_on(&up);
+        let sent = if pipelined {
+            up.queue_mail(&facts, &forward).map(|()| None)
+        } else {
+            up.mail(&facts, &forward).await.map(Some)
         };
         // Open until the backend refuses the MAIL: pipelined RCPTs are checked against it.
-        let tx = Transaction {
-            mail_line: line.to_vec(),
-            smtputf8: declared.smtputf8,
-            binary: declared.binary,
-            ..Transaction::default()
-        };
-        self.phase.begin_transaction(tx);
-        if self.pipelines() {
-            // (Never with filters, so never a message to discard.)
-            let up = self.upstream.as_mut().expect("connected above");
-            match up.queue_mail(&facts, &forward) {
-                Ok(()) => self.pending.push_back(Pending::Mail),
-                Err(e) => self.mail_replied(Err(e), discard, &Default::default()).await?,
+        self.phase.begin_transaction(Transaction::new(Leg::Open(up), line, &declared));
+        match sent {
+            Ok(None) => {
+                self.pending.push_back(Pending::Mail);
+                Ok(())
             }
-            return Ok(());
+            Ok(Some(reply)) => self.mail_replied(Ok(reply), discard, &Default::default()).await,
+            Err(e) => self.mail_replied(Err(e), discard, &Default::default()).await,
         }
-        let up = self.upstream.as_mut().expect("connected above");
-        let sent = up.mail(&facts, &forward).await;
-        self.mail_replied(sent, discard, &Default::default()).await
     }
 
     /// The backend's reply to MAIL, or its failure. Nothing of the transaction is
@@ -108,7 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let reply = match result {
             Ok(reply) => reply,
             Err(e) if e.worth_reconnecting() => {
-                let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
+                let address = self.take_connection().map(|u| u.address).unwrap_or_default();
                 tracing::warn!(
                     peer = %self.client.addr, backend = %address, error = ?e.to_string(),
                     "backend failed at MAIL; connection closed, trying a new one"
@@ -120,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         reply
                     }
                     Ok(Err(refusal)) => {
-                        self.phase.end_transaction();
+                        self.end_transaction();
                         return self.backend_lacks(&refusal.reply(), "MAIL");
                     }
                     Err(e) => return self.upstream_failed(e, "MAIL"),
@@ -134,7 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.discard_current();
             }
         } else {
-            self.phase.end_transaction();
+            self.end_transaction();
         }
         self.relay_reply(&reply)?;
         if reply.code >= 500 {
@@ -146,7 +146,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Sends the open transaction's MAIL on a new backend connection, passing over the
     /// backends in `skip`, and tries again while the failure is one a fresh connection
     /// may not have; the inner error when the backend cannot take the MAIL the client
-    /// sent (nothing was sent then).
+    /// sent (nothing was sent then, and the connection is idle). On a reply the
+    /// connection is the transaction's leg.
     async fn send_mail_again(&mut self, mut skip: Vec<String>) -> Result<Result<Reply, MailRefusal>, UpstreamError> {
         let client_line = self.phase.transaction().map(|tx| tx.mail_line.clone()).unwrap_or_default();
         let text = &client_line[..client_line.len().saturating_sub(2)];
@@ -156,18 +157,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            self.upstream = None;
-            self.connect_upstream(&skip).await?;
+            self.drop_connection();
+            let mut up = self.connect_upstream(&skip).await?;
             let facts = self.facts();
-            let up = self.upstream.as_mut().expect("connected above");
             let forward = match mail::for_backend(up.capabilities(), &client_line, path, &params) {
                 Ok(forward) => forward,
-                Err(refusal) => return Ok(Err(refusal)),
+                Err(refusal) => {
+                    self.idle = Some(up);
+                    return Ok(Err(refusal));
+                }
             };
             match up.mail(&facts, &forward).await {
-                Ok(reply) => return Ok(Ok(reply)),
+                Ok(reply) => {
+                    if let Some(tx) = self.phase.transaction_mut() {
+                        tx.leg = Leg::Open(up);
+                    }
+                    return Ok(Ok(reply));
+                }
                 Err(e) if e.worth_reconnecting() && attempts <= self.config.backends.len() => {
-                    let address = self.upstream.take().map(|u| u.address).unwrap_or_default();
+                    let address = up.address;
                     tracing::warn!(
                         peer = %self.client.addr, backend = %address, error = ?e.to_string(),
                         "backend failed at MAIL again; connection closed, trying a new one"
@@ -186,14 +194,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// reply and the transaction is over.
     pub(super) async fn resume_transaction(&mut self) -> Result<bool, Outcome> {
         match self.send_mail_again(Vec::new()).await {
-            Ok(Ok(reply)) if reply.is_positive() => {
-                if let Some(tx) = self.phase.transaction_mut() {
-                    tx.released = false;
-                }
-                Ok(true)
-            }
+            Ok(Ok(reply)) if reply.is_positive() => Ok(true),
             Ok(Err(refusal)) => {
-                self.phase.end_transaction();
+                self.end_transaction();
                 self.backend_lacks(&refusal.reply(), "MAIL again")?;
                 Ok(false)
             }
@@ -202,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     peer = %self.client.addr, reply = ?reply.first_line(),
                     "backend refused the MAIL sent again after an idle pause; transaction ended"
                 );
-                self.phase.end_transaction();
+                self.end_transaction();
                 self.reply("451 4.3.0 Transaction lost, try again later");
                 Ok(false)
             }

@@ -20,7 +20,7 @@
 //! body byte leaves unless the reply read for DATA is the 354 to it.
 
 use super::{Outcome, Session, Step};
-use crate::backend::upstream::UpstreamError;
+use crate::backend::upstream::{Upstream, UpstreamError};
 use crate::smtp::{Asked, Reply};
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,7 +41,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Whether MAIL, RCPT and DATA may go to the backend ahead of their replies.
     /// Listeners with content filters ask them between commands, in lock step.
     pub(super) fn pipelines(&self) -> bool {
-        self.listener.milters.is_empty() && self.upstream.as_ref().is_some_and(|up| up.capabilities().pipelining)
+        self.connection().is_some_and(|up| self.pipelines_on(up))
+    }
+
+    /// [`Self::pipelines`] on the connection `up`.
+    pub(super) fn pipelines_on(&self, up: &Upstream) -> bool {
+        self.listener.milters.is_empty() && up.capabilities().pipelining
     }
 
     /// Recipients sent to the backend whose replies are still to come.
@@ -65,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match item {
                 Pending::Local(text) => self.out.extend_from_slice(&text),
                 Pending::Mail => {
-                    let result = match self.upstream.as_mut() {
+                    let result = match self.connection_mut() {
                         Some(up) => up.mail_reply().await,
                         None => Err(UpstreamError::Closed),
                     };
@@ -93,7 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// A command not yet sent (after a MAIL sent again to a backend without
     /// PIPELINING, see [`Self::queue_again`]) goes now, one at a time.
     async fn reply_owed(&mut self, line: &[u8], asked: Asked) -> Option<Result<Reply, UpstreamError>> {
-        let up = self.upstream.as_mut()?;
+        let up = self.connection_mut()?;
         Some(if up.owes() { up.reply().await } else { up.command(line, asked).await })
     }
 
@@ -105,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !(result.as_ref().is_ok_and(|r| r.is_intermediate()) && no_recipient) {
             return result;
         }
-        let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+        let backend = self.connection().map(|u| u.address.clone()).unwrap_or_default();
         Err(UpstreamError::OutOfStep { backend, detail: "answered DATA with 354 with no recipient accepted".into() })
     }
 
@@ -126,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !self.pipelines() {
             return;
         }
-        let Some(up) = self.upstream.as_mut() else { return };
+        let Some(up) = self.connection_mut() else { return };
         for item in after {
             let queued = match item {
                 Pending::Rcpt(line) => up.queue(line, Asked::Rcpt),
@@ -136,10 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if queued.is_err() {
                 // The backend spoke out of turn: the commands owed get the answer for
                 // a lost backend, and the next RCPT sends the MAIL again.
-                self.upstream = None;
-                if let Some(tx) = self.phase.transaction_mut() {
-                    tx.released = true;
-                }
+                self.drop_connection();
                 return;
             }
         }

@@ -1,6 +1,7 @@
 //! RCPT: syntax, the recipient limit and the relay policy first (a refused recipient
 //! never reaches the backend), then the backend's verdict.
 
+use super::backend::Leg;
 use super::pipeline::Pending;
 use super::{Session, Step};
 use crate::backend::upstream::UpstreamError;
@@ -28,11 +29,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(());
             }
         }
-        if self.upstream.is_none() && !self.resume_transaction().await? {
+        let released = self.phase.transaction().is_some_and(|tx| matches!(tx.leg, Leg::Released));
+        if released && !self.resume_transaction().await? {
             return Ok(());
         }
         let pipelines = self.pipelines();
-        let up = self.upstream.as_mut().expect("checked above");
+        let Some(up) = self.connection_mut() else {
+            return self.transaction_lost();
+        };
         if let Err(refusal) = rcpt::for_backend(up.capabilities(), params) {
             return self.backend_lacks(&refusal.reply(), "RCPT");
         }
@@ -58,7 +62,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if reply.is_positive() {
             let Some(tx) = self.phase.transaction_mut() else {
                 // Pipelined after a MAIL the backend refused: it has no transaction.
-                let backend = self.upstream.as_ref().map(|u| u.address.clone()).unwrap_or_default();
+                let backend = self.connection().map(|u| u.address.clone()).unwrap_or_default();
                 let detail = "accepted a recipient after refusing MAIL".to_string();
                 return self.upstream_failed(UpstreamError::OutOfStep { backend, detail }, "RCPT");
             };

@@ -33,7 +33,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // RFC 3207: forget everything learnt before TLS; the client must EHLO again.
         self.phase = Phase::Connected;
         self.authenticated = None;
-        self.upstream = None;
+        self.idle = None;
         Ok(())
     }
 
