@@ -10,24 +10,12 @@ use std::time::Duration;
 use support::*;
 
 fn config(backend: &str, extra_backend: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "proxy.test"
-[[listener]]
-name = "metered"
-bind = "127.0.0.1:0"
-rules = [{{ name = "blocked", action = "reject", from = ["127.0.0.62/32"] }}]
-[relay]
-local_domains = ["example.com"]
-[[backend]]
-address = "{backend}"
-identity = "xforward"
-{extra_backend}
-[admin]
-bind = "127.0.0.1:0"
-"#
-    )
+    let rules = r#"rules = [{ name = "blocked", action = "reject", from = ["127.0.0.62/32"] }]"#;
+    Conf::new()
+        .listener("metered", "127.0.0.1:0", rules)
+        .backend(backend, "xforward", extra_backend)
+        .set("admin", "bind = \"127.0.0.1:0\"")
+        .text()
 }
 
 /// `/metrics` as Prometheus reads it: (name, sorted labels) -> value.

@@ -25,12 +25,11 @@ fn sixty_wrong_passwords_at_once_stay_bounded() {
     let hash = portcullis::auth::users::hash_password("right").unwrap();
     let users = dir.path().join("users");
     std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
-    let proxy = Spawned::start(&format!(
-        "[[listener]]\nname = \"sub\"\nbind = \"127.0.0.1:0\"\nauth = \"optional\"\nauth_plaintext = true\n\
-         [auth]\nmode = \"file\"\nusers_file = \"{}\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
-         [[backend]]\naddress = \"127.0.0.1:9\"\n",
-        users.display()
-    ));
+    let conf = Conf::new()
+        .listener("sub", "127.0.0.1:0", "auth = \"optional\"\nauth_plaintext = true")
+        .backend("127.0.0.1:9", "none", "")
+        .set("auth", &format!("mode = \"file\"\nusers_file = \"{}\"", users.display()));
+    let proxy = Spawned::start(&conf.text());
     let (addr, pid) = (proxy.mx, proxy.child.id());
     // Warm up: one check, so the verifier exists before the baseline is read.
     let mut c = Smtp::hello("127.0.0.60", addr);

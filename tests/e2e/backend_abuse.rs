@@ -9,9 +9,7 @@ use support::*;
 
 fn proxy(backends: &str) -> Proxy {
     init_logs();
-    Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [\"example.com\"]\n{backends}"
-    ))
+    Proxy::start(&Conf::new().listener("mx", "127.0.0.1:0", "").raw(backends).text())
 }
 
 #[test]

@@ -19,36 +19,23 @@ const RECORDS: &[&str] = &[
 ];
 
 fn config(backend: &str, nameserver: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "reject"
-bind = "127.0.0.1:0"
-screen_action = "reject"
-[[listener]]
-name = "enforce"
-bind = "127.0.0.1:0"
-screen_action = "enforce"
-[[listener]]
-name = "log"
-bind = "127.0.0.1:0"
-screen_action = "log"
-[relay]
-local_domains = ["example.com"]
-[[backend]]
-address = "{backend}"
-identity = "xforward"
-[limits]
-max_errors = 100
-[screen]
-nameservers = ["{nameserver}"]
+    Conf::new()
+        .listener("reject", "127.0.0.1:0", "screen_action = \"reject\"")
+        .listener("enforce", "127.0.0.1:0", "screen_action = \"enforce\"")
+        .listener("log", "127.0.0.1:0", "screen_action = \"log\"")
+        .backend(backend, "xforward", "")
+        .set("limits", "max_errors = 100")
+        .set(
+            "screen",
+            &format!(
+                r#"nameservers = ["{nameserver}"]
 dnsbl = ["bl.test=127.0.0.[2..11]*2", "al.test=127.0.[0..255].[1..3]*-2"]
 threshold = 2
-dnsbl_timeout = "1s"
-[admin]
-bind = "127.0.0.1:0"
-"#
-    )
+dnsbl_timeout = "1s""#
+            ),
+        )
+        .set("admin", "bind = \"127.0.0.1:0\"")
+        .text()
 }
 
 fn metric(admin: std::net::SocketAddr, line_start: &str) -> u64 {

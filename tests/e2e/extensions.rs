@@ -62,10 +62,11 @@ impl Drop for Sink {
 /// (Without connection reuse: some tests read what Postfix logs when a connection ends.)
 fn proxy_to(backend: std::net::SocketAddr, local_domains: &str) -> Proxy {
     init_logs();
-    Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [{local_domains}]\n\
-         [[backend]]\naddress = \"{backend}\"\nidentity = \"xforward\"\ncheck_interval = \"200ms\"\nreuse = false\n"
-    ))
+    let conf = Conf::new()
+        .listener("mx", "127.0.0.1:0", "")
+        .backend(backend, "xforward", "check_interval = \"200ms\"\nreuse = false")
+        .local_domains(local_domains);
+    Proxy::start(&conf.text())
 }
 
 /// EHLO through the proxy once it has learnt the backend's extensions (the first

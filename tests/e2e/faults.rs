@@ -10,12 +10,8 @@ use support::*;
 
 fn proxy_via(link: &FaultyLink) -> Proxy {
     init_logs();
-    Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
-         [[backend]]\naddress = \"{}\"\nidentity = \"xclient\"\nconnect_timeout = \"2s\"\n\
-         reply_timeout = \"2s\"\ndata_timeout = \"3s\"\n",
-        link.addr
-    ))
+    let timeouts = "connect_timeout = \"2s\"\nreply_timeout = \"2s\"\ndata_timeout = \"3s\"";
+    Proxy::start(&Conf::new().listener("mx", "127.0.0.1:0", "").backend(link.addr, "xclient", timeouts).text())
 }
 
 /// Runs one message through a link with `fault`; returns the replies to MAIL, RCPT,

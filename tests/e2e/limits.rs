@@ -8,10 +8,11 @@ use support::*;
 fn connections_per_address_and_in_total() {
     init_logs();
     let dead = format!("127.0.0.1:{}", free_port());
-    let proxy = Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[[backend]]\naddress = \"{dead}\"\n\
-         [limits]\nmax_connections = 4\nmax_connections_per_ip = 2\n"
-    ));
+    let conf = Conf::new()
+        .listener("mx", "127.0.0.1:0", "")
+        .backend(dead, "none", "")
+        .set("limits", "max_connections = 4\nmax_connections_per_ip = 2");
+    let proxy = Proxy::start(&conf.text());
     let mx = proxy.addr("mx");
     let mut held = vec![Smtp::hello("127.0.0.50", mx), Smtp::hello("127.0.0.50", mx)];
     let mut third = Smtp::connect_from("127.0.0.50", mx);

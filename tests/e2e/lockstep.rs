@@ -8,15 +8,11 @@ use support::*;
 
 fn proxy_to(backends: &[(std::net::SocketAddr, &str)]) -> Proxy {
     init_logs();
-    let mut text = String::from(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [\"example.com\"]\n",
-    );
+    let mut conf = Conf::new().listener("mx", "127.0.0.1:0", "");
     for (addr, identity) in backends {
-        text.push_str(&format!(
-            "[[backend]]\naddress = \"{addr}\"\nidentity = \"{identity}\"\nreply_timeout = \"5s\"\n"
-        ));
+        conf = conf.backend(addr, identity, "reply_timeout = \"5s\"");
     }
-    Proxy::start(&text)
+    Proxy::start(&conf.text())
 }
 
 /// The session of the issue: MAIL, RCPT, DATA, a body holding command lines.

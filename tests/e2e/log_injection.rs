@@ -25,13 +25,15 @@ fn log_of_hostile_session(format: &str) -> String {
     let config = dir.path().join("p.toml");
     std::fs::write(
         &config,
-        format!(
-            "[[listener]]\nname = \"sub\"\nbind = \"127.0.0.1:{port}\"\nauth = \"optional\"\nauth_plaintext = true\n\
-             [auth]\nmode = \"file\"\nusers_file = \"{}\"\nmax_failures = 5\n\
-             [relay]\nlocal_domains = [\"example.com\"]\n[[backend]]\naddress = \"127.0.0.1:9\"\n\
-             [log]\nformat = \"{format}\"\n",
-            dir.path().join("users").display()
-        ),
+        Conf::new()
+            .listener("sub", &format!("127.0.0.1:{port}"), "auth = \"optional\"\nauth_plaintext = true")
+            .backend("127.0.0.1:9", "none", "")
+            .set(
+                "auth",
+                &format!("mode = \"file\"\nusers_file = \"{}\"\nmax_failures = 5", dir.path().join("users").display()),
+            )
+            .set("log", &format!("format = \"{format}\""))
+            .text(),
     )
     .unwrap();
     let log = dir.path().join("log");

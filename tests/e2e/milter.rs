@@ -129,28 +129,17 @@ impl OpenDkim {
 }
 
 fn config(backend: SocketAddr, milters: &[(&str, String, &str)], extra: &str) -> String {
-    let mut text = format!(
-        r#"
-[[listener]]
-name = "mx"
-bind = "127.0.0.1:0"
-milters = [{names}]
-[relay]
-local_domains = ["example.com"]
-networks = ["127.0.0.0/8"]
-[[backend]]
-address = "{backend}"
-identity = "xclient"
-[limits]
-max_errors = 100
-{extra}
-"#,
-        names = milters.iter().map(|(n, _, _)| format!("{n:?}")).collect::<Vec<_>>().join(", ")
-    );
+    let names = milters.iter().map(|(n, _, _)| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+    let mut conf = Conf::new()
+        .listener("mx", "127.0.0.1:0", &format!("milters = [{names}]"))
+        .backend(backend, "xclient", "")
+        .set("relay", "networks = [\"127.0.0.0/8\"]")
+        .set("limits", "max_errors = 100")
+        .raw(extra);
     for (name, address, more) in milters {
-        text.push_str(&format!("[[milter]]\nname = {name:?}\naddress = {address:?}\n{more}\n"));
+        conf = conf.raw(&format!("[[milter]]\nname = {name:?}\naddress = {address:?}\n{more}"));
     }
-    text
+    conf.text()
 }
 
 fn message(from: &str, subject: &str, body: &str) -> String {

@@ -7,17 +7,7 @@ use crate::support;
 use support::*;
 
 fn config(backends: &str, relay: &str, listeners: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "proxy.test"
-{listeners}
-[relay]
-local_domains = ["example.com"]
-{relay}
-{backends}
-"#
-    )
+    Conf::new().set("relay", relay).raw(listeners).raw(backends).text()
 }
 
 const ONE_LISTENER: &str = "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n";

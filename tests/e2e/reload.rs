@@ -10,25 +10,13 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(backend: std::net::SocketAddr, relay_networks: &str, listeners: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "proxy.test"
-[[listener]]
-name = "mx"
-bind = "127.0.0.1:0"
-{listeners}
-[relay]
-local_domains = ["example.com"]
-networks = [{relay_networks}]
-[[backend]]
-address = "{backend}"
-identity = "xforward"
-[limits]
-max_errors = 1000
-max_recipients = 1000
-"#
-    )
+    Conf::new()
+        .listener("mx", "127.0.0.1:0", "")
+        .backend(backend, "xforward", "")
+        .set("relay", &format!("networks = [{relay_networks}]"))
+        .set("limits", "max_errors = 1000\nmax_recipients = 1000")
+        .raw(listeners)
+        .text()
 }
 
 #[test]
@@ -166,13 +154,13 @@ impl Drop for Running {
 }
 
 fn file_config(port: u16, admin: u16, backend: std::net::SocketAddr, networks: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:{port}\"\n\
-         [relay]\nlocal_domains = [\"example.com\"]\nnetworks = [{networks}]\n\
-         [[backend]]\naddress = \"{backend}\"\nidentity = \"xforward\"\n\
-         [limits]\nmax_connections_per_ip = 1000\n\
-         [admin]\nbind = \"127.0.0.1:{admin}\"\n"
-    )
+    Conf::new()
+        .listener("mx", &format!("127.0.0.1:{port}"), "")
+        .backend(backend, "xforward", "")
+        .set("relay", &format!("networks = [{networks}]"))
+        .set("limits", "max_connections_per_ip = 1000")
+        .set("admin", &format!("bind = \"127.0.0.1:{admin}\""))
+        .text()
 }
 
 #[test]

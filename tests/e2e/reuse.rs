@@ -10,23 +10,12 @@ use support::*;
 
 fn proxy(pf: &Postfix, extra: &str) -> Proxy {
     init_logs();
-    Proxy::start(&format!(
-        r#"
-[server]
-workers = 1                      # one worker: one pool, so the second session finds the connection
-[[listener]]
-name = "mx"
-bind = "127.0.0.1:0"
-[relay]
-local_domains = ["example.com"]
-[[backend]]
-address = "{}"
-identity = "xforward"
-check_interval = "0s"
-{extra}
-"#,
-        pf.plain
-    ))
+    let conf = Conf::new()
+        // One worker: one pool, so the second session finds the connection.
+        .set("server", "workers = 1")
+        .listener("mx", "127.0.0.1:0", "")
+        .backend(pf.plain, "xforward", &format!("check_interval = \"0s\"\n{extra}"));
+    Proxy::start(&conf.text())
 }
 
 #[test]

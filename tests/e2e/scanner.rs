@@ -82,11 +82,8 @@ fn real_client_through_a_scanner_and_eicar_stopped() {
     init_logs();
     let pf = Postfix::shared();
     let scanner = start_scanner(pf.plain);
-    let proxy = Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
-         [[backend]]\naddress = \"{}\"\nidentity = \"transparent\"\n",
-        scanner.listen
-    ));
+    let proxy =
+        Proxy::start(&Conf::new().listener("mx", "127.0.0.1:0", "").backend(scanner.listen, "transparent", "").text());
     let send = |mark: &str, body: &str| swaks_from_77(proxy.addr("mx"), "u@example.com", mark, &["--body", body]);
     let clean = marker("scanner-clean");
     let (ok, transcript) = send(&clean, "a clean message");

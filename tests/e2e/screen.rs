@@ -8,23 +8,13 @@ use std::process::Command;
 use support::*;
 
 fn config(pf: &Postfix, limits: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "mx"
-bind = "127.0.0.1:0"
-[relay]
-local_domains = ["example.com"]
-[[backend]]
-address = "{}"
-identity = "xforward"
-[limits]
-max_errors = 100
-{limits}
-{extra}
-"#,
-        pf.plain
-    )
+    Conf::new()
+        .listener("mx", "127.0.0.1:0", "")
+        .backend(pf.plain, "xforward", "")
+        .set("limits", "max_errors = 100")
+        .set("limits", limits)
+        .raw(extra)
+        .text()
 }
 
 #[test]

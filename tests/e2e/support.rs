@@ -771,3 +771,86 @@ impl Drop for Spawned {
         let _ = self.child.wait();
     }
 }
+
+/// A test's config, built from the parts the test cares about: the rest is the tests'
+/// default (`[server] hostname = "proxy.test"`, `[relay] local_domains = ["example.com"]`).
+/// Keys set on one table are gathered under one header, so a test never writes a table
+/// twice; `raw` text goes last, for tables of a shape of its own (a `[[milter]]`, say).
+#[derive(Clone, Debug)]
+pub struct Conf {
+    tables: Vec<(String, Vec<String>)>,
+    listeners: Vec<String>,
+    backends: Vec<String>,
+    raw: Vec<String>,
+}
+
+impl Default for Conf {
+    fn default() -> Self {
+        Conf { tables: Vec::new(), listeners: Vec::new(), backends: Vec::new(), raw: Vec::new() }
+            .set("server", "hostname = \"proxy.test\"")
+            .set("relay", "local_domains = [\"example.com\"]")
+    }
+}
+
+impl Conf {
+    pub fn new() -> Conf {
+        Conf::default()
+    }
+
+    /// `lines` (`key = value`, one or more lines) in `[table]`.
+    pub fn set(mut self, table: &str, lines: &str) -> Conf {
+        if lines.trim().is_empty() {
+            return self;
+        }
+        match self.tables.iter_mut().find(|(name, _)| name == table) {
+            Some((_, keys)) => keys.push(lines.trim().to_string()),
+            None => self.tables.push((table.to_string(), vec![lines.trim().to_string()])),
+        }
+        self
+    }
+
+    /// `[relay] local_domains` other than the default's (`list` as TOML array items).
+    pub fn local_domains(mut self, list: &str) -> Conf {
+        if let Some((_, keys)) = self.tables.iter_mut().find(|(name, _)| name == "relay") {
+            keys.retain(|k| !k.starts_with("local_domains"));
+        }
+        self.set("relay", &format!("local_domains = [{list}]"))
+    }
+
+    /// A `[[listener]]` named `name` on `bind`, with `extra` keys.
+    pub fn listener(mut self, name: &str, bind: &str, extra: &str) -> Conf {
+        self.listeners.push(format!("name = \"{name}\"\nbind = \"{bind}\"\n{}", extra.trim()));
+        self
+    }
+
+    /// A `[[backend]]` at `address` told the client's identity by `identity`, with
+    /// `extra` keys.
+    pub fn backend(mut self, address: impl std::fmt::Display, identity: &str, extra: &str) -> Conf {
+        self.backends.push(format!("address = \"{address}\"\nidentity = \"{identity}\"\n{}", extra.trim()));
+        self
+    }
+
+    /// TOML written out as it is, after everything else.
+    pub fn raw(mut self, text: &str) -> Conf {
+        self.raw.push(text.to_string());
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for listener in &self.listeners {
+            out.push_str(&format!("[[listener]]\n{listener}\n"));
+        }
+        for backend in &self.backends {
+            out.push_str(&format!("[[backend]]\n{backend}\n"));
+        }
+        for (table, keys) in &self.tables {
+            out.push_str(&format!("[{table}]\n{}\n", keys.join("\n")));
+        }
+        for raw in &self.raw {
+            out.push_str(raw);
+            out.push('\n');
+        }
+        out
+    }
+}

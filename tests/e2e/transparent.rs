@@ -14,11 +14,8 @@ fn loopback_client_reaches_postfix_as_itself() {
     }
     init_logs();
     let pf = Postfix::shared();
-    let proxy = Proxy::start(&format!(
-        "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\n[relay]\nlocal_domains = [\"example.com\"]\n\
-         [[backend]]\naddress = \"{}\"\nidentity = \"transparent\"\n",
-        pf.plain
-    ));
+    let proxy =
+        Proxy::start(&Conf::new().listener("mx", "127.0.0.1:0", "").backend(pf.plain, "transparent", "").text());
     let mark = marker("transparent-loopback");
     let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "u@example.com", &mark, &[]);
     assert!(ok, "{transcript}");

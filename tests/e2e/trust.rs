@@ -8,22 +8,12 @@ use std::net::SocketAddr;
 use support::*;
 
 fn config(pf: &Postfix, listeners: &str, relay: &str) -> String {
-    format!(
-        r#"
-[server]
-hostname = "proxy.test"
-{listeners}
-[trust]
-proxies = ["127.0.0.1/32"]
-[relay]
-local_domains = ["example.com"]
-{relay}
-[[backend]]
-address = "{}"
-identity = "xclient"
-"#,
-        pf.plain
-    )
+    Conf::new()
+        .backend(pf.plain, "xclient", "")
+        .set("trust", "proxies = [\"127.0.0.1/32\"]")
+        .set("relay", relay)
+        .raw(listeners)
+        .text()
 }
 
 const BEHIND_LB: &str = r#"
