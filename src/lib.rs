@@ -16,8 +16,10 @@
 //! - [`screen`]: rate limits, bans, DNS lists and pregreet, before any backend spends a process.
 //! - [`milter`]: content filters (the milter protocol), and messages held for them.
 //! - [`admin`]: the admin endpoint (metrics, health, bans).
-//! - [`metrics`], `log_limit`: what every part counts and logs, on the ground floor.
+//! - [`metrics`], `log_limit`, [`activity`]: what every part counts, logs and keeps for
+//!   the status page, on the ground floor.
 
+pub(crate) mod activity;
 pub mod addr;
 pub mod admin;
 pub mod auth;

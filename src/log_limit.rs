@@ -50,8 +50,10 @@ impl LogLimit {
     }
 }
 
-/// Logs a refused connection, at most once a second per kind.
-pub fn log_refusal(kind: &'static str, peer: impl std::fmt::Display, listener: &str, rule: &str) {
+/// Logs a refused connection, at most once a second per kind; every one is kept for
+/// the status page ([`crate::activity`]).
+pub fn log_refusal(kind: &'static str, peer: crate::addr::ClientAddr, listener: &str, rule: &str) {
+    crate::activity::refused(peer.ip(), listener, rule);
     if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
         tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");
     }

@@ -3,6 +3,7 @@
 //!
 //! Labels are low-cardinality by design: listener and backend names come from the
 //! config, reasons and results from fixed sets; no client address is ever a label.
+//! Messages are also counted by the minute for the status page ([`crate::activity`]).
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -161,6 +162,7 @@ pub fn relay_refused(listener: &str, reason: &str) {
 }
 
 pub fn message(outcome: &'static str) {
+    crate::activity::message(outcome);
     match outcome {
         "delivered" => fixed!(metrics::Counter, counter!(MESSAGES, "outcome" => "delivered")).increment(1),
         "refused" => fixed!(metrics::Counter, counter!(MESSAGES, "outcome" => "refused")).increment(1),

@@ -1,12 +1,15 @@
-//! The admin endpoint (`[admin] bind`): `/metrics` in Prometheus' text format,
-//! `/healthz` (the process answers), `/readyz` (listeners bound and at least one
-//! backend up) and `/bans`, over plain HTTP/1.1 for scrapers and container health
-//! checks. The bans (client addresses) and the one call that changes state, lifting a
+//! The admin endpoint (`[admin] bind`): the status page at `/` ([`page`]), `/metrics`
+//! in Prometheus' text format, `/healthz` (the process answers), `/readyz` (listeners
+//! bound and at least one backend up) and `/bans`, over plain HTTP/1.1 for people,
+//! scrapers and container health checks. The bans (client addresses) and the one call that changes state, lifting a
 //! ban (`DELETE /bans/ADDRESS`), need the token of `[admin] token_file`.
 //!
 //! At most [`MAX_CONNECTIONS`] connections are served at once; more wait in the
 //! kernel's queue, unaccepted, so the endpoint can never take the descriptors that
 //! SMTP sessions need.
+
+mod page;
+mod samples;
 
 use crate::backend::registry::Registry;
 use crate::config::Live;
@@ -131,13 +134,90 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
             );
             response
         }
+        "/" => status_page(req, status).await,
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match status.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /, /metrics, /healthz or /readyz\n".into()),
     }
+}
+
+/// `GET /`, the status page; `?client=PREFIX` filters the refusals by address, `?login`
+/// asks the browser for the token (as a Basic password) to show client addresses.
+async fn status_page(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query.split('&').filter_map(|p| p.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
+    };
+    let config = status.live.load();
+    let on_loopback = config.admin.is_some_and(|a| a.ip().is_loopback());
+    let show_clients = on_loopback || has_token(req, config.admin_token.as_deref());
+    if !show_clients && query.split('&').any(|p| p == "login") {
+        let mut response = text(StatusCode::UNAUTHORIZED, "the admin token is the password\n".into());
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"portcullis\", charset=\"UTF-8\""),
+        );
+        return response;
+    }
+    let client = param("client").map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+    let data = page::gather(status, show_clients, client).await;
+    let html = page::render(&data);
+    tracing::debug!(took = ?started.elapsed(), bytes = html.len(), "status page rendered");
+    let mut response = text(StatusCode::OK, html);
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
+    );
+    response
+}
+
+/// `%XX` and `+` of a query value decoded; what is not valid UTF-8 is replaced.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `req` carries the admin token: `Authorization: Bearer TOKEN`, or `Basic`
+/// with TOKEN as the password (what a browser sends).
+fn has_token(req: &Request<hyper::body::Incoming>, token: Option<&str>) -> bool {
+    use base64::Engine;
+    let Some(token) = token else { return false };
+    let Some(given) = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    if let Some(bearer) = given.strip_prefix("Bearer ") {
+        return constant_time_eq(bearer.as_bytes(), token.as_bytes());
+    }
+    let Some(basic) = given.strip_prefix("Basic ") else { return false };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else { return false };
+    let password = decoded.iter().position(|b| *b == b':').map_or(&decoded[..0], |at| &decoded[at + 1..]);
+    constant_time_eq(password, token.as_bytes())
 }
 
 /// `DELETE /bans/ADDRESS` with `Authorization: Bearer <token>` (`[admin] token_file`):
@@ -165,13 +245,10 @@ async fn lift(req: &Request<hyper::body::Incoming>, target: &str, status: &Statu
 /// Bearer`); otherwise the response that says why not (`without`: what cannot be done).
 fn unauthorized(req: &Request<hyper::body::Incoming>, status: &Status, without: &str) -> Option<Response<Full<Bytes>>> {
     let config = status.live.load();
-    let Some(token) = config.admin_token.as_deref() else {
+    if config.admin_token.is_none() {
         return Some(text(StatusCode::FORBIDDEN, format!("no [admin] token_file is configured: {without}\n")));
-    };
-    let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let matches =
-        given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if !matches {
+    }
+    if !has_token(req, config.admin_token.as_deref()) {
         tracing::warn!(method = %req.method(), path = req.uri().path(), "admin endpoint: a call without the right token; refused");
         return Some(text(StatusCode::UNAUTHORIZED, "wrong or missing token\n".into()));
     }

@@ -26,6 +26,8 @@ pub struct BackendHealth {
     streak: AtomicU32,
     probing: AtomicBool,
     next_check: Mutex<Option<Instant>>,
+    /// When the last check ended, and how (for the status page).
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Default for BackendHealth {
@@ -36,6 +38,7 @@ impl Default for BackendHealth {
             streak: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             next_check: Mutex::new(None),
+            last: Mutex::new(None),
         }
     }
 }
@@ -59,6 +62,11 @@ impl BackendHealth {
         self.streak.store(0, Ordering::Relaxed);
         self.up.store(ok, Ordering::Relaxed);
         Some(ok)
+    }
+
+    /// The last check's end and result, if one ran.
+    pub fn last_check(&self) -> Option<(Instant, Result<(), String>)> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Claims the next check if it is due; false when not due or already running.
@@ -101,6 +109,7 @@ async fn check(config: &Config, registry: &Registry, i: usize) {
         Err(_) => Err(format!("no answer within {:?}", backend.check.timeout)),
     };
     health.probing.store(false, Ordering::Release);
+    *health.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), result.clone()));
     metrics::backend_check(&backend.address, result.is_ok());
     match (health.record(result.is_ok(), &backend.check), &result) {
         (Some(true), _) => {

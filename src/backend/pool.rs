@@ -15,6 +15,7 @@ use super::upstream::Upstream;
 use crate::config::Backend;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Connections kept per backend and worker, at most.
@@ -31,19 +32,40 @@ thread_local! {
     static SWEEPING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
+/// Connections kept, over every worker, by backend address (for the status page).
+static KEPT: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+
+fn count(address: &str, added: usize, removed: usize) {
+    if added == removed {
+        return;
+    }
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let n = kept.get_or_insert_with(HashMap::new).entry(address.to_string()).or_default();
+    *n = (*n + added).saturating_sub(removed);
+}
+
+/// Connections to `address` kept now, over every worker.
+pub fn kept(address: &str) -> usize {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|k| k.get(address).copied()).unwrap_or(0)
+}
+
 /// A kept connection to `backend` that can serve a new session, if there is one.
 pub fn take(backend: &Backend) -> Option<Box<Upstream>> {
     let reuse = backend.reuse?;
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let kept = pool.get_mut(&backend.address)?;
+        let before = kept.len();
+        let mut found = None;
         // The most recently used first: the likeliest to be alive and warm.
         while let Some(mut k) = kept.pop() {
             if k.since.elapsed() <= reuse.idle && k.upstream.reusable_for(backend) {
-                return Some(k.upstream);
+                found = Some(k.upstream);
+                break;
             }
         }
-        None
+        count(&backend.address, 0, before - kept.len());
+        found
     })
 }
 
@@ -63,10 +85,12 @@ pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>, w
         let mut pool = pool.borrow_mut();
         let kept = pool.entry(address.clone()).or_default();
         let share = (backend.max_connections / workers.max(1)).clamp(1, MAX_KEPT);
+        let before = evicted.len();
         while kept.len() >= share {
             evicted.push(kept.remove(0).upstream);
         }
         kept.push(Kept { upstream, since: Instant::now() });
+        count(&address, 1, evicted.len() - before);
     });
     for old in evicted {
         (*old).quit().await;
@@ -102,6 +126,7 @@ fn expired(address: &str, idle: Duration) -> Vec<Box<Upstream>> {
         let now = Instant::now();
         let (old, fresh): (Vec<Kept>, Vec<Kept>) = kept.drain(..).partition(|k| now.duration_since(k.since) > idle);
         *kept = fresh;
+        count(address, 0, old.len());
         old.into_iter().map(|k| k.upstream).collect()
     })
 }

@@ -45,6 +45,7 @@ impl Server {
     /// not be bound.
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         metrics::handle();
+        crate::activity::start();
         if config.backends.iter().any(|b| b.identity == crate::identity::Identity::Transparent) {
             crate::backend::transparent::check_permitted().map_err(ServerError::Transparent)?;
         }

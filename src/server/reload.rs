@@ -40,7 +40,13 @@ impl Reloader {
     /// Returns the changes applied.
     pub fn reload_file(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
         tracing::info!(path = ?path.display().to_string(), "reloading the configuration");
-        let result = config::load(path).map_err(ReloadError::Config).and_then(|loaded| self.apply(loaded));
+        let result = match config::load(path) {
+            Ok(loaded) => self.apply(loaded),
+            Err(e) => {
+                crate::activity::reloaded(false, e.problems.clone());
+                Err(ReloadError::Config(e))
+            }
+        };
         match &result {
             Ok(changes) => {
                 metrics::reload(true);
@@ -70,6 +76,15 @@ impl Reloader {
     /// Swaps in a validated config; fails (changing nothing) when a new listener cannot
     /// be bound.
     pub fn apply(&self, loaded: Loaded) -> Result<Vec<String>, ReloadError> {
+        let applied = self.swap(loaded);
+        match &applied {
+            Ok(changes) => crate::activity::reloaded(true, changes.clone()),
+            Err(e) => crate::activity::reloaded(false, vec![e.to_string()]),
+        }
+        applied
+    }
+
+    fn swap(&self, loaded: Loaded) -> Result<Vec<String>, ReloadError> {
         let _one_at_a_time = self.shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
         for w in &loaded.warnings {
             tracing::warn!("config: {w}");

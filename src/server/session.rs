@@ -530,6 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "client talked before the greeting; refused"
         );
         metrics::limit_refused("screen.pregreet");
+        crate::activity::refused(self.client.addr.ip(), &self.listener.name, "greeting_delay (pregreet)");
         self.inbuf.clear();
         self.reply("554 5.5.1 Error: talking before the greeting");
         Err(Outcome::Pregreet)
@@ -647,6 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             duration = ?self.config.bans.duration, "client banned"
         );
         metrics::limit_refused("screen.ban");
+        crate::activity::refused(self.client.addr.ip(), &self.listener.name, &format!("banned ({kind})"));
         let text = format!("421 4.7.0 {} Error: too many errors, try again later", self.config.hostname);
         self.reply(&text);
         Err(Outcome::Banned)
@@ -685,6 +687,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let text = format!("421 4.7.0 {} Error: too many errors", self.config.hostname);
             self.reply(&text);
             metrics::limit_refused("limits.max_errors");
+            crate::activity::refused(self.client.addr.ip(), &self.listener.name, "limits.max_errors");
             return Err(Outcome::TooManyErrors);
         }
         Ok(())

@@ -138,8 +138,12 @@ fn readiness_follows_the_backend_health_checks() {
     let checks = "check_interval = \"200ms\"\ncheck_timeout = \"1s\"\nrise = 2\nfall = 2\nconnect_timeout = \"1s\"";
     let proxy = Proxy::start(&config(&dead, checks));
     let admin = proxy.admin.unwrap();
-    wait_until(Duration::from_secs(10), || http_get(admin, "/readyz").0 == 503, "/readyz to say 503");
-    assert_eq!(http_get(admin, "/readyz").1, "not ready: no backend is up\n");
+    // (Before every listener is bound it says "not serving"; then, the backend down.)
+    wait_until(
+        Duration::from_secs(10),
+        || http_get(admin, "/readyz") == (503, "not ready: no backend is up\n".to_string()),
+        "/readyz to say 503: no backend is up",
+    );
     let (ok, text) = health(admin);
     assert!(!ok && text.contains("503"), "{text}");
     assert_eq!(http_get(admin, "/healthz").0, 200, "alive, though not ready");

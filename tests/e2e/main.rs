@@ -25,6 +25,7 @@ mod reuse;
 mod roundtrip;
 mod scanner;
 mod screen;
+mod status_page;
 mod tls_auth;
 mod transparent;
 mod trust;

@@ -74,6 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Verdict::Refused(user) => {
                 metrics::auth(&self.listener.name, "failure");
+                crate::activity::refused(self.client.addr.ip(), &self.listener.name, "authentication failed");
                 self.auth_failures += 1;
                 tracing::info!(
                     peer = %self.client.addr, listener = %self.listener.name, user = ?user, failures = self.auth_failures,

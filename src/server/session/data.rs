@@ -17,6 +17,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.abandon_transaction();
         tracing::info!(peer = %self.client.addr, listener = %self.listener.name, reason = v.reason(), size, "message refused");
         metrics::message("rejected");
+        if v == Violation::TooBig {
+            metrics::limit_refused("limits.max_message_size");
+        }
         self.refuse(v.reply())
     }
 

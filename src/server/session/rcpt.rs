@@ -103,6 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 peer = %self.client.addr, listener = %self.listener.name, from = ?from, rcpt = ?path,
                 "recipient refused: client listed by DNS lists (enforce)"
             );
+            crate::activity::refused(self.client.addr.ip(), &self.listener.name, "DNS lists (enforce)");
             self.stats.rcpt_refused += 1;
             return refused(self, &reply);
         }
@@ -146,6 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let RelayVerdict::Denied(rule) = verdict {
             self.stats.rcpt_refused += 1;
             metrics::relay_refused(&self.listener.name, rule);
+            crate::activity::refused(self.client.addr.ip(), &self.listener.name, &format!("relay ({rule})"));
             let form = match destination {
                 address::Destination::Routed(form) => form,
                 _ => "plain",

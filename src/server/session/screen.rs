@@ -88,6 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         match action {
             ScreenAction::Reject => {
+                crate::activity::refused(self.client.addr.ip(), &self.listener.name, &format!("DNS lists ({zone})"));
                 let text =
                     format!("554 5.7.1 Service unavailable; client [{}] blocked using {zone}", self.client.addr.ip());
                 self.reply(&text);
@@ -134,6 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "client talked before the end of the greeting (pregreet); refused"
                 );
                 metrics::limit_refused("screen.pregreet");
+                crate::activity::refused(self.client.addr.ip(), &self.listener.name, "screen.pregreet");
                 self.inbuf.clear();
                 self.reply("554 5.5.1 Error: talking before the greeting");
                 self.failure("pregreet")?;
