@@ -22,6 +22,9 @@ pub struct BackendState {
     pub health: Arc<BackendHealth>,
     /// The extensions it offered last (health check or session).
     pub learned: Arc<Learned>,
+    /// What it offers this proxy itself, before any identity step (a health check's
+    /// EHLO, or a session's first): the XCLIENT attributes it lets us set.
+    pub ours: Arc<Learned>,
 }
 
 /// Every backend's state, by address. One per server; sessions and checks share it.
@@ -54,6 +57,7 @@ impl Registry {
             max_connections: backend.max_connections,
             health: old.map_or_else(Default::default, |o| o.health.clone()),
             learned: old.map_or_else(Default::default, |o| o.learned.clone()),
+            ours: old.map_or_else(Default::default, |o| o.ours.clone()),
         });
         states.insert(backend.address.clone(), state.clone());
         state

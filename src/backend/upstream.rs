@@ -251,17 +251,41 @@ impl Upstream {
             Identity::None if backend.reuse.is_some() => Name::Ours(hostname),
             _ => Name::Clients(facts.helo),
         };
-        let mut up = Self::greeted(backend, stream, Some(slot), name, |identity| match identity {
+        let header = |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_header(facts.client.addr, facts.client.local)),
             Identity::ProxyV2 => Some(proxy::v2_header(facts.client.addr, facts.client.local)),
             _ => None,
-        })
-        .await?;
+        };
+        let mut up = Self::open(backend, stream, Some(slot), header).await?;
+        // XCLIENT straight after the greeting when the backend is known to let us set
+        // the client (Postfix takes it before any EHLO): one round trip, and the
+        // backend's EHLO work, fewer. Not before STARTTLS: nothing goes out in clear
+        // that would not without it.
+        let known = (backend.identity == Identity::Xclient && backend.tls == BackendTls::None)
+            .then(|| state.ours.read(|caps| caps.xclient_offers("ADDR").then(|| caps.clone())).flatten())
+            .flatten();
+        if let Some(ours) = known {
+            up.caps = ours;
+            match up.xclient(facts).await {
+                Ok(()) => {
+                    state.learned.set(&up.caps);
+                    return Ok(up);
+                }
+                // Refused before EHLO: what we knew is stale (or this backend wants
+                // EHLO first). Ask it, and go the long way below.
+                Err(UpstreamError::IdentityRefused { detail, .. }) => {
+                    tracing::debug!(backend = %backend.address, detail = ?detail, "XCLIENT before EHLO refused; EHLO first");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        up.hello(name).await?;
         if backend.tls != BackendTls::None {
             up.starttls(backend, name).await?;
         }
         up.identity_offered()?;
         if backend.identity == Identity::Xclient {
+            state.ours.set(&up.caps);
             up.xclient(facts).await?;
         }
         // What the session will really deal with (after TLS and XCLIENT, EHLO again).
@@ -269,13 +293,12 @@ impl Upstream {
         Ok(up)
     }
 
-    /// A fresh connection up to the backend's reply to our EHLO: the PROXY header
-    /// (`header`) when the identity sends one, the greeting, EHLO.
-    async fn greeted(
+    /// A fresh connection up to the backend's greeting: the PROXY header (`header`)
+    /// when the identity sends one, the greeting. (EHLO is the caller's.)
+    async fn open(
         backend: &Backend,
         stream: TcpStream,
         slot: Option<OwnedSemaphorePermit>,
-        name: Name<'_>,
         header: impl FnOnce(Identity) -> Option<Vec<u8>>,
     ) -> Result<Self, UpstreamError> {
         stream.set_nodelay(true)?;
@@ -314,7 +337,6 @@ impl Upstream {
         if greeting.code != 220 {
             return Err(UpstreamError::Unreachable(format!("greeting {:?}", greeting.first_line())));
         }
-        up.hello(name).await?;
         Ok(up)
     }
 
@@ -326,20 +348,26 @@ impl Upstream {
         let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
-        let up = Self::greeted(backend, stream, None, Name::Ours(hostname), |identity| match identity {
+        let mut up = Self::open(backend, stream, None, |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_local()),
             Identity::ProxyV2 => Some(proxy::v2_local()),
             _ => None,
         })
         .await?;
+        up.hello(Name::Ours(hostname)).await?;
         // The identity step as far as a check can prove it without a client: the PROXY
         // header answered by a greeting (above), the extension offered to us.
         up.identity_offered()?;
         // Sessions learn what the backend offers them (after TLS and XCLIENT, EHLO
-        // again); the check's own view only fills in until the first session has.
-        let learned = &registry.get(backend).learned;
-        if learned.read(|_| ()).is_none() {
-            learned.set(&up.caps);
+        // again); the check's own view only fills in until the first session has. It
+        // is what the backend offers us, though (without TLS: with it, the EHLO that
+        // counts is the one inside).
+        let state = registry.get(backend);
+        if state.learned.read(|_| ()).is_none() {
+            state.learned.set(&up.caps);
+        }
+        if backend.tls == BackendTls::None {
+            state.ours.set(&up.caps);
         }
         up.quit().await;
         Ok(())

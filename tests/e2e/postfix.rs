@@ -408,3 +408,65 @@ fn quitting_after_a_refused_relay_quits_at_the_backend() {
     assert!(!lines.iter().any(|l| l.contains("lost connection")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("disconnect from") && l.contains("quit=1")), "{lines:#?}");
 }
+
+/// A TCP relay that passes everything and keeps what the proxy sent.
+fn recording_link(target: std::net::SocketAddr) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = sent.clone();
+    std::thread::spawn(move || {
+        for proxy in listener.incoming().flatten() {
+            let Ok(backend) = TcpStream::connect(target) else { continue };
+            let (mut replies, mut to_proxy) = (backend.try_clone().unwrap(), proxy.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut replies, &mut to_proxy));
+            let (mut from_proxy, mut to_backend, record) = (proxy, backend, record.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from_proxy.read(&mut buf) {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to_backend.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_backend.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, sent)
+}
+
+/// Once Postfix has shown the proxy it may set the client (its EHLO to us offered
+/// XCLIENT), later connections send XCLIENT straight after the greeting, before any
+/// EHLO: Postfix takes it there, and still logs the real client.
+#[test]
+fn xclient_before_ehlo_is_taken_by_postfix() {
+    if !need(&["postfix", "swaks"]) {
+        return;
+    }
+    let pf = Postfix::shared();
+    let (link, sent) = recording_link(pf.plain);
+    let proxy = Proxy::start(&config(&backend(link, "xclient"), "", ONE_LISTENER));
+    let mut queue_ids = Vec::new();
+    for i in 0..2 {
+        let mark = marker(&format!("xclient-first-{i}"));
+        let (ok, transcript) = swaks_from_77(proxy.addr("mx"), "user@example.com", &mark, &["--helo", "client77.test"]);
+        assert!(ok, "swaks failed:\n{transcript}");
+        queue_ids.push(pf.delivered(&mark).queue_id);
+    }
+    for id in &queue_ids {
+        assert_eq!(pf.client_line(id), "unknown[127.0.0.77]");
+    }
+    // The health check's EHLO showed the proxy what it may set; the sessions' connections
+    // then send XCLIENT straight after the greeting.
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).to_string();
+    // (The first session may have come before the first check, and learnt it itself.)
+    assert!(sent.contains("EHLO proxy.test\r\n"), "{sent}");
+    let connections: Vec<&str> = sent.split("QUIT\r\n").filter(|c| c.contains("MAIL FROM")).collect();
+    assert_eq!(connections.len(), 2, "{sent}");
+    let last = connections[1];
+    assert!(last.starts_with("XCLIENT "), "XCLIENT first once known: {sent}");
+    assert!(last.contains("\r\nEHLO client77.test\r\n"), "{last}");
+}

@@ -56,6 +56,7 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
     let mut stream = BufReader::new(stream);
     stream.get_mut().write_all(b"220 fake ESMTP\r\n").await.unwrap();
     let mut line = Vec::new();
+    let mut greeted = false;
     loop {
         line.clear();
         if stream.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
@@ -69,8 +70,16 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
         }
         let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
         let reply: String = match verb.as_str() {
-            "EHLO" => format!("250-fake\r\n{caps}"),
-            "XCLIENT" => "220 fake ESMTP again\r\n".into(),
+            "EHLO" => {
+                greeted = true;
+                format!("250-fake\r\n{caps}")
+            }
+            // (A backend that offers STRICT wants EHLO before XCLIENT.)
+            "XCLIENT" if caps.contains("STRICT") && !greeted => "503 5.5.1 Error: send HELO/EHLO first\r\n".into(),
+            "XCLIENT" => {
+                greeted = false;
+                "220 fake ESMTP again\r\n".into()
+            }
             "QUIT" => "221 2.0.0 Bye\r\n".into(),
             "MAIL" if text.contains("<refused@") => "550 5.1.8 Sender refused\r\n".into(),
             "BDAT" => {
@@ -995,4 +1004,37 @@ async fn tls_handshake_timeout_is_the_configured_one() {
     let n = timeout(Duration::from_secs(10), c.io.read(&mut buf)).await.expect("closed in time").unwrap();
     assert_eq!(n, 0);
     assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn xclient_goes_before_ehlo_once_the_backend_is_known() {
+    for strict in [false, true] {
+        let caps = if strict {
+            "250-STRICT\r\n250-PIPELINING\r\n250 XCLIENT NAME ADDR PROTO HELO PORT\r\n"
+        } else {
+            POSTFIX_CAPS
+        };
+        let backend = FakeBackend::start(caps).await;
+        let backends = Arc::new(Registry::default());
+        for _ in 0..2 {
+            let mut c = Client::start_sharing(config(&[(backend.addr, "xclient")], ""), OUTSIDER, backends.clone());
+            c.reply().await;
+            c.cmd("EHLO client.example", "250").await;
+            c.cmd("MAIL FROM:<a@example.org>", "250").await;
+            c.cmd("QUIT", "221").await;
+            backend.wait_for("QUIT").await;
+        }
+        let lines = backend.lines();
+        let second: Vec<&str> = lines.iter().skip_while(|l| *l != "EOF").skip(1).map(String::as_str).collect();
+        let verbs: Vec<&str> = second.iter().map(|l| l.split(' ').next().unwrap_or("")).collect();
+        if strict {
+            // Refused before EHLO: EHLO first, then XCLIENT again, and the message goes.
+            assert_eq!(verbs[..4], ["XCLIENT", "EHLO", "XCLIENT", "EHLO"], "{second:?}");
+        } else {
+            // Known: XCLIENT straight after the greeting, then the client's EHLO.
+            assert_eq!(verbs[..3], ["XCLIENT", "EHLO", "MAIL"], "{second:?}");
+            assert_eq!(second[1], "EHLO client.example");
+        }
+        assert!(second.iter().any(|l| l.starts_with("XCLIENT") && l.contains("ADDR=203.0.113.9")), "{second:?}");
+    }
 }
