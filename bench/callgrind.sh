@@ -4,8 +4,9 @@
 #
 #   bench/callgrind.sh [PORTCULLIS_BINARY] [MESSAGES]
 #
-# Portcullis (one worker, identity xforward, connection reuse) in front of
-# examples/bench_sink, under callgrind, for each script:
+# Portcullis (one worker; identity IDENTITY, default xforward with connection reuse;
+# xclient, proxy-v2, proxy-v1, none also) in front of examples/bench_sink, under
+# callgrind, for each script:
 #   idle        start, stop (subtracted from the others)
 #   session     smtp-source -d -s 1 -m MESSAGES -l 4096: one session, the messages one
 #               after another, each command after the previous reply
@@ -18,10 +19,12 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/portcullis}
 MESSAGES=${2:-1000}
 PORT=${PORT:-12700}
+IDENTITY=${IDENTITY:-xforward}
 cargo build --release --quiet --example bench_sink --example bench_source
 [ "$BIN" = target/release/portcullis ] && cargo build --release --quiet
 work=$(mktemp -d /tmp/portcullis-callgrind-XXXXXX)
-target/release/examples/bench_sink "127.0.0.1:$((PORT + 1))" & sink=$!
+case $IDENTITY in proxy-v*) sink_addr="proxy@127.0.0.1:$((PORT + 1))" ;; *) sink_addr="127.0.0.1:$((PORT + 1))" ;; esac
+target/release/examples/bench_sink "$sink_addr" & sink=$!
 trap 'kill $sink 2>/dev/null; rm -rf "$work"' EXIT
 cat > "$work/p.toml" <<CFG
 [server]
@@ -34,7 +37,7 @@ bind = "127.0.0.1:$PORT"
 local_domains = ["example.com"]
 [[backend]]
 address = "127.0.0.1:$((PORT + 1))"
-identity = "xforward"
+identity = "$IDENTITY"
 check_interval = "0s"
 CFG
 

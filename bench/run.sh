@@ -10,6 +10,8 @@
 #   direct            smtp-source straight to bench_sink (no proxy)
 #   smtp-sink         smtp-source straight to Postfix's smtp-sink (reference only)
 #   haproxy           HAProxy, mode tcp
+#   haproxy-proxy-v2  HAProxy, mode tcp, send-proxy-v2 toward a sink that takes the header
+#                     (the L4 pipe to compare proxy-v2 with)
 #   nginx             nginx mail proxy, smtp, smtp_auth none, xclient on; auth_http
 #                     answered by a static location of the same nginx (Auth-Status OK,
 #                     Auth-Server/Auth-Port = the sink); worker_processes 2
@@ -50,7 +52,7 @@ ROUNDS=${2:-3}
 IDLE=${3:-2000}
 LATENCY=${4:-1000}
 BIG_IDLE=${BIG_IDLE:-10000}
-read -r -a variants <<<"${VARIANTS:-direct smtp-sink haproxy nginx postfix xforward xforward-noreuse none none-reuse xclient proxy-v2 proxy-v1}"
+read -r -a variants <<<"${VARIANTS:-direct smtp-sink haproxy haproxy-proxy-v2 nginx postfix xforward xforward-noreuse none none-reuse xclient proxy-v2 proxy-v1}"
 LATENCY_VARIANTS=${LATENCY_VARIANTS:-direct haproxy nginx postfix xforward xforward-noreuse xclient}
 SOURCE=${SOURCE:-smtp-source}
 SESSIONS=20
@@ -92,7 +94,7 @@ for i in "${!variants[@]}"; do
   sink[$v]=$((BASE + 50 + i))
   case $v in
     direct) port[$v]=${sink[$v]}; sink_args+=("127.0.0.1:${sink[$v]}") ;;
-    proxy-v*) sink_args+=("proxy@127.0.0.1:${sink[$v]}") ;;
+    proxy-v* | haproxy-proxy-v2) sink_args+=("proxy@127.0.0.1:${sink[$v]}") ;;
     *) sink_args+=("127.0.0.1:${sink[$v]}") ;;
   esac
 done
@@ -105,8 +107,10 @@ sink_pid=$!
 fd_limit=$(ulimit -Hn)
 haproxy_maxconn=$(((fd_limit - 64) / 2 < BIG_IDLE + 100 ? (fd_limit - 64) / 2 : BIG_IDLE + 100))
 haproxy_big=$((haproxy_maxconn - 20 < BIG_IDLE ? haproxy_maxconn - 20 : BIG_IDLE))
+# start_haproxy VARIANT [SERVER-OPTIONS]
 start_haproxy() {
-  cat > "$work/haproxy.cfg" <<CFG
+  local v=$1
+  cat > "$work/$v.cfg" <<CFG
 global
   maxconn $haproxy_maxconn
 defaults
@@ -115,13 +119,13 @@ defaults
   timeout client 5m
   timeout server 5m
 frontend fe
-  bind 127.0.0.1:${port[haproxy]}
+  bind 127.0.0.1:${port[$v]}
   default_backend be
 backend be
-  server sink 127.0.0.1:${sink[haproxy]}
+  server sink 127.0.0.1:${sink[$v]} ${2:-}
 CFG
-  haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" & pids+=($!)
-  root[haproxy]=$!
+  haproxy -f "$work/$v.cfg" -db 2>"$work/$v.haproxy-log" & pids+=($!)
+  root[$v]=$!
 }
 
 start_nginx() {
@@ -220,7 +224,8 @@ for v in "${variants[@]}"; do
       smtp-sink -u root -m 1000 "127.0.0.1:${port[$v]}" 1024 & pids+=($!)
       root[$v]=$! # its CPU is reported as the sink's
       ;;
-    haproxy) start_haproxy ;;
+    haproxy) start_haproxy haproxy ;;
+    haproxy-proxy-v2) start_haproxy haproxy-proxy-v2 send-proxy-v2 ;;
     nginx) start_nginx ;;
     postfix) start_postfix ;;
     xforward | none | xclient | proxy-v1 | proxy-v2 | xforward-noreuse | none-reuse)
@@ -339,6 +344,11 @@ for v in "${variants[@]}"; do
   if [ "$v" = smtp-sink ]; then scpu=$(col "$v" 2); fi
   echo "| $v | $(printf %.0f "$rate") | $rrate | $pcpu | $rcpu | $(printf %.1f "$scpu") | $rr$([ "$fails" = 0 ] || echo " ($fails failed)") |"
 done
+if has haproxy-proxy-v2 && has proxy-v2; then
+  hp_rate=$(col haproxy-proxy-v2 1); hp_cpu=$(col haproxy-proxy-v2 2)
+  echo
+  echo "proxy-v2 against HAProxy send-proxy-v2 (the same PROXY-taking sink): msg/s $(printf %.2f "$(echo "$(col proxy-v2 1) / $hp_rate" | bc -l)")x, CPU per message $(printf %.2f "$(echo "$(col proxy-v2 2) / $hp_cpu" | bc -l)")x"
+fi
 echo
 echo "== latency per message: one session per variant, $LATENCY messages one after another, variants taking turns; and $LATENCY connections with one message each (connect() .. 221), µs"
 echo
@@ -361,4 +371,6 @@ for v in "${variants[@]}"; do
   done
 done
 if has nginx && grep -q . "$work/nginx/error.log"; then echo "-- nginx error.log:"; tail -5 "$work/nginx/error.log"; fi
-if has haproxy && grep -qv 'FD limit' "$work/haproxy.log"; then echo "-- haproxy log:"; tail -5 "$work/haproxy.log"; fi
+for v in haproxy haproxy-proxy-v2; do
+  if has $v && grep -qv 'FD limit' "$work/$v.haproxy-log"; then echo "-- $v log:"; tail -5 "$work/$v.haproxy-log"; fi
+done
