@@ -73,9 +73,7 @@ fn respond(method: &Method, path: &str, certs: &Certificates) -> Response<Full<B
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     response
 }
 

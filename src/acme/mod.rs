@@ -122,7 +122,11 @@ impl Certificates {
         };
         let issued = Issued::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
         if issued.expired(SystemTime::now()) {
-            return Err(format!("{}: expired at {}", path.display(), humantime::format_rfc3339_seconds(issued.not_after)));
+            return Err(format!(
+                "{}: expired at {}",
+                path.display(),
+                humantime::format_rfc3339_seconds(issued.not_after)
+            ));
         }
         let new = self.current().is_none_or(|c| c.serial != issued.serial);
         if new {
@@ -150,8 +154,10 @@ impl Certificates {
         let cert = params.self_signed(&key).map_err(order::OrderError::Csr)?;
         let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let certified = CertifiedKey::from_der(vec![cert.der().clone()], der, &provider)
-            .map_err(order::OrderError::ChallengeKey)?;
+        // Not `from_der`: its key check parses the certificate, and webpki refuses the
+        // critical acmeIdentifier extension (only the CA's validator needs to read it).
+        let signing = provider.key_provider.load_private_key(der).map_err(order::OrderError::ChallengeKey)?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signing);
         lock(&self.tls_alpn.0).insert(name.to_ascii_lowercase(), Arc::new(certified));
         Ok(())
     }
@@ -311,9 +317,9 @@ async fn step(
     );
     let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, order::obtain(config, certs, state)).await;
     let result = match attempt {
-        Ok(Ok(pem)) => Issued::from_pem(pem.as_bytes())
-            .map_err(order::OrderError::Bundle)
-            .and_then(|issued| state.write_certificate(pem.as_bytes()).map(|()| issued).map_err(order::OrderError::State)),
+        Ok(Ok(pem)) => Issued::from_pem(pem.as_bytes()).map_err(order::OrderError::Bundle).and_then(|issued| {
+            state.write_certificate(pem.as_bytes()).map(|()| issued).map_err(order::OrderError::State)
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => {
             certs.clear_answers();
@@ -356,7 +362,9 @@ async fn step(
 /// does not name every configured domain.
 fn due_at(config: &AcmeConfig, current: Option<&Issued>, jitter: f64) -> SystemTime {
     match current {
-        Some(c) if c.covers(&config.domains) => schedule::renew_at(c.not_before, c.not_after, config.renew_before, jitter),
+        Some(c) if c.covers(&config.domains) => {
+            schedule::renew_at(c.not_before, c.not_after, config.renew_before, jitter)
+        }
         _ => SystemTime::UNIX_EPOCH,
     }
 }

@@ -48,9 +48,7 @@ impl OrderError {
         match self {
             OrderError::Acme(instant_acme::Error::Api(_)) => Failure::Refused,
             OrderError::Acme(_) => Failure::Unreachable,
-            OrderError::Validation { .. } | OrderError::Invalid(_) | OrderError::NoChallenge { .. } => {
-                Failure::Refused
-            }
+            OrderError::Validation { .. } | OrderError::Invalid(_) | OrderError::NoChallenge { .. } => Failure::Refused,
             OrderError::Bundle(_) => Failure::Refused,
             OrderError::State(_) | OrderError::Account(_) | OrderError::Csr(_) | OrderError::ChallengeKey(_) => {
                 Failure::Local
@@ -91,7 +89,9 @@ async fn account(config: &AcmeConfig, state: &StateDir, fresh: bool) -> Result<A
             Ok(stored) if stored.directory == config.directory => {
                 return Ok(Account::builder_with_http(http(config)).from_credentials(stored.credentials).await?);
             }
-            Ok(_) => tracing::info!(directory = %config.directory, "stored account is for another directory; registering a new one"),
+            Ok(_) => {
+                tracing::info!(directory = %config.directory, "stored account is for another directory; registering a new one")
+            }
             Err(e) => return Err(OrderError::Account(e)),
         }
     }

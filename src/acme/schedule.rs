@@ -92,7 +92,10 @@ mod tests {
     fn odd_dates_do_not_panic() {
         // not_after before not_before: the floor is not_before itself.
         assert_eq!(renew_at(t(100), t(0), DAY, 0.0), t(100));
-        assert_eq!(renew_at(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH, Duration::MAX, 1.0), SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            renew_at(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH, Duration::MAX, 1.0),
+            SystemTime::UNIX_EPOCH
+        );
     }
 
     #[test]

@@ -433,7 +433,11 @@ fn acme_stands_in_for_tls_files() {
     assert_eq!(a.renew_before, acme::DEFAULT_RENEW_BEFORE);
     assert_eq!(a.contact, ["mailto:postmaster@example.com"]);
     // server.hostname is not among the names: said, not refused.
-    assert!(loaded.warnings.iter().any(|w| w.contains("acme.domains does not name server.hostname")), "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("acme.domains does not name server.hostname")),
+        "{:?}",
+        loaded.warnings
+    );
 }
 
 #[test]
@@ -458,7 +462,12 @@ fn acme_mistakes_are_reported_together() {
     assert!(err.problems.iter().any(|p| p.contains("DNS-01")), "{err}");
 
     // Unknown keys are refused like everywhere else.
-    let err = parse(&minimal("", "", "[acme]\ndirectory = \"https://ca.test/\"\ndomains = [\"a.example\"]\nstate_dir = \"/x\"\nemail = \"x\"\n")).unwrap_err();
+    let err = parse(&minimal(
+        "",
+        "",
+        "[acme]\ndirectory = \"https://ca.test/\"\ndomains = [\"a.example\"]\nstate_dir = \"/x\"\nemail = \"x\"\n",
+    ))
+    .unwrap_err();
     assert!(err.problems.iter().any(|p| p.contains("email")), "{err}");
 }
 
