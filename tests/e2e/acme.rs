@@ -223,12 +223,22 @@ impl Proxy {
 
     /// The `n`th log line (1: the first) that holds `text`, waiting up to `limit`.
     fn wait_log(&self, text: &str, n: usize, limit: Duration) -> String {
+        self.wait_log_or(text, n, limit, String::new)
+    }
+
+    /// [`Proxy::wait_log`], with `context()` (a peer's log) in the failure message.
+    fn wait_log_or(&self, text: &str, n: usize, limit: Duration, context: impl Fn() -> String) -> String {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(line) = self.log().lines().filter(|l| l.contains(text)).nth(n - 1) {
                 return line.to_string();
             }
-            assert!(Instant::now() < deadline, "no {n}. log line with {text:?} within {limit:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {n}. log line with {text:?} within {limit:?}; log:\n{}\n{}",
+                self.log(),
+                context()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -389,7 +399,7 @@ fn first_certificate_over_http01_then_restart_with_the_ca_stopped() {
     let root = pebble.root();
     let proxy = Proxy::start(work.path(), &config(&ports, &acme_keys(&pebble, &state, "http-01", ports.http)));
 
-    let obtained = proxy.wait_log("certificate obtained", 1, Duration::from_secs(60));
+    let obtained = proxy.wait_log_or("certificate obtained", 1, Duration::from_secs(60), || pebble.log());
     let took = proxy.started.elapsed();
     eprintln!("ACME http-01: first certificate {took:?} after start; {obtained}");
     assert!(proxy.log().contains("answered an HTTP-01 validation"), "{}", proxy.log());
@@ -444,7 +454,7 @@ fn first_certificate_over_tls_alpn01() {
     let pebble = Pebble::start(&dns, ports.http, ports.implicit, None);
     let root = pebble.root();
     let proxy = Proxy::start(work.path(), &config(&ports, &acme_keys(&pebble, &state, "tls-alpn-01", ports.http)));
-    let obtained = proxy.wait_log("certificate obtained", 1, Duration::from_secs(60));
+    let obtained = proxy.wait_log_or("certificate obtained", 1, Duration::from_secs(60), || pebble.log());
     eprintln!("ACME tls-alpn-01: first certificate {:?} after start; {obtained}", proxy.started.elapsed());
     assert!(proxy.log().contains("answered a TLS-ALPN-01 validation"), "{}", proxy.log());
     // No HTTP listener for this challenge.
@@ -469,7 +479,7 @@ fn renewal_reaches_the_next_handshake_while_an_open_session_goes_on() {
     let pebble = Pebble::start(&dns, ports.http, ports.implicit, Some(Duration::from_secs(30)));
     let root = pebble.root();
     let proxy = Proxy::start(work.path(), &config(&ports, &acme_keys(&pebble, &state, "http-01", ports.http)));
-    proxy.wait_log("certificate obtained", 1, Duration::from_secs(60));
+    proxy.wait_log_or("certificate obtained", 1, Duration::from_secs(60), || pebble.log());
     let mut open = starttls(ports.starttls, &root).unwrap();
     let first = serial(&open);
 
