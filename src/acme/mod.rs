@@ -391,3 +391,78 @@ fn random_fraction() -> f64 {
         Err(_) => 0.5,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certs(state_dir: &std::path::Path) -> (Arc<Certificates>, AcmeConfig) {
+        let text = format!(
+            "[[listener]]\nname = \"mx\"\nbind = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
+             [[backend]]\naddress = \"127.0.0.1:25\"\n\
+             [acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"mx.example.com\"]\nstate_dir = \"{}\"\n",
+            state_dir.display()
+        );
+        let config = crate::config::parse(&text).unwrap().config.acme.unwrap();
+        (Certificates::new(&config), config)
+    }
+
+    /// A self-signed bundle for `names`, valid from `days_from`, for `days` days.
+    fn bundle(names: &[&str], days_from: i64, days: i64) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let day = |d: i64| epoch + Duration::from_secs((now + d * 86_400) as u64);
+        params.not_before = day(days_from);
+        params.not_after = day(days_from + days);
+        format!("{}{}", params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_stored_certificate_is_served_unless_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, config) = certs(dir.path());
+        let state = StateDir::new(dir.path());
+        assert!(!certs.ready() && certs.server_config().is_none() && certs.expiry().is_none());
+        assert!(matches!(certs.load_stored(&state), Ok(None)));
+
+        state.write_certificate(bundle(&["mx.example.com"], -100, 10).as_bytes()).unwrap();
+        assert!(certs.load_stored(&state).unwrap_err().contains("expired"));
+        assert!(!certs.ready());
+
+        state.write_certificate(bundle(&["mx.example.com"], -1, 90).as_bytes()).unwrap();
+        let loaded = certs.load_stored(&state).unwrap().expect("a new certificate");
+        assert!(certs.ready() && certs.server_config().is_some());
+        assert_eq!(certs.expiry(), Some(loaded.not_after));
+        // Read again: the same one is not "new".
+        assert!(certs.load_stored(&state).unwrap().is_none());
+        // Due well ahead: 30 days before the end of 90.
+        let due = due_at(&config, certs.current().as_deref(), 0.0);
+        assert_eq!(due, loaded.not_after - config.renew_before);
+    }
+
+    #[test]
+    fn a_certificate_for_other_names_is_due_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, config) = certs(dir.path());
+        let state = StateDir::new(dir.path());
+        state.write_certificate(bundle(&["old.example.com"], -1, 90).as_bytes()).unwrap();
+        certs.load_stored(&state).unwrap();
+        // Served meanwhile, but ordered again for the configured names.
+        assert!(certs.ready());
+        assert_eq!(due_at(&config, certs.current().as_deref(), 0.5), SystemTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn tls_alpn_answers_are_made_and_taken_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, _) = certs(dir.path());
+        certs.answer_tls_alpn("MX.example.com", &[7u8; 32]).unwrap();
+        assert!(lock(&certs.tls_alpn.0).contains_key("mx.example.com"));
+        certs.answer_http("t", "t.k");
+        certs.clear_answers();
+        assert!(lock(&certs.tls_alpn.0).is_empty() && certs.http_answer("t").is_none());
+    }
+}
