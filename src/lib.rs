@@ -10,6 +10,7 @@
 //! - [`server`]: the client side: listeners, PROXY headers in, the client session.
 //! - [`backend`]: the backend side: connections, failover, pool, health checks.
 //! - [`tls`]: certificates, backend verification, the plain-then-TLS stream.
+//! - [`acme`]: certificates obtained and renewed from an ACME CA, served without restart.
 //! - [`auth`]: SMTP AUTH mechanisms and the users file.
 //! - [`addr`]: address newtypes that keep the peer and the local address apart.
 //! - [`explain`]: what the server would do with one client, for `portcullis explain`.
@@ -19,6 +20,7 @@
 //! - [`metrics`], `log_limit`, [`activity`]: what every part counts, logs and keeps for
 //!   the status page, on the ground floor.
 
+pub mod acme;
 pub(crate) mod activity;
 pub mod addr;
 pub mod admin;

@@ -33,6 +33,8 @@ pub const STORE_UP: &str = "portcullis_store_up";
 pub const MILTER_VERDICTS: &str = "portcullis_milter_verdicts_total";
 pub const MILTER_ERRORS: &str = "portcullis_milter_errors_total";
 pub const MILTER_SECONDS: &str = "portcullis_milter_message_seconds";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
+pub const ACME_ORDER_FAILURES: &str = "portcullis_acme_order_failures_total";
 
 /// Backend reply latency buckets, in seconds: a local MTA answers in well under a
 /// millisecond, a content-scanning one at end of data in seconds.
@@ -120,6 +122,12 @@ fn describe() {
         "Time a filter took over a whole message (headers to its verdict)"
     );
     describe_gauge!(STORE_UP, "1 while the shared store answers, 0 while local limits stand in for it");
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "When the certificate served now expires (Unix time), by certificate name ([acme] domains' first)"
+    );
+    describe_counter!(ACME_ORDER_FAILURES, "Certificate orders ([acme]) that failed and will be retried");
 }
 
 // === recording, one function per event so names and labels stay consistent ===
@@ -244,6 +252,15 @@ pub fn milter_error(milter: &str, kind: &'static str) {
 
 pub fn milter_time(milter: &str, took: Duration) {
     histogram!(MILTER_SECONDS, "milter" => milter.to_string()).record(took.as_secs_f64());
+}
+
+/// The certificate served under `name` now expires at `unix_seconds`.
+pub fn tls_certificate_expiry(name: &str, unix_seconds: f64) {
+    gauge!(TLS_CERTIFICATE_EXPIRY, "name" => name.to_string()).set(unix_seconds);
+}
+
+pub fn acme_order_failed() {
+    counter!(ACME_ORDER_FAILURES).increment(1);
 }
 
 pub fn log_suppressed(n: u64) {

@@ -49,6 +49,8 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let rest =
         |l: &Option<crate::screen::dns::DnsLists>| l.as_ref().map(|l| (l.threshold, l.nameservers.clone(), l.timeout));
     field("screen threshold, nameservers, dnsbl_timeout", &rest(&old.dns_lists), &rest(&new.dns_lists));
+    let acme = |c: &Config| c.acme.as_ref().map_or("none".to_string(), |a| a.settings());
+    field("acme", &acme(old), &acme(new));
     field("auth.max_failures", &old.auth.as_ref().map(|a| a.max_failures), &new.auth.as_ref().map(|a| a.max_failures));
     if let (Some(o), Some(n)) = (users(old), users(new)) {
         let (added, removed, changed) = n.compared_with(o);

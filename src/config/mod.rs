@@ -1,6 +1,7 @@
 //! Configuration: the raw TOML ([`raw`]) validated into the runtime [`Config`]. Every
 //! error is collected with the key that holds it, so `check` can list them all at once.
 
+pub mod acme;
 pub mod diff;
 mod document;
 mod lints;
@@ -107,6 +108,9 @@ pub struct Config {
     pub dns_lists: Option<DnsLists>,
     /// Shared limits, bans and screen cache; each instance its own when absent.
     pub store: Option<StoreConfig>,
+    /// Certificates from an ACME CA (`[acme]`); `tls` then only serves until the
+    /// first one is there.
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 impl Config {
@@ -536,10 +540,22 @@ impl Validator {
                 .ok()
         });
         self.lint(&raw, &indexed, &relay, &backends, &trusted_proxies);
+        let acme = raw.acme.as_ref().and_then(|a| self.acme(a, &indexed));
+        if let Some(a) = &acme
+            && !a.domains.contains(&hostname.to_ascii_lowercase())
+        {
+            self.warnings.push(format!(
+                "acme.domains does not name server.hostname ({hostname:?}): clients that check the certificate \
+                 against the name in the greeting or the MX record will not accept it"
+            ));
+        }
         for (i, l) in &indexed {
             let key = format!("listener[{i}]");
-            if l.tls != ListenerTls::None && raw.tls.is_none() {
-                self.error(format!("{key}.tls"), "needs a [tls] section with certificate and private_key");
+            if l.tls != ListenerTls::None && raw.tls.is_none() && raw.acme.is_none() {
+                self.error(
+                    format!("{key}.tls"),
+                    "needs a [tls] section with certificate and private_key, or an [acme] section",
+                );
             }
             if l.require_tls && l.tls == ListenerTls::None {
                 self.error(format!("{key}.require_tls"), "needs tls = \"starttls\" or \"implicit\"");
@@ -579,6 +595,7 @@ impl Validator {
                 pregreet,
                 dns_lists,
                 store,
+                acme,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {

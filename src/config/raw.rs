@@ -29,6 +29,44 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub milter: Vec<RawMilter>,
+    pub acme: Option<RawAcme>,
+}
+
+/// `[acme]`: certificates obtained and renewed from an ACME CA (RFC 8555).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// "mailto:..." address(es) the CA may write to about the account.
+    pub contact: Option<RawStrings>,
+    pub domains: Vec<String>,
+    /// "http-01" | "tls-alpn-01".
+    pub challenge: Option<String>,
+    /// Where the HTTP-01 answers are served (port 80 as the CA sees it).
+    pub http_bind: Option<String>,
+    /// Account key, certificate and key, kept across restarts; shared by a fleet.
+    pub state_dir: String,
+    pub renew_before: Option<String>,
+    /// Trust for the CA's own HTTPS API (a private CA); absent: the system's roots.
+    pub ca_file: Option<String>,
+}
+
+/// One string or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawStrings {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawStrings {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            RawStrings::One(s) => vec![s.clone()],
+            RawStrings::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

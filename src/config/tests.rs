@@ -419,3 +419,89 @@ address = "inet:7358@localhost"
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
 }
+
+#[test]
+fn acme_stands_in_for_tls_files() {
+    let acme = "[acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"MX.example.com\"]\n\
+                state_dir = \"/var/lib/portcullis/acme\"\ncontact = \"mailto:postmaster@example.com\"\n";
+    let loaded = parse(&minimal("tls = \"starttls\"", "", acme)).unwrap();
+    let a = loaded.config.acme.as_ref().unwrap();
+    assert!(loaded.config.tls.is_none());
+    assert_eq!(a.domains, ["mx.example.com"]);
+    assert_eq!(a.challenge, acme::Challenge::Http01);
+    assert_eq!(a.http_bind, Some("0.0.0.0:80".parse().unwrap()));
+    assert_eq!(a.renew_before, acme::DEFAULT_RENEW_BEFORE);
+    assert_eq!(a.contact, ["mailto:postmaster@example.com"]);
+    // server.hostname is not among the names: said, not refused.
+    assert!(
+        loaded.warnings.iter().any(|w| w.contains("acme.domains does not name server.hostname")),
+        "{:?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn acme_mistakes_are_reported_together() {
+    let acme = "[acme]\ndirectory = \"http://ca.test/dir\"\ndomains = [\"*.example.com\", \"a..b\", \"ok.example.com\", \"ok.example.com\"]\n\
+                state_dir = \"relative/dir\"\ncontact = [\"postmaster@example.com\"]\nchallenge = \"dns-01\"\n\
+                renew_before = \"soon\"\nca_file = \"/nonexistent/ca.pem\"\n";
+    let err = parse(&minimal("", "", acme)).unwrap_err();
+    for key in [
+        "acme.directory:",
+        "acme.contact[0]:",
+        "acme.domains[0]:",
+        "acme.domains[1]:",
+        "acme.domains[3]:",
+        "acme.challenge:",
+        "acme.state_dir:",
+        "acme.renew_before:",
+        "acme.ca_file:",
+    ] {
+        assert!(err.problems.iter().any(|p| p.starts_with(key)), "{key} missing in:\n{err}");
+    }
+    assert!(err.problems.iter().any(|p| p.contains("DNS-01")), "{err}");
+
+    // Unknown keys are refused like everywhere else.
+    let err = parse(&minimal(
+        "",
+        "",
+        "[acme]\ndirectory = \"https://ca.test/\"\ndomains = [\"a.example\"]\nstate_dir = \"/x\"\nemail = \"x\"\n",
+    ))
+    .unwrap_err();
+    assert!(err.problems.iter().any(|p| p.contains("email")), "{err}");
+}
+
+#[test]
+fn tls_alpn_needs_an_implicit_listener() {
+    let acme = "[acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"mx.example.com\"]\n\
+                state_dir = \"/var/lib/portcullis/acme\"\nchallenge = \"tls-alpn-01\"\n";
+    let err = parse(&minimal("tls = \"starttls\"", "", acme)).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.starts_with("acme.challenge") && p.contains("implicit")), "{err}");
+    let ok = parse(&minimal("tls = \"implicit\"", "", acme).replace("127.0.0.1:0", "127.0.0.1:465")).unwrap();
+    assert_eq!(ok.config.acme.as_ref().unwrap().http_bind, None);
+    // Listening elsewhere than 443: the CA cannot reach it without a forward.
+    assert!(ok.warnings.iter().any(|w| w.contains("port 443")), "{:?}", ok.warnings);
+}
+
+#[test]
+fn acme_http_bind_must_not_collide_with_a_listener() {
+    let acme = "[acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"mx.example.com\"]\n\
+                state_dir = \"/var/lib/portcullis/acme\"\nhttp_bind = \"127.0.0.1:2525\"\n";
+    let err = parse(&minimal("", "", acme).replace("127.0.0.1:0", "127.0.0.1:2525")).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.starts_with("acme.http_bind") && p.contains("listener")), "{err}");
+}
+
+#[test]
+fn acme_changes_are_named_by_the_reload_diff() {
+    let acme = |renew: &str| {
+        format!(
+            "[acme]\ndirectory = \"https://ca.test/dir\"\ndomains = [\"mx.example.com\"]\n\
+             state_dir = \"/var/lib/portcullis/acme\"\nrenew_before = \"{renew}\"\n"
+        )
+    };
+    let old = parse(&minimal("", "", &acme("30d"))).unwrap().config;
+    let new = parse(&minimal("", "", &acme("20d"))).unwrap().config;
+    let changes = diff::changes(&old, &new);
+    assert!(changes.iter().any(|c| c.starts_with("acme:") && c.contains("1728000s")), "{changes:?}");
+    assert!(diff::changes(&old, &old).is_empty());
+}

@@ -38,6 +38,8 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
+    /// `[acme] http_bind`, for HTTP-01 answers.
+    acme_http: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -57,6 +59,16 @@ impl Server {
             Some(addr) => Some(listen(addr).map_err(|error| ServerError::Admin { addr, error })?),
             None => None,
         };
+        let (certs, acme_http) = match &config.acme {
+            Some(acme) => {
+                let http = match acme.http_bind {
+                    Some(addr) => Some(listen(addr).map_err(|error| ServerError::AcmeHttp { addr, error })?),
+                    None => None,
+                };
+                (Some(start_certificates(acme)), http)
+            }
+            None => (None, None),
+        };
         let limits = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
         let store = match &config.store {
             Some(store) => Some(Store::start(store).map_err(ServerError::Store)?),
@@ -72,9 +84,20 @@ impl Server {
             backends,
             limits,
             listeners: watch::Sender::new(Arc::new(bound)),
+            certs,
             reloading: std::sync::Mutex::new(()),
         });
-        Ok(Self { shared, admin })
+        Ok(Self { shared, admin, acme_http })
+    }
+
+    /// The certificates of `[acme]` (the one served, its expiry), when configured.
+    pub fn certificates(&self) -> Option<Arc<crate::acme::Certificates>> {
+        self.shared.certs.clone()
+    }
+
+    /// Where the HTTP-01 answers are served, when `[acme]` uses them.
+    pub fn acme_http_addr(&self) -> Option<SocketAddr> {
+        self.acme_http.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     /// Each listener's name and the address it really listens on (port 0 resolved).
@@ -108,6 +131,7 @@ impl Server {
                 backends: self.shared.backends.clone(),
                 screen: self.shared.screen.clone(),
                 limits: self.shared.limits.clone(),
+                certs: self.shared.certs.clone(),
                 sessions: TaskTracker::new(),
                 stop: CancellationToken::new(),
             });
@@ -122,9 +146,10 @@ impl Server {
         let control = {
             let (shared, admin, shutdown, stop) =
                 (self.shared.clone(), self.admin, shutdown.clone(), control_stop.clone());
+            let acme_http = self.acme_http;
             std::thread::Builder::new()
                 .name("portcullis-control".into())
-                .spawn(move || control(shared, admin, shutdown, stop))
+                .spawn(move || control(shared, admin, acme_http, shutdown, stop))
                 .map_err(ServerError::Worker)?
         };
         self.shared.status.serving.store(true, Ordering::Relaxed);
@@ -143,6 +168,7 @@ impl Server {
 fn control(
     shared: Arc<Shared>,
     admin: Option<std::net::TcpListener>,
+    acme_http: Option<std::net::TcpListener>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -164,6 +190,18 @@ fn control(
             }
         }
         tokio::spawn(crate::backend::health::run(shared.live.clone(), shared.backends.clone(), shutdown.clone()));
+        if let (Some(certs), Some(acme)) = (&shared.certs, shared.live.load().acme.clone()) {
+            if let Some(http) = acme_http {
+                match TcpListener::from_std(http) {
+                    Ok(http) => {
+                        tracing::info!(addr = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "ACME HTTP-01 listener listening");
+                        tokio::spawn(crate::acme::http01::serve(http, certs.clone(), stop.clone()));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot use the ACME HTTP socket"),
+                }
+            }
+            tokio::spawn(crate::acme::run(acme, certs.clone(), stop.clone()));
+        }
         shutdown.cancelled().await;
         shared.status.serving.store(false, Ordering::Relaxed);
         stop.cancelled().await;
@@ -176,6 +214,7 @@ struct WorkerCtx {
     backends: Arc<Registry>,
     screen: Arc<Screen>,
     limits: Arc<ConnectionLimits>,
+    certs: Option<Arc<crate::acme::Certificates>>,
     sessions: TaskTracker,
     /// Cancelled at the drain deadline: open sessions answer 421 and end.
     stop: CancellationToken,
@@ -311,8 +350,26 @@ fn admit(
         .with_live(ctx.live.clone())
         .with_backends(ctx.backends.clone())
         .with_screen(ctx.screen.clone())
+        .with_certificates(ctx.certs.clone())
         .with_stop(ctx.stop.clone());
     Some((session, permit))
+}
+
+/// The certificates of `[acme]`, with the stored one served from the first connection
+/// on when there is a servable one.
+fn start_certificates(acme: &crate::config::acme::AcmeConfig) -> Arc<crate::acme::Certificates> {
+    let certs = crate::acme::Certificates::new(acme);
+    let state = crate::acme::stored::StateDir::new(&acme.state_dir);
+    match certs.load_stored(&state) {
+        Ok(Some(c)) => tracing::info!(
+            serial = %c.serial,
+            not_after = %humantime::format_rfc3339_seconds(c.not_after),
+            "serving the stored certificate"
+        ),
+        Ok(None) => tracing::info!(dir = %acme.state_dir.display(), "no stored certificate yet; ordering one"),
+        Err(e) => tracing::warn!(error = %e, "stored certificate not used; ordering a new one"),
+    }
+    certs
 }
 
 /// On a `proxy_protocol` listener: only trusted proxies may connect, and what their

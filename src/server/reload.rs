@@ -8,7 +8,7 @@
 //! What lives across configs is carried over by identity: a listener with the same
 //! name and address keeps its socket (its sessions go on), a backend with the same
 //! address keeps its health state and, with the same `max_connections`, its count of
-//! open connections. `server.workers`, `log.format`, `admin.bind` and `[store]` need a restart.
+//! open connections. `server.workers`, `log.format`, `admin.bind`, `[store]` and `[acme]` need a restart.
 
 use super::shared::{Bound, ServerError, Shared};
 use crate::config::{self, Config, ConfigError, Loaded, diff};
@@ -156,6 +156,12 @@ fn carry_over(old: &Config, new: &mut Config) -> Vec<String> {
             |s: &Option<crate::screen::store::StoreConfig>| s.as_ref().map_or("none".to_string(), |s| s.url.clone());
         kept.push(format!("store: {} needs a restart; still {}", show(&new.store), show(&old.store)));
         new.store = old.store.clone();
+    }
+    // The ACME task, its HTTP listener and its state are started with the server.
+    let acme = |c: &Config| c.acme.as_ref().map_or("none".to_string(), |a| a.settings());
+    if acme(new) != acme(old) {
+        kept.push(format!("acme: {} needs a restart; still {}", acme(new), acme(old)));
+        new.acme = old.acme.clone();
     }
     kept
 }

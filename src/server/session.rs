@@ -76,6 +76,7 @@ pub enum Outcome {
     Blocklisted,
     Limited,
     FilterClosed,
+    AcmeChallenge,
 }
 
 impl Outcome {
@@ -102,6 +103,7 @@ impl Outcome {
             Outcome::Blocklisted => "blocklisted",
             Outcome::Limited => "limited",
             Outcome::FilterClosed => "filter_closed",
+            Outcome::AcmeChallenge => "acme_challenge",
         }
     }
 
@@ -127,6 +129,7 @@ impl Outcome {
             Outcome::Blocklisted => "listed by DNS lists",
             Outcome::Limited => "over the connection rate",
             Outcome::FilterClosed => "closed by a content filter",
+            Outcome::AcmeChallenge => "answered an ACME TLS-ALPN-01 validation",
         }
     }
 }
@@ -343,6 +346,8 @@ pub struct Session<S> {
     /// The verb of the command being handled ("-" for a line that is none), for the
     /// log line of a refusal.
     verb: &'static str,
+    /// The certificates of `[acme]`, when configured.
+    certs: Option<Arc<crate::acme::Certificates>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -372,7 +377,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             stats: Stats::default(),
             stop: CancellationToken::new(),
             verb: "-",
+            certs: None,
         }
+    }
+
+    /// Serve the certificates of `[acme]` (and answer its TLS-ALPN-01 validations).
+    pub fn with_certificates(mut self, certs: Option<Arc<crate::acme::Certificates>>) -> Self {
+        self.certs = certs;
+        self
     }
 
     /// Follow the config in force: a reload applies from the next command on.

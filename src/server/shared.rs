@@ -33,6 +33,8 @@ pub enum ServerError {
     Transparent(io::Error),
     #[error("[store] redis: {0}")]
     Store(redis::RedisError),
+    #[error("[acme] http_bind: cannot listen on {addr}: {error}")]
+    AcmeHttp { addr: SocketAddr, error: io::Error },
 }
 
 /// One listening socket, shared by every worker. A reload that keeps a listener keeps
@@ -72,6 +74,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnectionLimits>,
     pub(crate) listeners: watch::Sender<ListenerSet>,
     pub(crate) status: Arc<Status>,
+    /// The certificates of `[acme]`, when configured (kept for the process: `[acme]`
+    /// changes need a restart).
+    pub(crate) certs: Option<Arc<crate::acme::Certificates>>,
     /// One reload at a time.
     pub(crate) reloading: std::sync::Mutex<()>,
 }

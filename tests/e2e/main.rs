@@ -6,6 +6,7 @@
 
 mod support;
 
+mod acme;
 mod admin;
 mod auth_flood;
 mod backend_abuse;

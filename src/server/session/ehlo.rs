@@ -34,7 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn offer(&mut self) -> Offer {
         let offer = Offer {
             max_size: self.config.limits.max_message_size,
-            starttls: self.listener.tls == ListenerTls::StartTls && !self.stream.is_tls(),
+            starttls: self.listener.tls == ListenerTls::StartTls && !self.stream.is_tls() && self.tls_available(),
             auth: self.auth_offered(),
             held: !self.listener.milters.is_empty(),
             ..Offer::default()

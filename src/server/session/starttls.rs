@@ -1,6 +1,7 @@
 //! STARTTLS (RFC 3207) toward the client, and the handshake of implicit-TLS listeners.
 
 use super::{Outcome, Phase, Session, Step};
+use crate::acme::Accepted;
 use crate::config::ListenerTls;
 use crate::metrics;
 use crate::tls::MaybeTls;
@@ -17,6 +18,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if self.phase.transaction().is_some() {
             return self.refuse("503 5.5.1 Error: MAIL transaction in progress");
+        }
+        if !self.tls_available() {
+            // [acme] before its first certificate: not offered in EHLO, refused here.
+            return self.refuse("454 4.7.0 TLS not available due to temporary reason");
         }
         self.reply("220 2.0.0 Ready to start TLS");
         self.flush().await?;
@@ -37,19 +42,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Whether a handshake would have a certificate to present now: the `[tls]` files,
+    /// or an `[acme]` certificate once one is there.
+    pub(super) fn tls_available(&self) -> bool {
+        self.config.tls.is_some() || self.certs.as_ref().is_some_and(|c| c.ready())
+    }
+
     /// Turns the plain client stream into TLS.
     pub(super) async fn handshake(&mut self) -> Step {
-        let (Some(tls), Some(plain)) = (self.config.tls.clone(), self.stream.take_plain()) else {
-            tracing::error!(peer = %self.client.addr, "TLS requested without a server certificate or a plain stream");
+        let Some(plain) = self.stream.take_plain() else {
+            tracing::error!(peer = %self.client.addr, "TLS requested without a plain stream");
             return Err(Outcome::TlsFailed);
         };
-        match timeout(self.config.limits.tls_handshake_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(plain))
-            .await
-        {
-            Ok(Ok(stream)) => {
-                self.stream = MaybeTls::Tls(Box::new(stream));
+        let accept = crate::acme::accept(self.certs.as_deref(), self.config.tls.clone(), plain);
+        match timeout(self.config.limits.tls_handshake_timeout, accept).await {
+            Ok(Ok(Accepted::Tls(stream))) => {
+                self.stream = MaybeTls::Tls(stream);
                 metrics::tls_handshake(&self.listener.name, "ok");
                 Ok(())
+            }
+            Ok(Ok(Accepted::Challenge(name))) => {
+                metrics::tls_handshake(&self.listener.name, "acme_challenge");
+                tracing::info!(peer = %self.client.addr, listener = %self.listener.name, %name, "answered a TLS-ALPN-01 validation");
+                Err(Outcome::AcmeChallenge)
             }
             Ok(Err(e)) => {
                 metrics::tls_handshake(&self.listener.name, "failed");
