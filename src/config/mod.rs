@@ -6,6 +6,7 @@ mod document;
 mod lints;
 mod net;
 pub mod raw;
+mod recipients;
 
 pub use net::parse_network;
 
@@ -107,6 +108,9 @@ pub struct Config {
     pub dns_lists: Option<DnsLists>,
     /// Shared limits, bans and screen cache; each instance its own when absent.
     pub store: Option<StoreConfig>,
+    /// Recipient validation tables (`[[recipients]]`), in order: a domain is answered
+    /// by the first one that names it.
+    pub recipients: Vec<crate::recipients::Table>,
 }
 
 impl Config {
@@ -420,6 +424,7 @@ impl Validator {
         }
 
         let relay = self.relay(&raw.relay);
+        let recipients = self.recipients(&raw.recipients, &relay);
 
         if raw.backend.is_empty() {
             self.error("backend", "at least one [[backend]] is needed");
@@ -579,6 +584,7 @@ impl Validator {
                 pregreet,
                 dns_lists,
                 store,
+                recipients,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {
