@@ -127,14 +127,13 @@ impl Directory {
     async fn search(&self, filter: &str) -> Result<bool, DirectoryError> {
         let _slot = self.slots.acquire().await.map_err(|e| DirectoryError::Task(e.to_string()))?;
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // A kept connection the directory closed meanwhile fails: once more on a new one.
         if let Some(mut ldap) = pooled
             && !ldap.is_closed()
+            && let Ok(found) = self.search_on(&mut ldap, filter).await
         {
-            if let Ok(found) = self.search_on(&mut ldap, filter).await {
-                self.give_back(ldap);
-                return Ok(found);
-            }
-            // A kept connection the directory closed meanwhile: once more on a new one.
+            self.give_back(ldap);
+            return Ok(found);
         }
         let mut ldap = self.connect().await?;
         let found = self.search_on(&mut ldap, filter).await?;

@@ -587,3 +587,112 @@ fn recipients_two_instances_share_answers_through_redis() {
         .unwrap();
     assert!(ttl > 500_000 && ttl <= 600_000, "cache_ttl 10m: {ttl} ms left");
 }
+
+// === benchmark (bench/recipients.sh) ===
+
+/// Mean RCPT round trip through the proxy at `proxy`, over `n` RCPTs of `rcpt`.
+fn rcpt_round_trip(proxy: &Proxy, rcpt: &str, n: usize) -> Duration {
+    let mut c = Smtp::hello("127.0.0.40", proxy.addr("mx"));
+    c.cmd("MAIL FROM:<sender@example.net>", "250");
+    // Warm: the backend connection, the directory connection, the cache.
+    c.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+    let started = Instant::now();
+    for _ in 0..n {
+        c.send(&format!("RCPT TO:<{rcpt}>\r\n"));
+        let reply = c.reply();
+        assert!(reply.starts_with("250"), "{reply:?}");
+    }
+    started.elapsed() / n as u32
+}
+
+/// An attacker trying `count` addresses: 100 RCPTs a transaction, RSET and MAIL again,
+/// a new connection whenever the proxy closes one. Returns the client connections used.
+fn dictionary_attack(proxy: &Proxy, count: usize) -> usize {
+    let mut sent = 0;
+    let mut connections = 0;
+    while sent < count {
+        connections += 1;
+        let mut c = Smtp::hello("127.0.0.41", proxy.addr("mx"));
+        'session: loop {
+            c.send("MAIL FROM:<spammer@example.net>\r\n");
+            if !c.reply().starts_with("250") {
+                break;
+            }
+            for _ in 0..100 {
+                if sent == count {
+                    break 'session;
+                }
+                c.send(&format!("RCPT TO:<guess{sent}@corp.test>\r\n"));
+                sent += 1;
+                let reply = c.reply();
+                if reply.is_empty() || reply.contains("421") {
+                    break 'session;
+                }
+                if reply.starts_with("550") {
+                    // The 421 that ends a session comes as a reply of its own.
+                    c.send("NOOP\r\n");
+                    let next = c.reply();
+                    if next.is_empty() || next.starts_with("421") {
+                        break 'session;
+                    }
+                }
+            }
+            c.send("RSET\r\n");
+            if !c.reply().starts_with("250") {
+                break;
+            }
+        }
+    }
+    connections
+}
+
+#[test]
+#[ignore = "a benchmark: bench/recipients.sh"]
+fn recipients_bench() {
+    let Some(slapd) = Slapd::start() else { return };
+    let n: usize = std::env::var("RCPT_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let backend = AcceptAll::start();
+    let limits = "[limits]\nmax_recipients = 1000000";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("recipients");
+    let mut listing: String = (0..10_000).map(|i| format!("user{i}@corp.test\n")).collect();
+    listing.push_str("alice@corp.test\n");
+    std::fs::write(&file, listing).unwrap();
+    let file_table = format!("[[recipients]]\ndomains = [\"corp.test\"]\nfile = \"{}\"\n", path_str(&file));
+    let variants = [
+        ("no table", String::new()),
+        ("file (10,001 entries)", file_table.clone()),
+        ("ldap, cached", ldap_table(&slapd, &slapd.url(), AD_FILTER, "")),
+        ("ldap, uncached (cache_ttl 0s)", ldap_table(&slapd, &slapd.url(), AD_FILTER, "cache_ttl = \"0s\"")),
+    ];
+    let mut baseline = Duration::ZERO;
+    println!("RCPT round trip through Portcullis, mean of {n} (known recipient, backend accepts):");
+    for (name, table) in &variants {
+        let proxy = Proxy::start(&config(backend.addr, limits, table));
+        let took = rcpt_round_trip(&proxy, "alice@corp.test", n);
+        if table.is_empty() {
+            baseline = took;
+        }
+        println!(
+            "  {name:32} {:>8.1} µs   lookup cost {:>8.1} µs",
+            micros(took),
+            micros(took.saturating_sub(baseline))
+        );
+    }
+    println!("dictionary attack, 1,000 unknown addresses (limits.max_errors = 10, max_recipients 100):");
+    for (name, table) in [("no table", String::new()), ("file table", file_table)] {
+        let backend = AcceptAll::start();
+        let proxy = Proxy::start(&config(backend.addr, "", &table));
+        let clients = dictionary_attack(&proxy, 1000);
+        std::thread::sleep(Duration::from_millis(300));
+        println!(
+            "  {name:12} client connections {clients:>4}   backend connections {:>4}   backend RCPTs {:>5}",
+            backend.connections.load(Ordering::SeqCst),
+            backend.rcpts().len()
+        );
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
