@@ -625,7 +625,7 @@ fn dictionary_attack(proxy: &Proxy, count: usize) -> usize {
                 c.send(&format!("RCPT TO:<guess{sent}@corp.test>\r\n"));
                 sent += 1;
                 let reply = c.reply();
-                if reply.is_empty() || reply.contains("421") {
+                if reply.is_empty() || reply.starts_with("421") {
                     break 'session;
                 }
                 if reply.starts_with("550") {
