@@ -1,12 +1,15 @@
 //! `portcullis explain`: what the server would do with one client, in words, from the
 //! same policy code the server runs: the connection verdict and its rule, the relay
 //! verdict for each recipient with its rule and the recipient's address form, and
-//! the exact bytes the first backend would be told about the client.
+//! the exact bytes the first backend would be told about the client. With
+//! `[[recipients]]`, each recipient is also looked up for real, as at RCPT (the file
+//! read, the directory asked; no cache), and the table that decided is named.
 
 use crate::addr::{ClientAddr, LocalAddr};
 use crate::config::{Config, Listener};
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::policy::{Action, RelayVerdict, address};
+use crate::recipients::{Key, Recipients, Verdict};
 use crate::smtp::{Capabilities, ReplyParser};
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -101,6 +104,7 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
         }
     );
     let authenticated = q.user.is_some() && listener.auth != crate::config::AuthPolicy::Off;
+    let mut recipients = RecipientLookup::new(config);
     for rcpt in &q.rcpts {
         let path = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
         let classified = if path.is_ascii() { address::classify(path) } else { address::classify_utf8(path) };
@@ -119,7 +123,9 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
                 format!("{form}: routed form, its real destination depends on the backend's rewriting")
             }
         };
-        let verdict = match config.relay.decide(&who, authenticated, &destination) {
+        let relay = config.relay.decide(&who, authenticated, &destination);
+        let denied = matches!(relay, RelayVerdict::Denied(_));
+        let verdict = match relay {
             RelayVerdict::Local => "accepted: a local domain, not relaying".to_string(),
             RelayVerdict::Relay(rule) => format!("accepted: relaying allowed by {rule}"),
             RelayVerdict::Denied(rule) => {
@@ -127,6 +133,78 @@ fn relay(w: &mut String, config: &Config, listener: &Listener, client: ClientAdd
             }
         };
         let _ = writeln!(w, "  <{path}> ({form}): {verdict}");
+        if !denied {
+            recipients.explain(w, config, path);
+        }
+    }
+}
+
+/// The recipient tables, live for `explain`: looked up as at RCPT, without a cache.
+struct RecipientLookup {
+    live: Option<Result<(std::sync::Arc<Recipients>, tokio::runtime::Runtime), String>>,
+}
+
+impl RecipientLookup {
+    fn new(config: &Config) -> Self {
+        if config.recipients.is_empty() {
+            return Self { live: None };
+        }
+        let live = Recipients::new(&config.recipients, None).map_err(|e| e.to_string()).and_then(|r| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            Ok((r, rt))
+        });
+        Self { live: Some(live) }
+    }
+
+    fn explain(&mut self, w: &mut String, config: &Config, path: &str) {
+        let Some(live) = &self.live else { return };
+        let (recipients, rt) = match live {
+            Ok(live) => live,
+            Err(e) => {
+                let _ = writeln!(w, "    recipient validation: the tables cannot be read: {e}");
+                return;
+            }
+        };
+        let smtputf8 = !path.is_ascii();
+        let Some(key) = Key::parse(path, smtputf8) else {
+            let _ = writeln!(w, "    recipient validation: not a plain mailbox; not validated");
+            return;
+        };
+        let Some(table) = config.recipients.iter().find(|t| t.domains.contains(&key.domain)) else {
+            let _ =
+                writeln!(w, "    recipient validation: no [[recipients]] table names {}; not validated", key.domain);
+            return;
+        };
+        if let crate::recipients::Source::Ldap(d) = &table.source {
+            let _ = writeln!(
+                w,
+                "    recipient validation: {} searches base {:?} for {}",
+                table.describe(),
+                d.base,
+                crate::recipients::key::filter(&d.filter, &key.address())
+            );
+        }
+        let verdict = rt.block_on(recipients.check(path, smtputf8));
+        let line = match &verdict {
+            Verdict::Untouched => "not validated".to_string(),
+            Verdict::Known(d) => format!("known: {} (key {}, answered by {})", d.table, d.key, d.via),
+            Verdict::Unknown(d) => format!(
+                "UNKNOWN to {} (key {}): \"{}\"; the backend never sees it",
+                d.table,
+                d.key,
+                verdict.reply(path).unwrap_or_default()
+            ),
+            Verdict::Unavailable { decision, accept, error } => format!(
+                "{} cannot answer ({error}): {}",
+                decision.table,
+                if *accept {
+                    "on_error = \"accept\": passed to the backend unchecked".to_string()
+                } else {
+                    format!("\"{}\"", verdict.reply(path).unwrap_or_default())
+                }
+            ),
+        };
+        let _ = writeln!(w, "    recipient validation (looked up now): {line}");
     }
 }
 
@@ -238,6 +316,31 @@ identity = "xclient"
         assert!(text.contains("<a%b@example.com> (percent hack: routed form"), "{text}");
         assert!(text.contains("<bad@>: REFUSED, bad syntax"), "{text}");
         assert!(text.contains("XCLIENT PROTO=ESMTP HELO=client.example PORT=4000 DESTADDR=192.0.2.25 DESTPORT=25 NAME=[UNAVAILABLE] ADDR=203.0.113.9"), "{text}");
+    }
+
+    #[test]
+    fn recipients_looked_up_with_the_deciding_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recipients");
+        std::fs::write(&file, "alice@example.com\n").unwrap();
+        let text = format!("{CONFIG}[[recipients]]\ndomains = [\"example.com\"]\nfile = \"{}\"\n", file.display());
+        let config = crate::config::parse(&text).unwrap().config;
+        let q = Question {
+            client: "203.0.113.9:4000".parse().unwrap(),
+            listener: None,
+            local: None,
+            user: None,
+            helo: "client.example".into(),
+            rcpts: vec!["alice@example.com".into(), "bob@example.com".into(), "x@example.org".into()],
+        };
+        let text = explain(&config, &q).unwrap();
+        assert!(text.contains("recipient validation (looked up now): known: recipients[0] (file "), "{text}");
+        assert!(
+            text.contains("UNKNOWN to recipients[0] (file ") && text.contains("550 5.1.1 <bob@example.com>"),
+            "{text}"
+        );
+        // Refused by the relay policy first: never looked up.
+        assert_eq!(text.matches("recipient validation").count(), 2, "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`explain`]: what the server would do with one client, for `portcullis explain`.
 //! - [`screen`]: rate limits, bans, DNS lists and pregreet, before any backend spends a process.
 //! - [`milter`]: content filters (the milter protocol), and messages held for them.
+//! - [`recipients`]: recipient validation at RCPT (`[[recipients]]`: a file or a directory).
 //! - [`admin`]: the admin endpoint (metrics, health, bans).
 //! - [`metrics`], `log_limit`, [`activity`]: what every part counts, logs and keeps for
 //!   the status page, on the ground floor.
@@ -33,6 +34,7 @@ pub(crate) mod log_limit;
 pub(crate) mod metrics;
 pub(crate) mod milter;
 pub mod policy;
+pub(crate) mod recipients;
 pub(crate) mod screen;
 pub mod server;
 pub mod smtp;

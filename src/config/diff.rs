@@ -3,6 +3,7 @@
 //! 50`. Pure: two configs in, lines out.
 
 use super::{Backend, Config, Listener};
+use crate::recipients::{Source, Table};
 use std::fmt::Debug;
 
 fn users(config: &Config) -> Option<&crate::auth::users::Users> {
@@ -89,7 +90,45 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     if o != n && o.len() == n.len() && o.iter().all(|a| n.contains(a)) {
         out.push(format!("backend order: {} -> {}", o.join(", "), n.join(", ")));
     }
+    recipients(&mut out, &old.recipients, &new.recipients);
     out
+}
+
+/// `[[recipients]]` tables, by position: added, removed, and each changed setting.
+/// (A file's contents are not in the config: reloads read it again and log its size.)
+fn recipients(out: &mut Vec<String>, old: &[Table], new: &[Table]) {
+    let settings = |t: &Table| {
+        let source = match &t.source {
+            Source::File(path) => format!("file {}", path.display()),
+            Source::Ldap(d) => format!("ldap {}", d.settings()),
+        };
+        [
+            ("domains", format!("{:?}", t.domains.entries())),
+            ("source", source),
+            ("cache_ttl", format!("{:?}", t.cache_ttl)),
+            ("on_error", t.on_error.as_str().to_string()),
+            ("recipient_delimiter", format!("{:?}", t.delimiters)),
+        ]
+    };
+    for (i, n) in new.iter().enumerate() {
+        let Some(o) = old.get(i) else {
+            out.push(format!("{} added: {} for {:?}", n.name(), n.source, n.domains.entries()));
+            continue;
+        };
+        for ((key, was), (_, now)) in settings(o).into_iter().zip(settings(n)) {
+            if was != now {
+                out.push(format!("{}.{key}: {was} -> {now}", n.name()));
+            }
+        }
+        if let (Source::Ldap(a), Source::Ldap(b)) = (&o.source, &n.source)
+            && a.bind.as_ref().map(|b| &b.password) != b.bind.as_ref().map(|b| &b.password)
+        {
+            out.push(format!("{}.bind_password_file: a new password", n.name()));
+        }
+    }
+    for o in old.iter().skip(new.len()) {
+        out.push(format!("{} removed: {} for {:?}", o.name(), o.source, o.domains.entries()));
+    }
 }
 
 /// `+added` and `-removed` entries of a list, order ignored.

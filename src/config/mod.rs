@@ -7,6 +7,7 @@ mod document;
 mod lints;
 mod net;
 pub mod raw;
+mod recipients;
 
 pub use net::parse_network;
 
@@ -111,6 +112,9 @@ pub struct Config {
     /// Certificates from an ACME CA (`[acme]`); `tls` then only serves until the
     /// first one is there.
     pub acme: Option<acme::AcmeConfig>,
+    /// Recipient validation tables (`[[recipients]]`), in order: a domain is answered
+    /// by the first one that names it.
+    pub recipients: Vec<crate::recipients::Table>,
 }
 
 impl Config {
@@ -424,6 +428,7 @@ impl Validator {
         }
 
         let relay = self.relay(&raw.relay);
+        let recipients = self.recipients(&raw.recipients, &relay);
 
         if raw.backend.is_empty() {
             self.error("backend", "at least one [[backend]] is needed");
@@ -596,6 +601,7 @@ impl Validator {
                 dns_lists,
                 store,
                 acme,
+                recipients,
             };
             Ok(Loaded { config, warnings: self.warnings })
         } else {

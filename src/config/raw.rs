@@ -30,6 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub milter: Vec<RawMilter>,
     pub acme: Option<RawAcme>,
+    #[serde(default)]
+    pub recipients: Vec<RawRecipients>,
 }
 
 /// `[acme]`: certificates obtained and renewed from an ACME CA (RFC 8555).
@@ -67,6 +69,31 @@ impl RawStrings {
             RawStrings::Many(v) => v.clone(),
         }
     }
+}
+
+/// `[[recipients]]`: the valid addresses of some local domains, from a file or a
+/// directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipients {
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// One address a line, `@domain` for a whole domain.
+    pub file: Option<String>,
+    /// "ldaps://host[:port]" or "ldap://host[:port]".
+    pub ldap: Option<String>,
+    pub starttls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<String>,
+    pub base: Option<String>,
+    /// With `%s` for the recipient.
+    pub filter: Option<String>,
+    pub timeout: Option<String>,
+    pub cache_ttl: Option<String>,
+    /// "tempfail" | "accept", when the source cannot answer.
+    pub on_error: Option<String>,
+    pub recipient_delimiter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

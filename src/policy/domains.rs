@@ -59,6 +59,17 @@ impl DomainSet {
         all
     }
 
+    /// Whether every domain `entry` names (a name, or `.suffix`: all its subdomains)
+    /// is in the set.
+    pub fn covers(&self, entry: &str) -> bool {
+        let entry = entry.to_ascii_lowercase();
+        if entry.starts_with('.') {
+            self.subdomains_of.iter().any(|suffix| entry.ends_with(suffix.as_str()))
+        } else {
+            self.contains(&entry)
+        }
+    }
+
     pub fn contains(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
         self.exact.contains(&domain) || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))
@@ -80,6 +91,18 @@ mod tests {
         assert!(!set.contains("sub.other.org"));
         assert!(!set.contains("badexample.com"));
         assert!(!set.contains("example.com.evil.net"));
+    }
+
+    #[test]
+    fn covers_names_and_suffixes() {
+        let set = DomainSet::new(["example.com", ".example.org"]);
+        assert!(set.covers("EXAMPLE.com"));
+        assert!(set.covers("a.example.org"));
+        assert!(set.covers(".example.org"));
+        assert!(set.covers(".b.example.org"));
+        assert!(!set.covers(".example.com"));
+        assert!(!set.covers("example.org"));
+        assert!(!set.covers("other.net"));
     }
 
     #[test]

@@ -342,6 +342,33 @@ impl Store {
         .await
     }
 
+    /// A recipient validation answer kept by any instance (`rcpt:` keys): whether the
+    /// recipient exists and how long the answer is still good; `Some(None)` when none
+    /// is kept.
+    pub async fn recipient(self: &Arc<Self>, what: &str) -> Option<Option<(bool, Duration)>> {
+        let key = self.key("rcpt", what);
+        let (value, left): (Option<String>, i64) = self
+            .call("recipient", move |mut c| async move {
+                redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Some(match value.as_deref() {
+            Some("1") if left > 0 => Some((true, Duration::from_millis(left as u64))),
+            Some("0") if left > 0 => Some((false, Duration::from_millis(left as u64))),
+            _ => None,
+        })
+    }
+
+    /// Keeps a recipient validation answer for `ttl`, for every instance.
+    pub fn remember_recipient(self: &Arc<Self>, what: &str, known: bool, ttl: Duration) {
+        let key = self.key("rcpt", what);
+        let ms = ttl.as_millis().max(1) as u64;
+        let call = move |mut c: MultiplexedConnection| async move {
+            redis::cmd("SET").arg(key).arg(if known { "1" } else { "0" }).arg("PX").arg(ms).query_async(&mut c).await
+        };
+        self.send("remember recipient", call, || {});
+    }
+
     /// Lifts the ban on `client` (and forgets its failures); whether there was one.
     pub async fn lift(self: &Arc<Self>, client: IpNet) -> Option<bool> {
         let (ban, fail) = (self.key("ban", client), self.key("fail", client));

@@ -18,6 +18,7 @@ use crate::identity::proxy::Proxied;
 use crate::log_limit::log_refusal;
 use crate::metrics;
 use crate::policy::Action;
+use crate::recipients::Recipients;
 use crate::screen::Screen;
 use crate::screen::store::Store;
 use bytes::BytesMut;
@@ -74,12 +75,14 @@ impl Server {
             Some(store) => Some(Store::start(store).map_err(ServerError::Store)?),
             None => None,
         };
+        let recipients = Recipients::new(&config.recipients, store.clone()).map_err(ServerError::Recipients)?;
         let live = Arc::new(Live::from_pointee(config));
         let screen = Arc::new(Screen::new(store));
         let backends = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
             status: Status::new(live.clone(), screen.clone(), backends.clone()),
             screen,
+            recipients,
             live,
             backends,
             limits,
@@ -130,6 +133,7 @@ impl Server {
                 live: self.shared.live.clone(),
                 backends: self.shared.backends.clone(),
                 screen: self.shared.screen.clone(),
+                recipients: self.shared.recipients.clone(),
                 limits: self.shared.limits.clone(),
                 certs: self.shared.certs.clone(),
                 sessions: TaskTracker::new(),
@@ -213,6 +217,7 @@ struct WorkerCtx {
     live: Arc<Live>,
     backends: Arc<Registry>,
     screen: Arc<Screen>,
+    recipients: Arc<Recipients>,
     limits: Arc<ConnectionLimits>,
     certs: Option<Arc<crate::acme::Certificates>>,
     sessions: TaskTracker,
@@ -351,6 +356,7 @@ fn admit(
         .with_backends(ctx.backends.clone())
         .with_screen(ctx.screen.clone())
         .with_certificates(ctx.certs.clone())
+        .with_recipients(ctx.recipients.clone())
         .with_stop(ctx.stop.clone());
     Some((session, permit))
 }

@@ -8,7 +8,9 @@
 //! What lives across configs is carried over by identity: a listener with the same
 //! name and address keeps its socket (its sessions go on), a backend with the same
 //! address keeps its health state and, with the same `max_connections`, its count of
-//! open connections. `server.workers`, `log.format`, `admin.bind`, `[store]` and `[acme]` need a restart.
+//! open connections. Recipient files are read again; a recipient directory with the
+//! same settings keeps its connections (see `crate::recipients`). `server.workers`,
+//! `log.format`, `admin.bind`, `[store]` and `[acme]` need a restart.
 
 use super::shared::{Bound, ServerError, Shared};
 use crate::config::{self, Config, ConfigError, Loaded, diff};
@@ -117,6 +119,12 @@ impl Reloader {
             });
         }
 
+        // Recipient files are read again; one that cannot be read now keeps the running
+        // config whole (the sockets bound above close again).
+        self.shared
+            .recipients
+            .update(&new.recipients)
+            .map_err(|e| ReloadError::Config(ConfigError { problems: e.0, warnings: Vec::new() }))?;
         self.shared.limits.set(new.limits.max_connections, new.limits.max_connections_per_ip);
         self.shared.backends.keep_only(&new.backends);
         self.shared.live.store(Arc::new(new));

@@ -24,6 +24,7 @@ mod io;
 mod mail;
 mod pipeline;
 mod rcpt;
+mod recipients;
 mod rset;
 mod screen;
 mod starttls;
@@ -311,6 +312,8 @@ pub struct Session<S> {
     live: Option<Arc<Live>>,
     /// Rates and bans, shared with every session; none in tests that do not need them.
     screen: Option<Arc<crate::screen::Screen>>,
+    /// Recipient validation (`[[recipients]]`), shared with every session.
+    recipients: Option<Arc<crate::recipients::Recipients>>,
     /// The backends' live state (slots, health, what they offered), shared with every
     /// session and the health checks.
     backends: Arc<Registry>,
@@ -358,6 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             config,
             live: None,
             screen: None,
+            recipients: None,
             backends: Arc::default(),
             backend_states: None,
             listener,

@@ -6,6 +6,7 @@ use super::limits::ConnectionLimits;
 use crate::admin::Status;
 use crate::backend::registry::Registry;
 use crate::config::Live;
+use crate::recipients::Recipients;
 use crate::screen::Screen;
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub enum ServerError {
     Store(redis::RedisError),
     #[error("[acme] http_bind: cannot listen on {addr}: {error}")]
     AcmeHttp { addr: SocketAddr, error: io::Error },
+    #[error("[[recipients]]: {0}")]
+    Recipients(crate::recipients::RecipientsError),
 }
 
 /// One listening socket, shared by every worker. A reload that keeps a listener keeps
@@ -71,6 +74,8 @@ pub(crate) struct Shared {
     /// The backends' live state, kept across reloads by address.
     pub(crate) backends: Arc<Registry>,
     pub(crate) screen: Arc<Screen>,
+    /// The recipient tables, live (files read, directory connections); rebuilt by reloads.
+    pub(crate) recipients: Arc<Recipients>,
     pub(crate) limits: Arc<ConnectionLimits>,
     pub(crate) listeners: watch::Sender<ListenerSet>,
     pub(crate) status: Arc<Status>,

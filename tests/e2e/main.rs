@@ -21,6 +21,7 @@ mod log_injection;
 mod milter;
 mod postfix;
 mod readme;
+mod recipients;
 mod reload;
 mod reuse;
 mod roundtrip;

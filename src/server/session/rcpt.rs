@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn rcpt(&mut self, line: &[u8], path: &str, params: &[Param<'_>]) -> Step {
-        if !self.recipient_allowed(path, params).await? {
+        if !self.recipient_allowed(path, params).await? || !self.recipient_known(path).await? {
             return Ok(());
         }
         let filtered = if self.listener.milters.is_empty() {
