@@ -38,13 +38,20 @@ pub struct Status {
     pub live: Arc<Live>,
     pub screen: Arc<Screen>,
     pub backends: Arc<Registry>,
+    /// The certificates `[acme]` obtains, when it is configured.
+    pub certs: Option<Arc<crate::acme::Certificates>>,
     /// Set once every listener is bound and the workers run; cleared when draining.
     pub serving: AtomicBool,
 }
 
 impl Status {
-    pub fn new(live: Arc<Live>, screen: Arc<Screen>, backends: Arc<Registry>) -> Arc<Self> {
-        Arc::new(Self { live, screen, backends, serving: AtomicBool::new(false) })
+    pub fn new(
+        live: Arc<Live>,
+        screen: Arc<Screen>,
+        backends: Arc<Registry>,
+        certs: Option<Arc<crate::acme::Certificates>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { live, screen, backends, certs, serving: AtomicBool::new(false) })
     }
 
     /// `Ok` when ready, else why not.

@@ -35,6 +35,9 @@ pub struct Page {
     pub dns_lists: Vec<(String, f64)>,
     pub store_up: Option<bool>,
     pub filters: Vec<FilterRow>,
+    pub recipient_tables: Vec<TableRow>,
+    /// `[acme]`: the certificate's name and when it expires (none yet: `None`).
+    pub certificate: Option<(String, Option<SystemTime>)>,
     pub reload: Option<Reload>,
     /// The refusals shown (after the filter), newest first.
     pub refusals: Vec<Refusal>,
@@ -70,6 +73,15 @@ pub struct BackendRow {
     /// Mean time to the backend's verdict on a message, seconds.
     pub reply_time: Option<f64>,
     pub errors: f64,
+}
+
+#[derive(Debug)]
+pub struct TableRow {
+    pub name: String,
+    pub domains: String,
+    pub source: String,
+    /// Lookups by result (known, unknown, failed).
+    pub lookups: Vec<(String, f64)>,
 }
 
 #[derive(Debug)]
@@ -151,6 +163,19 @@ pub async fn gather(status: &Status, show_clients: bool, client: Option<String>)
             errors: samples.by(metrics::MILTER_ERRORS, "error", &of),
         });
     }
+    let recipient_tables = config
+        .recipients
+        .iter()
+        .map(|t| {
+            let name = t.name();
+            let lookups = samples.by(metrics::RECIPIENT_LOOKUPS, "result", &[("table", &name)]);
+            TableRow { domains: t.domains.entries().join(", "), source: t.source.to_string(), lookups, name }
+        })
+        .collect();
+    let certificate = config
+        .acme
+        .as_ref()
+        .map(|a| (a.domains.first().cloned().unwrap_or_default(), status.certs.as_ref().and_then(|c| c.expiry())));
     let kept = activity::refusals();
     let refusals_kept = kept.len();
     let refusals = match (&client, show_clients) {
@@ -175,6 +200,8 @@ pub async fn gather(status: &Status, show_clients: bool, client: Option<String>)
         dns_lists: samples.by(metrics::DNSBL_VERDICTS, "action", &[]),
         store_up: config.store.as_ref().map(|_| samples.sum(metrics::STORE_UP, &[]) > 0.0),
         filters,
+        recipient_tables,
+        certificate,
         reload: activity::last_reload(),
         refusals,
         refusals_kept,
@@ -211,6 +238,12 @@ pub fn render(page: &Page) -> String {
     screening(&mut h, page);
     if !page.filters.is_empty() {
         filters(&mut h, page);
+    }
+    if !page.recipient_tables.is_empty() {
+        recipient_tables(&mut h, page);
+    }
+    if let Some((name, expiry)) = &page.certificate {
+        certificate(&mut h, name, *expiry);
     }
     reload(&mut h, page);
     refusals(&mut h, page);
@@ -361,6 +394,39 @@ fn filters(h: &mut String, page: &Page) {
         );
     }
     h.push_str("</table></section>\n");
+}
+
+fn recipient_tables(h: &mut String, page: &Page) {
+    h.push_str(
+        "<section id=\"recipients\"><h2>Recipient tables</h2><table><tr><th>table</th><th>domains</th>\
+         <th>source</th><th>lookups</th></tr>",
+    );
+    for t in &page.recipient_tables {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&t.name),
+            esc(&t.domains),
+            esc(&t.source),
+            if t.lookups.is_empty() { "none yet".to_string() } else { pairs(&t.lookups) },
+        );
+    }
+    h.push_str("</table></section>\n");
+}
+
+fn certificate(h: &mut String, name: &str, expiry: Option<SystemTime>) {
+    let state = match expiry {
+        None => "<b class=\"bad\">none yet</b>: STARTTLS is not offered until there is one".to_string(),
+        Some(at) => match at.duration_since(SystemTime::now()) {
+            Ok(left) => format!("expires {} (in {})", stamp(at), human(left)),
+            Err(_) => format!("<b class=\"bad\">expired {}</b>", stamp(at)),
+        },
+    };
+    let _ = writeln!(
+        h,
+        "<section id=\"certificate\"><h2>TLS certificate (ACME)</h2><p>{}: {state}</p></section>",
+        esc(name)
+    );
 }
 
 fn reload(h: &mut String, page: &Page) {
@@ -528,6 +594,13 @@ mod tests {
             dns_lists: vec![],
             store_up: None,
             filters: vec![],
+            recipient_tables: vec![TableRow {
+                name: "recipients[0]".into(),
+                domains: "example.com".into(),
+                source: "ldap ldaps://dc1.example.com".into(),
+                lookups: vec![("known".into(), 3.0), ("unknown".into(), 1.0)],
+            }],
+            certificate: Some(("mx.example.com".into(), Some(SystemTime::now() + Duration::from_secs(40 * 86400 + 60)))),
             reload: Some(Reload { at: now, ok: true, changes: vec!["relay.networks: +10.0.0.0/8".into()] }),
             refusals: vec![Refusal {
                 at: now,
@@ -555,6 +628,8 @@ mod tests {
         assert!(html.contains("value=\"203.\""));
         assert_eq!(html.matches("<rect").count(), 120, "two bars a minute");
         assert!(html.contains("up <span id=\"uptime\" data-seconds=\"3700\">1h 1m</span>"));
+        assert!(html.contains("<td>ldap ldaps://dc1.example.com</td><td>known 3, unknown 1</td>"));
+        assert!(html.contains("mx.example.com: expires") && html.contains("(in 40d 0h)"), "{html}");
     }
 
     #[test]

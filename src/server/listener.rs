@@ -80,7 +80,7 @@ impl Server {
         let screen = Arc::new(Screen::new(store));
         let backends = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
-            status: Status::new(live.clone(), screen.clone(), backends.clone()),
+            status: Status::new(live.clone(), screen.clone(), backends.clone(), certs.clone()),
             screen,
             recipients,
             live,

@@ -32,6 +32,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     peer = %self.client.addr, listener = %self.listener.name, rcpt = ?path,
                     table = %d.table, key = ?d.key, via = d.via, "recipient refused: unknown"
                 );
+                crate::activity::refused(
+                    self.client.addr.ip(),
+                    &self.listener.name,
+                    &format!("unknown recipient ({})", d.table),
+                );
                 self.reply(reply.as_deref().unwrap_or("550 5.1.1 Recipient address rejected: User unknown"));
                 self.count_error_as("unknown recipient").map(|()| false)
             }
