@@ -10,38 +10,38 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Refusals kept for the status page, newest first.
-pub const REFUSALS_KEPT: usize = 200;
+pub(crate) const REFUSALS_KEPT: usize = 200;
 /// Minutes of message history kept.
-pub const MINUTES: usize = 60;
+pub(crate) const MINUTES: usize = 60;
 
 /// One refused client, command or recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub at: SystemTime,
-    pub client: IpAddr,
-    pub listener: String,
+pub(crate) struct Refusal {
+    pub(crate) at: SystemTime,
+    pub(crate) client: IpAddr,
+    pub(crate) listener: String,
     /// The rule, limit or reason that decided.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Messages in one minute.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Minute {
+pub(crate) struct Minute {
     /// Minutes since the Unix epoch.
-    pub minute: u64,
+    pub(crate) minute: u64,
     /// Accepted by the backend.
-    pub delivered: u32,
+    pub(crate) delivered: u32,
     /// Refused by the backend or by us (scanner, filters, limits).
-    pub refused: u32,
+    pub(crate) refused: u32,
 }
 
 /// The last reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reload {
-    pub at: SystemTime,
-    pub ok: bool,
+pub(crate) struct Reload {
+    pub(crate) at: SystemTime,
+    pub(crate) ok: bool,
     /// What it changed, or why it failed.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
 }
 
 struct Activity {
@@ -62,18 +62,18 @@ fn activity() -> &'static Activity {
 }
 
 /// Marks the process start (the first call wins); uptime counts from here.
-pub fn start() {
+pub(crate) fn start() {
     activity();
 }
 
 /// When the process started, and how long ago.
-pub fn started() -> (SystemTime, std::time::Duration) {
+pub(crate) fn started() -> (SystemTime, std::time::Duration) {
     let (instant, at) = activity().started;
     (at, instant.elapsed())
 }
 
 /// A client refused at `listener` for `reason`.
-pub fn refused(client: IpAddr, listener: &str, reason: &str) {
+pub(crate) fn refused(client: IpAddr, listener: &str, reason: &str) {
     let refusal = Refusal { at: SystemTime::now(), client, listener: listener.to_string(), reason: reason.to_string() };
     let mut ring = activity().refusals.lock().unwrap_or_else(|e| e.into_inner());
     if ring.len() == REFUSALS_KEPT {
@@ -83,7 +83,7 @@ pub fn refused(client: IpAddr, listener: &str, reason: &str) {
 }
 
 /// The refusals kept, newest first.
-pub fn refusals() -> Vec<Refusal> {
+pub(crate) fn refusals() -> Vec<Refusal> {
     activity().refusals.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
 }
 
@@ -92,7 +92,7 @@ fn minute_of(at: SystemTime) -> u64 {
 }
 
 /// One message's outcome, as [`crate::metrics::message`] names it.
-pub fn message(outcome: &str) {
+pub(crate) fn message(outcome: &str) {
     let delivered = match outcome {
         "delivered" => true,
         "refused" | "rejected" => false,
@@ -114,7 +114,7 @@ pub fn message(outcome: &str) {
 
 /// The last [`MINUTES`] minutes up to `now`, oldest first, minutes without a message
 /// included.
-pub fn history(now: SystemTime) -> Vec<Minute> {
+pub(crate) fn history(now: SystemTime) -> Vec<Minute> {
     let now = minute_of(now);
     let minutes = activity().minutes.lock().unwrap_or_else(|e| e.into_inner());
     (0..MINUTES as u64)
@@ -128,11 +128,11 @@ pub fn history(now: SystemTime) -> Vec<Minute> {
 }
 
 /// A reload happened: `changes` says what it changed, or why it failed.
-pub fn reloaded(ok: bool, changes: Vec<String>) {
+pub(crate) fn reloaded(ok: bool, changes: Vec<String>) {
     *activity().reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(Reload { at: SystemTime::now(), ok, changes });
 }
 
-pub fn last_reload() -> Option<Reload> {
+pub(crate) fn last_reload() -> Option<Reload> {
     activity().reload.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 

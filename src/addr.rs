@@ -10,35 +10,35 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The client of a session, as made at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Client {
+pub(crate) struct Client {
     /// The TCP peer, or the source a trusted proxy's PROXY header named.
-    pub addr: ClientAddr,
+    pub(crate) addr: ClientAddr,
     /// The local address and port the client connected to (or the PROXY destination).
-    pub local: LocalAddr,
+    pub(crate) local: LocalAddr,
     /// Whether the address is the TCP peer, named by a proxy, or unknown.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
 }
 
 impl Client {
     /// A client that connected directly.
-    pub fn direct(addr: ClientAddr, local: LocalAddr) -> Client {
+    pub(crate) fn direct(addr: ClientAddr, local: LocalAddr) -> Client {
         Client { addr, local, origin: Origin::Direct }
     }
 
     /// Whether `addr` is really the client's (a proxy may not have said).
-    pub fn address_known(&self) -> bool {
+    pub(crate) fn address_known(&self) -> bool {
         self.origin.address_known()
     }
 
     /// The network the client is counted in, for rates and bans.
-    pub fn network(&self, ipv6_prefix: u8) -> IpNet {
+    pub(crate) fn network(&self, ipv6_prefix: u8) -> IpNet {
         network(self.addr.ip(), ipv6_prefix)
     }
 }
 
 /// The network an address is counted in: itself for IPv4, its `ipv6_prefix` for IPv6
 /// (one host has a whole prefix).
-pub fn network(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
+pub(crate) fn network(ip: IpAddr, ipv6_prefix: u8) -> IpNet {
     let prefix = match ip {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => ipv6_prefix.min(128),
@@ -59,7 +59,7 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
 
 /// Where the client address of a session comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The TCP peer is the client (or a trusted proxy's own connection, PROXY LOCAL).
     Direct,
     /// A trusted proxy at `proxy` named the client in its PROXY header.
@@ -72,12 +72,12 @@ pub enum Origin {
 
 impl Origin {
     /// Whether the session's client address is really the client's.
-    pub fn address_known(&self) -> bool {
+    pub(crate) fn address_known(&self) -> bool {
         !matches!(self, Origin::Unknown { .. })
     }
 
     /// The proxy the connection came through, if any.
-    pub fn proxy(&self) -> Option<ClientAddr> {
+    pub(crate) fn proxy(&self) -> Option<ClientAddr> {
         match self {
             Origin::Direct => None,
             Origin::Proxied { proxy } | Origin::Unknown { proxy } => Some(*proxy),
@@ -100,7 +100,7 @@ impl ClientAddr {
     pub fn new(addr: SocketAddr) -> Self {
         Self(normalize(addr))
     }
-    pub fn ip(&self) -> IpAddr {
+    pub(crate) fn ip(&self) -> IpAddr {
         self.0.ip()
     }
     pub fn socket(&self) -> SocketAddr {
@@ -120,7 +120,7 @@ impl LocalAddr {
     pub fn new(addr: SocketAddr) -> Self {
         Self(normalize(addr))
     }
-    pub fn ip(&self) -> IpAddr {
+    pub(crate) fn ip(&self) -> IpAddr {
         self.0.ip()
     }
     pub fn socket(&self) -> SocketAddr {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
-pub struct LogLimit {
+pub(crate) struct LogLimit {
     kinds: Mutex<HashMap<&'static str, Slot>>,
 }
 
@@ -20,14 +20,14 @@ struct Slot {
 
 impl LogLimit {
     /// The process-wide limit.
-    pub fn global() -> &'static LogLimit {
+    pub(crate) fn global() -> &'static LogLimit {
         static LIMIT: OnceLock<LogLimit> = OnceLock::new();
         LIMIT.get_or_init(LogLimit::default)
     }
 
     /// `Some(n)` when a line of `kind` may be written now, `n` being how many were left
     /// out since the last one; `None` when this one is left out.
-    pub fn allow(&self, kind: &'static str, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&self, kind: &'static str, now: Instant) -> Option<u64> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
         match kinds.get_mut(kind) {
             Some(slot) if now.duration_since(slot.logged_at) < WINDOW => {
@@ -52,7 +52,7 @@ impl LogLimit {
 
 /// Logs a refused connection, at most once a second per kind; every one is kept for
 /// the status page ([`crate::activity`]).
-pub fn log_refusal(kind: &'static str, peer: crate::addr::ClientAddr, listener: &str, rule: &str) {
+pub(crate) fn log_refusal(kind: &'static str, peer: crate::addr::ClientAddr, listener: &str, rule: &str) {
     crate::activity::refused(peer.ip(), listener, rule);
     if let Some(suppressed) = LogLimit::global().allow(kind, std::time::Instant::now()) {
         tracing::info!(%peer, listener, rule, suppressed, "connection refused: {kind}");

@@ -10,33 +10,33 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub const CONNECTIONS: &str = "portcullis_connections_total";
-pub const SESSIONS_OPEN: &str = "portcullis_sessions_open";
-pub const SESSIONS: &str = "portcullis_sessions_total";
-pub const RELAY_REFUSALS: &str = "portcullis_relay_refusals_total";
-pub const MESSAGES: &str = "portcullis_messages_total";
-pub const RECIPIENTS: &str = "portcullis_recipients_total";
-pub const BYTES: &str = "portcullis_client_bytes_total";
-pub const BACKEND_ERRORS: &str = "portcullis_backend_errors_total";
-pub const BACKEND_UP: &str = "portcullis_backend_up";
-pub const BACKEND_CHECKS: &str = "portcullis_backend_checks_total";
-pub const BACKEND_REPLY_SECONDS: &str = "portcullis_backend_reply_seconds";
-pub const RELOADS: &str = "portcullis_reloads_total";
-pub const LIMIT_REFUSALS: &str = "portcullis_limit_refusals_total";
-pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
-pub const AUTH: &str = "portcullis_auth_total";
-pub const LOG_SUPPRESSED: &str = "portcullis_log_lines_suppressed_total";
-pub const DNSBL_LOOKUPS: &str = "portcullis_dnsbl_lookups_total";
-pub const DNSBL_VERDICTS: &str = "portcullis_dnsbl_verdicts_total";
-pub const STORE_ERRORS: &str = "portcullis_store_errors_total";
-pub const STORE_UP: &str = "portcullis_store_up";
-pub const MILTER_VERDICTS: &str = "portcullis_milter_verdicts_total";
-pub const MILTER_ERRORS: &str = "portcullis_milter_errors_total";
-pub const MILTER_SECONDS: &str = "portcullis_milter_message_seconds";
-pub const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
-pub const ACME_ORDER_FAILURES: &str = "portcullis_acme_order_failures_total";
-pub const RECIPIENT_LOOKUPS: &str = "portcullis_recipient_lookups_total";
-pub const RECIPIENT_LOOKUP_SECONDS: &str = "portcullis_recipient_lookup_seconds";
+pub(crate) const CONNECTIONS: &str = "portcullis_connections_total";
+pub(crate) const SESSIONS_OPEN: &str = "portcullis_sessions_open";
+pub(crate) const SESSIONS: &str = "portcullis_sessions_total";
+pub(crate) const RELAY_REFUSALS: &str = "portcullis_relay_refusals_total";
+pub(crate) const MESSAGES: &str = "portcullis_messages_total";
+pub(crate) const RECIPIENTS: &str = "portcullis_recipients_total";
+pub(crate) const BYTES: &str = "portcullis_client_bytes_total";
+pub(crate) const BACKEND_ERRORS: &str = "portcullis_backend_errors_total";
+pub(crate) const BACKEND_UP: &str = "portcullis_backend_up";
+pub(crate) const BACKEND_CHECKS: &str = "portcullis_backend_checks_total";
+pub(crate) const BACKEND_REPLY_SECONDS: &str = "portcullis_backend_reply_seconds";
+pub(crate) const RELOADS: &str = "portcullis_reloads_total";
+pub(crate) const LIMIT_REFUSALS: &str = "portcullis_limit_refusals_total";
+pub(crate) const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+pub(crate) const AUTH: &str = "portcullis_auth_total";
+pub(crate) const LOG_SUPPRESSED: &str = "portcullis_log_lines_suppressed_total";
+pub(crate) const DNSBL_LOOKUPS: &str = "portcullis_dnsbl_lookups_total";
+pub(crate) const DNSBL_VERDICTS: &str = "portcullis_dnsbl_verdicts_total";
+pub(crate) const STORE_ERRORS: &str = "portcullis_store_errors_total";
+pub(crate) const STORE_UP: &str = "portcullis_store_up";
+pub(crate) const MILTER_VERDICTS: &str = "portcullis_milter_verdicts_total";
+pub(crate) const MILTER_ERRORS: &str = "portcullis_milter_errors_total";
+pub(crate) const MILTER_SECONDS: &str = "portcullis_milter_message_seconds";
+pub(crate) const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
+pub(crate) const ACME_ORDER_FAILURES: &str = "portcullis_acme_order_failures_total";
+pub(crate) const RECIPIENT_LOOKUPS: &str = "portcullis_recipient_lookups_total";
+pub(crate) const RECIPIENT_LOOKUP_SECONDS: &str = "portcullis_recipient_lookup_seconds";
 
 /// Backend reply latency buckets, in seconds: a local MTA answers in well under a
 /// millisecond, a content-scanning one at end of data in seconds.
@@ -50,7 +50,7 @@ const LOOKUP_BUCKETS: &[f64] =
 
 /// The process-wide recorder, installed on first use. Metrics recorded before it is
 /// installed are lost, so the server installs it before it accepts anything.
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -71,7 +71,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// The page `/metrics` serves, in Prometheus' text format.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let handle = handle();
     handle.run_upkeep();
     handle.render()
@@ -161,7 +161,7 @@ macro_rules! fixed {
     }};
 }
 
-pub fn connection(listener: &str, verdict: &'static str, rule: &str) {
+pub(crate) fn connection(listener: &str, verdict: &'static str, rule: &str) {
     counter!(CONNECTIONS, "listener" => listener.to_string(), "verdict" => verdict, "rule" => rule.to_string())
         .increment(1);
 }
@@ -170,22 +170,22 @@ fn sessions_open() -> &'static metrics::Gauge {
     fixed!(metrics::Gauge, gauge!(SESSIONS_OPEN))
 }
 
-pub fn session_opened() {
+pub(crate) fn session_opened() {
     sessions_open().increment(1.0);
 }
 
-pub fn session_closed(listener: &str, outcome: &'static str, bytes_in: u64, bytes_out: u64) {
+pub(crate) fn session_closed(listener: &str, outcome: &'static str, bytes_in: u64, bytes_out: u64) {
     sessions_open().decrement(1.0);
     counter!(SESSIONS, "listener" => listener.to_string(), "outcome" => outcome).increment(1);
     fixed!(metrics::Counter, counter!(BYTES, "direction" => "in")).increment(bytes_in);
     fixed!(metrics::Counter, counter!(BYTES, "direction" => "out")).increment(bytes_out);
 }
 
-pub fn relay_refused(listener: &str, reason: &str) {
+pub(crate) fn relay_refused(listener: &str, reason: &str) {
     counter!(RELAY_REFUSALS, "listener" => listener.to_string(), "reason" => reason.to_string()).increment(1);
 }
 
-pub fn message(outcome: &'static str) {
+pub(crate) fn message(outcome: &'static str) {
     crate::activity::message(outcome);
     match outcome {
         "delivered" => fixed!(metrics::Counter, counter!(MESSAGES, "outcome" => "delivered")).increment(1),
@@ -194,7 +194,7 @@ pub fn message(outcome: &'static str) {
     }
 }
 
-pub fn recipient(outcome: &'static str) {
+pub(crate) fn recipient(outcome: &'static str) {
     match outcome {
         "accepted" => fixed!(metrics::Counter, counter!(RECIPIENTS, "outcome" => "accepted")).increment(1),
         "refused" => fixed!(metrics::Counter, counter!(RECIPIENTS, "outcome" => "refused")).increment(1),
@@ -202,90 +202,90 @@ pub fn recipient(outcome: &'static str) {
     }
 }
 
-pub fn backend_error(backend: &str, stage: &'static str, error: &'static str) {
+pub(crate) fn backend_error(backend: &str, stage: &'static str, error: &'static str) {
     counter!(BACKEND_ERRORS, "backend" => backend.to_string(), "stage" => stage, "error" => error).increment(1);
 }
 
-pub fn backend_up(backend: &str, up: bool) {
+pub(crate) fn backend_up(backend: &str, up: bool) {
     gauge!(BACKEND_UP, "backend" => backend.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn backend_check(backend: &str, ok: bool) {
+pub(crate) fn backend_check(backend: &str, ok: bool) {
     counter!(BACKEND_CHECKS, "backend" => backend.to_string(), "result" => if ok { "ok" } else { "failed" })
         .increment(1);
 }
 
 /// A handle for one backend connection's reply times: looked up once per connection,
 /// not per reply.
-pub fn backend_reply_timer(backend: &str) -> metrics::Histogram {
+pub(crate) fn backend_reply_timer(backend: &str) -> metrics::Histogram {
     histogram!(BACKEND_REPLY_SECONDS, "backend" => backend.to_string())
 }
 
-pub fn record_reply(timer: &metrics::Histogram, took: Duration) {
+pub(crate) fn record_reply(timer: &metrics::Histogram, took: Duration) {
     timer.record(took.as_secs_f64());
 }
 
-pub fn reload(ok: bool) {
+pub(crate) fn reload(ok: bool) {
     counter!(RELOADS, "result" => if ok { "ok" } else { "failed" }).increment(1);
 }
 
-pub fn limit_refused(limit: &'static str) {
+pub(crate) fn limit_refused(limit: &'static str) {
     counter!(LIMIT_REFUSALS, "limit" => limit).increment(1);
 }
 
-pub fn tls_handshake(listener: &str, result: &'static str) {
+pub(crate) fn tls_handshake(listener: &str, result: &'static str) {
     counter!(TLS_HANDSHAKES, "listener" => listener.to_string(), "result" => result).increment(1);
 }
 
-pub fn auth(listener: &str, result: &'static str) {
+pub(crate) fn auth(listener: &str, result: &'static str) {
     counter!(AUTH, "listener" => listener.to_string(), "result" => result).increment(1);
 }
 
 /// One DNS list answer; `result`: "listed", "not_listed", "error_code", "lookup_failed".
-pub fn dnsbl_lookup(zone: &str, result: &'static str) {
+pub(crate) fn dnsbl_lookup(zone: &str, result: &'static str) {
     counter!(DNSBL_LOOKUPS, "zone" => zone.to_string(), "result" => result).increment(1);
 }
 
-pub fn dnsbl_verdict(listener: &str, action: &'static str) {
+pub(crate) fn dnsbl_verdict(listener: &str, action: &'static str) {
     counter!(DNSBL_VERDICTS, "listener" => listener.to_string(), "action" => action).increment(1);
 }
 
-pub fn store_error() {
+pub(crate) fn store_error() {
     counter!(STORE_ERRORS).increment(1);
 }
 
-pub fn store_up(up: bool) {
+pub(crate) fn store_up(up: bool) {
     gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn milter_verdict(milter: &str, step: &'static str, verdict: &'static str) {
+pub(crate) fn milter_verdict(milter: &str, step: &'static str, verdict: &'static str) {
     counter!(MILTER_VERDICTS, "milter" => milter.to_string(), "step" => step, "verdict" => verdict).increment(1);
 }
 
-pub fn milter_error(milter: &str, kind: &'static str) {
+pub(crate) fn milter_error(milter: &str, kind: &'static str) {
     counter!(MILTER_ERRORS, "milter" => milter.to_string(), "error" => kind).increment(1);
 }
 
-pub fn milter_time(milter: &str, took: Duration) {
+pub(crate) fn milter_time(milter: &str, took: Duration) {
     histogram!(MILTER_SECONDS, "milter" => milter.to_string()).record(took.as_secs_f64());
 }
 
 /// The certificate served under `name` now expires at `unix_seconds`.
-pub fn tls_certificate_expiry(name: &str, unix_seconds: f64) {
+pub(crate) fn tls_certificate_expiry(name: &str, unix_seconds: f64) {
     gauge!(TLS_CERTIFICATE_EXPIRY, "name" => name.to_string()).set(unix_seconds);
 }
 
-pub fn acme_order_failed() {
+pub(crate) fn acme_order_failed() {
     counter!(ACME_ORDER_FAILURES).increment(1);
 }
 
-pub fn log_suppressed(n: u64) {
+pub(crate) fn log_suppressed(n: u64) {
     counter!(LOG_SUPPRESSED).increment(n);
 }
 
 /// One recipient lookup; `source`: "file", "ldap", "cache", "store"; `result`: "known",
 /// "unknown", "failed".
-pub fn recipient_lookup(table: &str, source: &'static str, result: &'static str, took: Duration) {
+pub(crate) fn recipient_lookup(table: &str, source: &'static str, result: &'static str, took: Duration) {
     counter!(RECIPIENT_LOOKUPS, "table" => table.to_string(), "source" => source, "result" => result).increment(1);
     histogram!(RECIPIENT_LOOKUP_SECONDS, "table" => table.to_string(), "source" => source).record(took.as_secs_f64());
 }

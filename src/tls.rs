@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why TLS material from the config cannot be used.
 #[derive(Debug, Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("{path}: {error}")]
     Pem { path: String, error: rustls::pki_types::pem::Error },
     #[error("{0}: no certificate in the file")]
@@ -37,7 +37,7 @@ fn pem(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
 }
 
 /// Builds the server side config from a PEM certificate chain and a PEM private key.
-pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
         .map_err(pem(certificate))?
         .collect::<Result<_, _>>()
@@ -53,7 +53,7 @@ pub fn server_config(certificate: &Path, private_key: &Path) -> Result<Arc<Serve
 
 /// How a backend's certificate is checked.
 #[derive(Debug, Clone)]
-pub enum Verify {
+pub(crate) enum Verify {
     /// The system's trusted roots.
     SystemRoots,
     /// Roots from this PEM file.
@@ -62,7 +62,7 @@ pub enum Verify {
     Nothing,
 }
 
-pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder();
     let config = match verify {
         Verify::Nothing => {
@@ -94,7 +94,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// The name to verify a backend's certificate against: its host part.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))
 }
@@ -146,7 +146,7 @@ impl ServerCertVerifier for NoVerification {
 }
 
 /// A connection that is plain until STARTTLS, then TLS.
-pub enum MaybeTls<P, T> {
+pub(crate) enum MaybeTls<P, T> {
     Plain(P),
     Tls(Box<T>),
     /// Only while a handshake owns the plain stream.
@@ -154,12 +154,12 @@ pub enum MaybeTls<P, T> {
 }
 
 impl<P, T> MaybeTls<P, T> {
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_))
     }
 
     /// Takes the plain stream out for a handshake.
-    pub fn take_plain(&mut self) -> Option<P> {
+    pub(crate) fn take_plain(&mut self) -> Option<P> {
         match std::mem::replace(self, MaybeTls::Upgrading) {
             MaybeTls::Plain(p) => Some(p),
             other => {

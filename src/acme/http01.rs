@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/.well-known/acme-challenge/";
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Serves challenge answers on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, certs: Arc<Certificates>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, certs: Arc<Certificates>, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = tokio::select! {

@@ -22,10 +22,10 @@
 //! lock needs nothing but the volume (no Redis), and is released by the kernel if the
 //! holder dies; it needs a file system with working `flock` (local, or NFSv4).
 
-pub mod http01;
-pub mod order;
-pub mod schedule;
-pub mod stored;
+pub(crate) mod http01;
+pub(crate) mod order;
+pub(crate) mod schedule;
+pub(crate) mod stored;
 
 use crate::config::acme::AcmeConfig;
 use crate::metrics;
@@ -40,21 +40,19 @@ use stored::{Issued, StateDir};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-pub use stored::Issued as Certificate;
-
 /// The ALPN protocol of TLS-ALPN-01 validations (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// While another instance holds the lock: how often the state directory is read.
-pub const FLEET_POLL: Duration = Duration::from_secs(5);
+pub(crate) const FLEET_POLL: Duration = Duration::from_secs(5);
 /// At most this long between two reads of the state directory.
-pub const PICKUP: Duration = Duration::from_secs(60);
+pub(crate) const PICKUP: Duration = Duration::from_secs(60);
 /// One whole issuance, at most: a CA that stops answering mid-order is given up on.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The certificates of `[acme]` as they stand: the one served, and the answers to
 /// the challenges of an order in progress. Shared by the workers (handshakes), the
 /// HTTP-01 listener and the ACME task.
-pub struct Certificates {
+pub(crate) struct Certificates {
     /// The metric label: the certificate's first name.
     name: String,
     served: Arc<Served>,
@@ -72,7 +70,7 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
-    pub fn new(config: &AcmeConfig) -> Arc<Self> {
+    pub(crate) fn new(config: &AcmeConfig) -> Arc<Self> {
         let served = Arc::new(Served(ArcSwapOption::empty()));
         let serving = ServerConfig::builder().with_no_client_auth().with_cert_resolver(served.clone());
         let tls_alpn = Arc::new(AlpnAnswers(Mutex::new(HashMap::new())));
@@ -89,33 +87,33 @@ impl Certificates {
     }
 
     /// The certificate served now, if any.
-    pub fn current(&self) -> Option<Arc<Issued>> {
+    pub(crate) fn current(&self) -> Option<Arc<Issued>> {
         self.served.0.load_full()
     }
 
     /// When the certificate served now expires (for the status page).
-    pub fn expiry(&self) -> Option<SystemTime> {
+    pub(crate) fn expiry(&self) -> Option<SystemTime> {
         self.current().map(|c| c.not_after)
     }
 
     /// Whether a handshake would get a certificate now (one that has not expired).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.current().is_some_and(|c| !c.expired(SystemTime::now()))
     }
 
     /// Serves `issued` from the next handshake on; sessions already in TLS keep theirs.
-    pub fn install(&self, issued: Issued) {
+    pub(crate) fn install(&self, issued: Issued) {
         metrics::tls_certificate_expiry(&self.name, unix_seconds(issued.not_after));
         self.served.0.store(Some(Arc::new(issued)));
     }
 
     /// The server config that serves the current certificate; `None` until there is one.
-    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+    pub(crate) fn server_config(&self) -> Option<Arc<ServerConfig>> {
         self.ready().then(|| self.serving.clone())
     }
 
     /// Loads the stored bundle if there is one that can be served; says why not.
-    pub fn load_stored(&self, state: &StateDir) -> Result<Option<Arc<Issued>>, String> {
+    pub(crate) fn load_stored(&self, state: &StateDir) -> Result<Option<Arc<Issued>>, String> {
         let path = state.certificate_path();
         let Some(pem) = state.read_certificate().map_err(|e| format!("{}: {e}", path.display()))? else {
             return Ok(None);
@@ -136,18 +134,18 @@ impl Certificates {
     }
 
     /// HTTP-01: answer `token` with `key_authorization` until the order is over.
-    pub fn answer_http(&self, token: &str, key_authorization: &str) {
+    pub(crate) fn answer_http(&self, token: &str, key_authorization: &str) {
         lock(&self.http).insert(token.to_string(), key_authorization.to_string());
     }
 
     /// The answer for an HTTP-01 `token`, while its order is in progress.
-    pub fn http_answer(&self, token: &str) -> Option<String> {
+    pub(crate) fn http_answer(&self, token: &str) -> Option<String> {
         lock(&self.http).get(token).cloned()
     }
 
     /// TLS-ALPN-01: a self-signed certificate for `name` carrying the digest of the key
     /// authorization in the critical acmeIdentifier extension (RFC 8737 3).
-    pub fn answer_tls_alpn(&self, name: &str, digest: &[u8]) -> Result<(), order::OrderError> {
+    pub(crate) fn answer_tls_alpn(&self, name: &str, digest: &[u8]) -> Result<(), order::OrderError> {
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(order::OrderError::Csr)?;
         params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
         let key = rcgen::KeyPair::generate().map_err(order::OrderError::Csr)?;
@@ -163,7 +161,7 @@ impl Certificates {
     }
 
     /// Takes every challenge answer down.
-    pub fn clear_answers(&self) {
+    pub(crate) fn clear_answers(&self) {
         lock(&self.http).clear();
         lock(&self.tls_alpn.0).clear();
     }
@@ -201,7 +199,7 @@ impl ResolvesServerCert for AlpnAnswers {
 // === the handshake ===
 
 /// What a client's TLS handshake came to.
-pub enum Accepted<IO> {
+pub(crate) enum Accepted<IO> {
     /// A TLS session to serve.
     Tls(Box<tokio_rustls::server::TlsStream<IO>>),
     /// A TLS-ALPN-01 validation, answered and closed (RFC 8737: no data follows).
@@ -212,7 +210,7 @@ pub enum Accepted<IO> {
 /// config; with them, the ClientHello is read first: a validation (ALPN `acme-tls/1`)
 /// gets the challenge certificate, anything else the current certificate, or the
 /// `[tls]` files' until there is one. With neither, the handshake fails with an alert.
-pub async fn accept<IO>(
+pub(crate) async fn accept<IO>(
     certs: Option<&Certificates>,
     files: Option<Arc<ServerConfig>>,
     io: IO,
@@ -247,7 +245,7 @@ where
 /// orders when nothing servable is there or renewal is due, retries with backoff.
 /// Never returns early and never panics on the CA's account: every failure is logged
 /// and retried.
-pub async fn run(config: AcmeConfig, certs: Arc<Certificates>, shutdown: CancellationToken) {
+pub(crate) async fn run(config: AcmeConfig, certs: Arc<Certificates>, shutdown: CancellationToken) {
     let state = StateDir::new(&config.state_dir);
     // Each instance draws its own point in the jitter window, once.
     let jitter = random_fraction();

@@ -21,7 +21,7 @@ const VALIDATION_WAIT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
-pub enum OrderError {
+pub(crate) enum OrderError {
     #[error("ACME: {0}")]
     Acme(#[from] instant_acme::Error),
     #[error("validation of {name} failed: {problem}")]
@@ -44,7 +44,7 @@ pub enum OrderError {
 
 impl OrderError {
     /// How soon to try again after it.
-    pub fn kind(&self) -> Failure {
+    pub(crate) fn kind(&self) -> Failure {
         match self {
             OrderError::Acme(instant_acme::Error::Api(_)) => Failure::Refused,
             OrderError::Acme(_) => Failure::Unreachable,
@@ -66,7 +66,7 @@ struct StoredAccount {
 }
 
 /// Obtains a certificate for `config.domains`; the PEM bundle (chain, then key).
-pub async fn obtain(config: &AcmeConfig, certs: &Certificates, state: &StateDir) -> Result<String, OrderError> {
+pub(crate) async fn obtain(config: &AcmeConfig, certs: &Certificates, state: &StateDir) -> Result<String, OrderError> {
     let known = account(config, state, false).await?;
     let fresh = match order(config, certs, &known).await {
         Err(OrderError::Acme(instant_acme::Error::Api(p)))

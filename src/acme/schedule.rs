@@ -13,12 +13,17 @@ const MIN_LIFE_USED: u32 = 3;
 const JITTER_SHARE: f64 = 0.05;
 
 /// Longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// When a certificate valid from `not_before` to `not_after` is renewed:
 /// `renew_before` ahead of its end, made earlier by up to 5% of its life (`jitter`,
 /// from 0 to 1), but never in the first third of its life.
-pub fn renew_at(not_before: SystemTime, not_after: SystemTime, renew_before: Duration, jitter: f64) -> SystemTime {
+pub(crate) fn renew_at(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Duration,
+    jitter: f64,
+) -> SystemTime {
     let life = not_after.duration_since(not_before).unwrap_or_default();
     let floor = not_before + life / MIN_LIFE_USED;
     let planned = not_after.checked_sub(renew_before).unwrap_or(not_before);
@@ -29,7 +34,7 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime, renew_before: Dur
 
 /// What kind of failure an attempt met: it decides how soon the next one comes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The CA could not be reached or did not answer in time: trying again costs the
     /// CA nothing, so the first retries come quickly.
     Unreachable,
@@ -42,7 +47,7 @@ pub enum Failure {
 
 /// The wait after `failures` failed attempts in a row (1 after the first): doubling
 /// from 5 s (unreachable) or 1 min (refused, local), at most [`MAX_BACKOFF`].
-pub fn backoff(failures: u32, kind: Failure) -> Duration {
+pub(crate) fn backoff(failures: u32, kind: Failure) -> Duration {
     let base = match kind {
         Failure::Unreachable => Duration::from_secs(5),
         Failure::Refused | Failure::Local => Duration::from_secs(60),

@@ -27,7 +27,7 @@ const LOCK: &str = "lock";
 
 /// Why a stored certificate cannot be served.
 #[derive(Debug, Error)]
-pub enum BundleError {
+pub(crate) enum BundleError {
     #[error("not PEM: {0}")]
     Pem(rustls::pki_types::pem::Error),
     #[error("no certificate in it")]
@@ -42,19 +42,19 @@ pub enum BundleError {
 
 /// A certificate ready to serve, with what is worth knowing about it.
 #[derive(Debug)]
-pub struct Issued {
-    pub key: Arc<CertifiedKey>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+pub(crate) struct Issued {
+    pub(crate) key: Arc<CertifiedKey>,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
     /// The serial number, in hex: tells one certificate from its renewal.
-    pub serial: String,
+    pub(crate) serial: String,
     /// The DNS names it is valid for.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 impl Issued {
     /// Reads a bundle: the chain (leaf first), then the private key, all PEM.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, BundleError> {
+    pub(crate) fn from_pem(pem: &[u8]) -> Result<Self, BundleError> {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(BundleError::Pem)?;
         let leaf = chain.first().ok_or(BundleError::NoCertificate)?;
@@ -92,58 +92,58 @@ impl Issued {
     }
 
     /// Whether it names every one of `domains`.
-    pub fn covers(&self, domains: &[String]) -> bool {
+    pub(crate) fn covers(&self, domains: &[String]) -> bool {
         domains.iter().all(|d| self.names.contains(d))
     }
 
-    pub fn expired(&self, now: SystemTime) -> bool {
+    pub(crate) fn expired(&self, now: SystemTime) -> bool {
         now >= self.not_after
     }
 }
 
 /// The state directory of one config.
 #[derive(Debug, Clone)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
 }
 
 impl StateDir {
-    pub fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         Self { dir: dir.to_path_buf() }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
     /// Creates the directory (mode 0700) if it is not there.
-    pub fn create(&self) -> io::Result<()> {
+    pub(crate) fn create(&self) -> io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)
     }
 
-    pub fn certificate_path(&self) -> PathBuf {
+    pub(crate) fn certificate_path(&self) -> PathBuf {
         self.dir.join(CERTIFICATE)
     }
 
     /// The stored bundle's bytes; `None` when there is none yet.
-    pub fn read_certificate(&self) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_certificate(&self) -> io::Result<Option<Vec<u8>>> {
         read_optional(&self.certificate_path())
     }
 
-    pub fn write_certificate(&self, pem: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_certificate(&self, pem: &[u8]) -> io::Result<()> {
         write_private(&self.dir, CERTIFICATE, pem)
     }
 
-    pub fn read_account(&self) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_account(&self) -> io::Result<Option<Vec<u8>>> {
         read_optional(&self.dir.join(ACCOUNT))
     }
 
-    pub fn write_account(&self, json: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_account(&self, json: &[u8]) -> io::Result<()> {
         write_private(&self.dir, ACCOUNT, json)
     }
 
     /// The ordering lock, if no other process holds it now.
-    pub fn try_lock(&self) -> io::Result<Option<OrderLock>> {
+    pub(crate) fn try_lock(&self) -> io::Result<Option<OrderLock>> {
         let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(self.dir.join(LOCK))?;
         // SAFETY: flock on a descriptor this function owns; no memory is passed.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -157,7 +157,7 @@ impl StateDir {
 
 /// Held while this process orders; released when dropped (the descriptor closes).
 #[derive(Debug)]
-pub struct OrderLock {
+pub(crate) struct OrderLock {
     _file: File,
 }
 

@@ -31,21 +31,21 @@ use tokio_util::sync::CancellationToken;
 /// How long one admin connection may last (a scrape is one request).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Admin connections served at once, at most.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// What readiness is judged on.
-pub struct Status {
-    pub live: Arc<Live>,
-    pub screen: Arc<Screen>,
-    pub backends: Arc<Registry>,
+pub(crate) struct Status {
+    pub(crate) live: Arc<Live>,
+    pub(crate) screen: Arc<Screen>,
+    pub(crate) backends: Arc<Registry>,
     /// The certificates `[acme]` obtains, when it is configured.
-    pub certs: Option<Arc<crate::acme::Certificates>>,
+    pub(crate) certs: Option<Arc<crate::acme::Certificates>>,
     /// Set once every listener is bound and the workers run; cleared when draining.
-    pub serving: AtomicBool,
+    pub(crate) serving: AtomicBool,
 }
 
 impl Status {
-    pub fn new(
+    pub(crate) fn new(
         live: Arc<Live>,
         screen: Arc<Screen>,
         backends: Arc<Registry>,
@@ -55,7 +55,7 @@ impl Status {
     }
 
     /// `Ok` when ready, else why not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if !self.serving.load(Ordering::Relaxed) {
             return Err("not serving (starting or draining)");
         }
@@ -67,7 +67,7 @@ impl Status {
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         // A slot first, then the connection: past the cap, connections stay queued in

@@ -17,83 +17,83 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds between the page's own refreshes.
-pub const REFRESH: u32 = 10;
+pub(crate) const REFRESH: u32 = 10;
 
 /// Everything the page shows, gathered at once.
 #[derive(Debug)]
-pub struct Page {
-    pub hostname: String,
-    pub started: SystemTime,
-    pub uptime: Duration,
-    pub listeners: Vec<ListenerRow>,
-    pub backends: Vec<BackendRow>,
-    pub messages: Vec<(String, f64)>,
-    pub recipients: Vec<(String, f64)>,
-    pub history: Vec<Minute>,
-    pub bans: usize,
-    pub limits: Vec<(String, f64)>,
-    pub dns_lists: Vec<(String, f64)>,
-    pub store_up: Option<bool>,
-    pub filters: Vec<FilterRow>,
-    pub recipient_tables: Vec<TableRow>,
+pub(crate) struct Page {
+    pub(crate) hostname: String,
+    pub(crate) started: SystemTime,
+    pub(crate) uptime: Duration,
+    pub(crate) listeners: Vec<ListenerRow>,
+    pub(crate) backends: Vec<BackendRow>,
+    pub(crate) messages: Vec<(String, f64)>,
+    pub(crate) recipients: Vec<(String, f64)>,
+    pub(crate) history: Vec<Minute>,
+    pub(crate) bans: usize,
+    pub(crate) limits: Vec<(String, f64)>,
+    pub(crate) dns_lists: Vec<(String, f64)>,
+    pub(crate) store_up: Option<bool>,
+    pub(crate) filters: Vec<FilterRow>,
+    pub(crate) recipient_tables: Vec<TableRow>,
     /// `[acme]`: the certificate's name and when it expires (none yet: `None`).
-    pub certificate: Option<(String, Option<SystemTime>)>,
-    pub reload: Option<Reload>,
+    pub(crate) certificate: Option<(String, Option<SystemTime>)>,
+    pub(crate) reload: Option<Reload>,
     /// The refusals shown (after the filter), newest first.
-    pub refusals: Vec<Refusal>,
+    pub(crate) refusals: Vec<Refusal>,
     /// Refusals kept in all.
-    pub refusals_kept: usize,
+    pub(crate) refusals_kept: usize,
     /// `None`: addresses are hidden here.
-    pub client_filter: Option<String>,
-    pub show_clients: bool,
+    pub(crate) client_filter: Option<String>,
+    pub(crate) show_clients: bool,
 }
 
 #[derive(Debug)]
-pub struct ListenerRow {
-    pub name: String,
-    pub bind: String,
-    pub tls: &'static str,
-    pub proxy_protocol: bool,
-    pub open: f64,
-    pub accepted: f64,
+pub(crate) struct ListenerRow {
+    pub(crate) name: String,
+    pub(crate) bind: String,
+    pub(crate) tls: &'static str,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) open: f64,
+    pub(crate) accepted: f64,
     /// Connections refused, by verdict and rule.
-    pub refused: Vec<(String, f64)>,
+    pub(crate) refused: Vec<(String, f64)>,
 }
 
 #[derive(Debug)]
-pub struct BackendRow {
-    pub address: String,
-    pub identity: &'static str,
-    pub up: bool,
+pub(crate) struct BackendRow {
+    pub(crate) address: String,
+    pub(crate) identity: &'static str,
+    pub(crate) up: bool,
     /// How long ago the last check ended, and its result.
-    pub last_check: Option<(Duration, Result<(), String>)>,
-    pub in_use: usize,
-    pub max: usize,
-    pub kept: usize,
+    pub(crate) last_check: Option<(Duration, Result<(), String>)>,
+    pub(crate) in_use: usize,
+    pub(crate) max: usize,
+    pub(crate) kept: usize,
     /// Mean time to the backend's verdict on a message, seconds.
-    pub reply_time: Option<f64>,
-    pub errors: f64,
+    pub(crate) reply_time: Option<f64>,
+    pub(crate) errors: f64,
 }
 
 #[derive(Debug)]
-pub struct TableRow {
-    pub name: String,
-    pub domains: String,
-    pub source: String,
+pub(crate) struct TableRow {
+    pub(crate) name: String,
+    pub(crate) domains: String,
+    pub(crate) source: String,
     /// Lookups by result (known, unknown, failed).
-    pub lookups: Vec<(String, f64)>,
+    pub(crate) lookups: Vec<(String, f64)>,
 }
 
 #[derive(Debug)]
-pub struct FilterRow {
-    pub name: String,
-    pub verdicts: Vec<(String, f64)>,
-    pub errors: Vec<(String, f64)>,
+pub(crate) struct FilterRow {
+    pub(crate) name: String,
+    pub(crate) verdicts: Vec<(String, f64)>,
+    pub(crate) errors: Vec<(String, f64)>,
 }
 
 /// Gathers the page: `show_clients` when the request may see client addresses,
 /// `client` a filter on them (a prefix of the address).
-pub async fn gather(status: &Status, show_clients: bool, client: Option<String>) -> Page {
+pub(crate) async fn gather(status: &Status, show_clients: bool, client: Option<String>) -> Page {
     let config = status.live.load_full();
     let samples = Samples::parse(&metrics::render());
     let states = status.backends.all(&config.backends);
@@ -211,7 +211,7 @@ pub async fn gather(status: &Status, show_clients: bool, client: Option<String>)
 }
 
 /// The page as HTML.
-pub fn render(page: &Page) -> String {
+pub(crate) fn render(page: &Page) -> String {
     let mut h = String::with_capacity(32 * 1024);
     let title = format!("Portcullis on {}", page.hostname);
     let _ = write!(
@@ -600,7 +600,10 @@ mod tests {
                 source: "ldap ldaps://dc1.example.com".into(),
                 lookups: vec![("known".into(), 3.0), ("unknown".into(), 1.0)],
             }],
-            certificate: Some(("mx.example.com".into(), Some(SystemTime::now() + Duration::from_secs(40 * 86400 + 60)))),
+            certificate: Some((
+                "mx.example.com".into(),
+                Some(SystemTime::now() + Duration::from_secs(40 * 86400 + 60)),
+            )),
             reload: Some(Reload { at: now, ok: true, changes: vec!["relay.networks: +10.0.0.0/8".into()] }),
             refusals: vec![Refusal {
                 at: now,

@@ -3,14 +3,14 @@
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) value: f64,
 }
 
 impl Sample {
-    pub fn label(&self, name: &str) -> Option<&str> {
+    pub(crate) fn label(&self, name: &str) -> Option<&str> {
         self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
@@ -21,22 +21,22 @@ impl Sample {
 
 /// Every sample of one rendering.
 #[derive(Debug, Default)]
-pub struct Samples(Vec<Sample>);
+pub(crate) struct Samples(Vec<Sample>);
 
 impl Samples {
     /// Reads Prometheus' text format; lines it cannot read are skipped.
-    pub fn parse(text: &str) -> Samples {
+    pub(crate) fn parse(text: &str) -> Samples {
         Samples(text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(sample).collect())
     }
 
     /// The sum of `name`'s samples whose labels include `filter`.
-    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
         self.0.iter().filter(|s| s.matches(name, filter)).fold(0.0, |sum, s| sum + s.value)
     }
 
     /// `name`'s samples matching `filter`, summed by the value of `label`, in order of
     /// first appearance.
-    pub fn by(&self, name: &str, label: &str, filter: &[(&str, &str)]) -> Vec<(String, f64)> {
+    pub(crate) fn by(&self, name: &str, label: &str, filter: &[(&str, &str)]) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = Vec::new();
         for s in self.0.iter().filter(|s| s.matches(name, filter)) {
             let key = s.label(label).unwrap_or("").to_string();

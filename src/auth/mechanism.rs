@@ -6,14 +6,14 @@ use base64::engine::general_purpose::STANDARD;
 use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     Plain,
     Login,
 }
 
 /// What is wrong with an AUTH exchange; each carries its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("unsupported mechanism")]
     UnknownMechanism,
     #[error("syntax error")]
@@ -25,7 +25,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn reply(&self) -> &'static str {
+    pub(crate) fn reply(&self) -> &'static str {
         match self {
             AuthError::UnknownMechanism => "504 5.5.4 Unrecognized authentication type",
             AuthError::Syntax => "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
@@ -36,7 +36,7 @@ impl AuthError {
 }
 
 /// Splits `AUTH` arguments into the mechanism and an optional initial response.
-pub fn parse_command(args: &str) -> Result<(Mechanism, Option<&str>), AuthError> {
+pub(crate) fn parse_command(args: &str) -> Result<(Mechanism, Option<&str>), AuthError> {
     let mut words = args.split(' ').filter(|w| !w.is_empty());
     let mechanism = match words.next() {
         Some(m) if m.eq_ignore_ascii_case("PLAIN") => Mechanism::Plain,
@@ -52,7 +52,7 @@ pub fn parse_command(args: &str) -> Result<(Mechanism, Option<&str>), AuthError>
 }
 
 /// Decodes one client response line: `*` cancels, `=` is an empty response.
-pub fn decode(line: &str) -> Result<Vec<u8>, AuthError> {
+pub(crate) fn decode(line: &str) -> Result<Vec<u8>, AuthError> {
     match line {
         "*" => Err(AuthError::Cancelled),
         "=" => Ok(Vec::new()),
@@ -62,7 +62,7 @@ pub fn decode(line: &str) -> Result<Vec<u8>, AuthError> {
 
 /// RFC 4616: `[authzid] NUL authcid NUL passwd`. Returns (user, password). An authzid
 /// other than the user itself is refused: nobody may act for somebody else here.
-pub fn plain(response: &[u8]) -> Result<(String, String), AuthError> {
+pub(crate) fn plain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut parts = response.split(|&b| b == 0);
     let (Some(authzid), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Undecodable);
@@ -76,13 +76,13 @@ pub fn plain(response: &[u8]) -> Result<(String, String), AuthError> {
 }
 
 /// A LOGIN response (user name or password) as text.
-pub fn login_text(response: &[u8]) -> Result<String, AuthError> {
+pub(crate) fn login_text(response: &[u8]) -> Result<String, AuthError> {
     String::from_utf8(response.to_vec()).map_err(|_| AuthError::Undecodable)
 }
 
 /// Base64 of `text`, as a client sends it (for tests).
 #[cfg(test)]
-pub fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     STANDARD.encode(text)
 }
 

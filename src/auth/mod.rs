@@ -5,4 +5,4 @@ pub(crate) mod mechanism;
 pub mod users;
 pub(crate) mod verifier;
 
-pub use users::Users;
+pub(crate) use users::Users;

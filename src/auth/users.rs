@@ -64,18 +64,18 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Users {
+pub(crate) struct Users {
     hashes: HashMap<String, String>,
 }
 
 impl Users {
-    pub fn load(path: &Path) -> Result<Self, UsersError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, UsersError> {
         let path_text = || path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read { path: path_text(), source })?;
         Self::parse(&text).map_err(|error| UsersError::Parse { path: path_text(), error: Box::new(error) })
     }
 
-    pub fn parse(text: &str) -> Result<Self, UsersError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, UsersError> {
         let mut hashes = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -97,16 +97,13 @@ impl Users {
         Ok(Self { hashes })
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.hashes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-
     /// Users added, removed, and kept with another password, since `old`.
-    pub fn compared_with(&self, old: &Users) -> (usize, usize, usize) {
+    pub(crate) fn compared_with(&self, old: &Users) -> (usize, usize, usize) {
         let added = self.hashes.keys().filter(|u| !old.hashes.contains_key(*u)).count();
         let removed = old.hashes.keys().filter(|u| !self.hashes.contains_key(*u)).count();
         let changed = self.hashes.iter().filter(|(u, h)| old.hashes.get(*u).is_some_and(|o| o != *h)).count();
@@ -115,13 +112,13 @@ impl Users {
 
     /// Whether a login as `user` checked against `old` still stands here: the user is
     /// here with the same password.
-    pub fn still_admits(&self, old: &Users, user: &str) -> bool {
+    pub(crate) fn still_admits(&self, old: &Users, user: &str) -> bool {
         self.hashes.get(user).is_some_and(|hash| old.hashes.get(user) == Some(hash))
     }
 
     /// Checks a password. CPU-heavy by design: run it off the async threads. Unknown
     /// users cost the same as known ones, so timing does not tell which names exist.
-    pub fn verify(&self, user: &str, password: &str) -> bool {
+    pub(crate) fn verify(&self, user: &str, password: &str) -> bool {
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let (hash, known) = match self.hashes.get(user) {
             Some(h) => (h.as_str(), true),

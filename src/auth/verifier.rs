@@ -23,7 +23,7 @@ const QUEUE_WAIT: Duration = if cfg!(test) { Duration::from_secs(10) } else { PR
 const PRODUCTION_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("every password verifier is busy")]
     Busy,
 }
@@ -80,7 +80,7 @@ fn work(queue: &Mutex<Receiver<Job>>) {
 }
 
 /// Checks `password` for `user` on a verifier thread.
-pub async fn verify(users: Arc<Users>, user: String, password: String) -> Result<bool, VerifyError> {
+pub(crate) async fn verify(users: Arc<Users>, user: String, password: String) -> Result<bool, VerifyError> {
     verify_within(QUEUE_WAIT, users, user, password).await
 }
 

@@ -20,7 +20,7 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// One backend's health: up or down, and how many checks in a row went the other way.
 #[derive(Debug)]
-pub struct BackendHealth {
+pub(crate) struct BackendHealth {
     up: AtomicBool,
     /// Consecutive check results that disagree with `up`.
     streak: AtomicU32,
@@ -44,12 +44,12 @@ impl Default for BackendHealth {
 }
 
 impl BackendHealth {
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// Counts one check result; returns the new state when it changed.
-    pub fn record(&self, ok: bool, check: &HealthCheck) -> Option<bool> {
+    pub(crate) fn record(&self, ok: bool, check: &HealthCheck) -> Option<bool> {
         if ok == self.is_up() {
             self.streak.store(0, Ordering::Relaxed);
             return None;
@@ -65,7 +65,7 @@ impl BackendHealth {
     }
 
     /// The last check's end and result, if one ran.
-    pub fn last_check(&self) -> Option<(Instant, Result<(), String>)> {
+    pub(crate) fn last_check(&self) -> Option<(Instant, Result<(), String>)> {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -82,7 +82,7 @@ impl BackendHealth {
 
 /// Checks every backend of the live config until `shutdown`; backends added by a reload
 /// are picked up at the next tick.
-pub async fn run(live: Arc<Live>, registry: Arc<Registry>, shutdown: CancellationToken) {
+pub(crate) async fn run(live: Arc<Live>, registry: Arc<Registry>, shutdown: CancellationToken) {
     loop {
         let config = live.load_full();
         let now = Instant::now();

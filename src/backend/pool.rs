@@ -45,12 +45,12 @@ fn count(address: &str, added: usize, removed: usize) {
 }
 
 /// Connections to `address` kept now, over every worker.
-pub fn kept(address: &str) -> usize {
+pub(crate) fn kept(address: &str) -> usize {
     KEPT.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|k| k.get(address).copied()).unwrap_or(0)
 }
 
 /// A kept connection to `backend` that can serve a new session, if there is one.
-pub fn take(backend: &Backend) -> Option<Box<Upstream>> {
+pub(crate) fn take(backend: &Backend) -> Option<Box<Upstream>> {
     let reuse = backend.reuse?;
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -73,7 +73,7 @@ pub fn take(backend: &Backend) -> Option<Box<Upstream>> {
 /// is clean; otherwise closes it politely. A worker keeps at most its share
 /// (`max_connections` over `workers`) of the backend's connections, so that kept ones
 /// never starve another worker's sessions.
-pub async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>, workers: usize) {
+pub(crate) async fn give_back(mut upstream: Box<Upstream>, backend: Option<&Backend>, workers: usize) {
     let Some(reuse) = backend.and_then(|b| b.reuse) else { return (*upstream).quit().await };
     let backend = backend.expect("reuse comes from it");
     if upstream.messages >= reuse.max_messages || !upstream.reset_for_reuse().await || !upstream.reusable_for(backend) {

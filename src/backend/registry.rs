@@ -14,33 +14,33 @@ use tokio::sync::Semaphore;
 
 /// One backend's live state.
 #[derive(Debug)]
-pub struct BackendState {
+pub(crate) struct BackendState {
     /// Connections open to it at once, at most `max_connections`; shared by every session.
-    pub slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     max_connections: usize,
     /// What the health checks found.
-    pub health: Arc<BackendHealth>,
+    pub(crate) health: Arc<BackendHealth>,
     /// The extensions it offered last (health check or session).
-    pub learned: Arc<Learned>,
+    pub(crate) learned: Arc<Learned>,
     /// What it offers this proxy itself, before any identity step (a health check's
     /// EHLO, or a session's first): the XCLIENT attributes it lets us set.
-    pub ours: Arc<Learned>,
+    pub(crate) ours: Arc<Learned>,
 }
 
 /// Every backend's state, by address. One per server; sessions and checks share it.
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<HashMap<String, Arc<BackendState>>>);
+pub(crate) struct Registry(Mutex<HashMap<String, Arc<BackendState>>>);
 
 impl Registry {
     /// The state of `backend`, made when first asked for.
-    pub fn get(&self, backend: &Backend) -> Arc<BackendState> {
+    pub(crate) fn get(&self, backend: &Backend) -> Arc<BackendState> {
         let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
         Self::entry(&mut states, backend)
     }
 
     /// The states of `backends`, in order, under one lock (a session's connect asks
     /// about each).
-    pub fn all(&self, backends: &[Backend]) -> Vec<Arc<BackendState>> {
+    pub(crate) fn all(&self, backends: &[Backend]) -> Vec<Arc<BackendState>> {
         let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
         backends.iter().map(|b| Self::entry(&mut states, b)).collect()
     }
@@ -64,12 +64,12 @@ impl Registry {
     }
 
     /// Forgets the backends a reload removed.
-    pub fn keep_only(&self, backends: &[Backend]) {
+    pub(crate) fn keep_only(&self, backends: &[Backend]) {
         let mut states = self.0.lock().unwrap_or_else(|e| e.into_inner());
         states.retain(|address, _| backends.iter().any(|b| &b.address == address));
     }
 
-    pub fn any_up(&self, backends: &[Backend]) -> bool {
+    pub(crate) fn any_up(&self, backends: &[Backend]) -> bool {
         self.all(backends).iter().any(|s| s.health.is_up())
     }
 }
@@ -77,7 +77,7 @@ impl Registry {
 /// What the backend a new session would most likely reach supports (`states` are the
 /// configured backends'): the first one up, as it last showed itself. Nothing learned
 /// yet: no extension.
-pub fn with_expected_capabilities<R>(states: &[Arc<BackendState>], f: impl Fn(&Capabilities) -> R) -> R {
+pub(crate) fn with_expected_capabilities<R>(states: &[Arc<BackendState>], f: impl Fn(&Capabilities) -> R) -> R {
     let state = states.iter().find(|s| s.health.is_up()).or(states.first());
     state.and_then(|s| s.learned.read(&f)).unwrap_or_else(|| f(&Capabilities::default()))
 }

@@ -11,13 +11,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Fails unless this process may set `IP_TRANSPARENT`: checked at start, not at the
 /// first message.
-pub fn check_permitted() -> io::Result<()> {
+pub(crate) fn check_permitted() -> io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_ip_transparent_v4(true)
 }
 
 /// Connects to `backend` with `client` as the source address (any free port).
-pub async fn connect(client: IpAddr, backend: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(client: IpAddr, backend: SocketAddr) -> io::Result<TcpStream> {
     if client.is_ipv4() != backend.is_ipv4() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -28,12 +28,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 /// What a client is told when its backend connection went away.
-pub const CONNECTION_LOST: &str = "451 4.4.2 Connection to the mail server lost, try again later";
+pub(crate) const CONNECTION_LOST: &str = "451 4.4.2 Connection to the mail server lost, try again later";
 
 /// Trouble on the backend side. None of it is proven to be the client's fault, so
 /// every variant maps to a temporary (4xx) reply.
 #[derive(Debug, Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("no backend reachable ({0})")]
     Unreachable(String),
     #[error("every backend is at its connection limit ({0})")]
@@ -60,7 +60,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The reply the client gets; it names no internals.
-    pub fn client_reply(&self) -> &'static str {
+    pub(crate) fn client_reply(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable(_) | UpstreamError::Tls(_) => {
                 "451 4.4.1 Service temporarily unavailable, try again later"
@@ -74,12 +74,12 @@ impl UpstreamError {
     }
 
     /// The backend broke the protocol: it must not be tried again for this transaction.
-    pub fn is_out_of_step(&self) -> bool {
+    pub(crate) fn is_out_of_step(&self) -> bool {
         matches!(self, UpstreamError::OutOfStep { .. } | UpstreamError::BadReply(_))
     }
 
     /// A short fixed name for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable(_) => "unreachable",
             UpstreamError::Busy(_) => "busy",
@@ -96,7 +96,7 @@ impl UpstreamError {
     /// A failure after which a fresh connection may do better, as long as nothing of
     /// the transaction was acknowledged yet: out of step, or closed under us (a reused
     /// connection the backend dropped while idle).
-    pub fn worth_reconnecting(&self) -> bool {
+    pub(crate) fn worth_reconnecting(&self) -> bool {
         self.is_out_of_step() || matches!(self, UpstreamError::Closed | UpstreamError::Io(_))
     }
 }
@@ -111,17 +111,17 @@ enum Name<'a> {
     Clients(&'a str),
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     stream: Stream,
     buf: BytesMut,
     caps: Capabilities,
     identity: Identity,
     /// The backend's configured address, for logs.
-    pub address: String,
+    pub(crate) address: String,
     reply_timeout: Duration,
     data_timeout: Duration,
     /// How long this connection may stay open while its session has no recipient.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Replies the backend owes, oldest first.
     owed: VecDeque<Asked>,
     /// Commands queued for one write (a pipelined group), sent before the next read.
@@ -131,7 +131,7 @@ pub struct Upstream {
     _slot: Option<OwnedSemaphorePermit>,
     reply_timer: metrics::Histogram,
     /// Transactions begun on this connection (MAIL sent), over every session it served.
-    pub messages: u32,
+    pub(crate) messages: u32,
     /// A transaction is open at the backend (MAIL sent, its end not yet answered).
     in_transaction: bool,
     /// AUTH went over this connection (finished or not): a login, or half of one, is
@@ -147,7 +147,7 @@ impl Upstream {
     /// health checks fail are passed over too, unless no backend is up: then they are
     /// tried anyway. When every usable backend is at its connection limit, waits up to
     /// the first one's `queue_timeout` for a free connection.
-    pub async fn connect(
+    pub(crate) async fn connect(
         backends: &[Backend],
         states: &[Arc<BackendState>],
         facts: &ClientFacts<'_>,
@@ -344,7 +344,7 @@ impl Upstream {
     /// that is ours (v1 UNKNOWN, v2 LOCAL) when the identity sends one, greeting, EHLO
     /// (offering XCLIENT or XFORWARD to us when that is the identity), QUIT. Takes none
     /// of the backend's `max_connections`.
-    pub async fn probe(backend: &Backend, registry: &Registry, hostname: &str) -> Result<(), UpstreamError> {
+    pub(crate) async fn probe(backend: &Backend, registry: &Registry, hostname: &str) -> Result<(), UpstreamError> {
         let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
@@ -487,7 +487,7 @@ impl Upstream {
     /// same write as MAIL if the backend pipelines), then the MAIL line. Returns the
     /// reply to MAIL. A refused XFORWARD is an error; the caller then drops this
     /// connection, which also ends a MAIL the backend may have accepted.
-    pub async fn mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<Reply, UpstreamError> {
         if self.caps.pipelining || self.identity != Identity::Xforward {
             self.queue_mail(facts, mail_line)?;
             return self.mail_reply().await;
@@ -505,7 +505,7 @@ impl Upstream {
     /// Queues the start of a transaction (XFORWARD when that is the identity method,
     /// then MAIL) for the next write; [`Upstream::mail_reply`] reads its replies. With
     /// XFORWARD this needs PIPELINING (see [`Upstream::mail`]).
-    pub fn queue_mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<(), UpstreamError> {
+    pub(crate) fn queue_mail(&mut self, facts: &ClientFacts<'_>, mail_line: &[u8]) -> Result<(), UpstreamError> {
         self.messages += 1;
         self.in_transaction = true;
         if self.identity == Identity::Xforward {
@@ -518,7 +518,7 @@ impl Upstream {
 
     /// The reply to a queued MAIL, after those to its XFORWARD commands, which must
     /// all accept.
-    pub async fn mail_reply(&mut self) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn mail_reply(&mut self) -> Result<Reply, UpstreamError> {
         while self.owed.front() == Some(&Asked::Xforward) {
             let reply = self.reply().await?;
             self.check_identity_reply("XFORWARD", &self.closing_unasked(reply)?)?;
@@ -547,23 +547,23 @@ impl Upstream {
     }
 
     /// Whether a reply is owed for a command sent or queued.
-    pub fn owes(&self) -> bool {
+    pub(crate) fn owes(&self) -> bool {
         !self.owed.is_empty()
     }
 
-    pub fn capabilities(&self) -> &Capabilities {
+    pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
     /// Writes one command line (CRLF included) and reads its reply.
-    pub async fn command(&mut self, line: &[u8], asked: Asked) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn command(&mut self, line: &[u8], asked: Asked) -> Result<Reply, UpstreamError> {
         self.queue(line, asked)?;
         self.reply().await
     }
 
     /// Queues one command line (CRLF included) for the next write, its reply owed;
     /// before the first of a group, makes sure the backend said nothing unasked.
-    pub fn queue(&mut self, line: &[u8], asked: Asked) -> Result<(), UpstreamError> {
+    pub(crate) fn queue(&mut self, line: &[u8], asked: Asked) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
         self.auth_used |= asked == Asked::Auth;
         self.queued.extend_from_slice(line);
@@ -584,20 +584,20 @@ impl Upstream {
 
     /// Starts a BDAT chunk (`header` is its command line); its bytes follow with
     /// [`Upstream::send_body`], its reply with [`Upstream::reply`].
-    pub async fn bdat(&mut self, header: &[u8], last: bool) -> Result<(), UpstreamError> {
+    pub(crate) async fn bdat(&mut self, header: &[u8], last: bool) -> Result<(), UpstreamError> {
         self.queue(header, if last { Asked::BdatLast } else { Asked::Bdat })?;
         self.send_queued().await
     }
 
     /// Writes message bytes after the 354 to DATA, or inside a BDAT chunk.
-    pub async fn send_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+    pub(crate) async fn send_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
         self.send_queued().await?;
         self.write(bytes).await
     }
 
     /// Reads the reply to the end of data, whose dot went out with the body.
-    pub async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
         self.ensure_quiet()?;
         self.owed.push_back(Asked::EndOfData);
         self.reply().await
@@ -606,13 +606,13 @@ impl Upstream {
     /// Whether this connection may serve another session: nothing owed, nothing
     /// unasked from the backend (a 421 it sent while idle, or its close), the same
     /// identity as `backend` has now.
-    pub fn reusable_for(&mut self, backend: &Backend) -> bool {
+    pub(crate) fn reusable_for(&mut self, backend: &Backend) -> bool {
         !self.auth_used && self.identity == backend.identity && self.owed.is_empty() && self.ensure_quiet().is_ok()
     }
 
     /// Ends an open transaction (RSET), so the next session starts clean; false when
     /// the backend did not agree (the connection is then not kept).
-    pub async fn reset_for_reuse(&mut self) -> bool {
+    pub(crate) async fn reset_for_reuse(&mut self) -> bool {
         if !self.in_transaction {
             return true;
         }
@@ -647,7 +647,7 @@ impl Upstream {
 
     /// Reads the reply to the oldest outstanding command, the queued commands sent
     /// first, and checks that it fits.
-    pub async fn reply(&mut self) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn reply(&mut self) -> Result<Reply, UpstreamError> {
         self.send_queued().await?;
         let Some(asked) = self.owed.pop_front() else {
             return Err(self.out_of_step("a reply was awaited with no command outstanding".into()));
@@ -691,14 +691,18 @@ impl Upstream {
     }
 
     /// Polite end: QUIT, then close without waiting for the 221 (nothing depends on it).
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         let _ = self.write(b"QUIT\r\n").await;
     }
 }
 
 /// The backend a new connection would be tried on first: the first that is not in
 /// `skip`, may take failed-over sessions, and is up (or any, when none is up).
-pub fn first_choice<'a>(backends: &'a [Backend], states: &[Arc<BackendState>], skip: &[String]) -> Option<&'a Backend> {
+pub(crate) fn first_choice<'a>(
+    backends: &'a [Backend],
+    states: &[Arc<BackendState>],
+    skip: &[String],
+) -> Option<&'a Backend> {
     let any_up = states.iter().any(|s| s.health.is_up());
     backends
         .iter()

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 /// Renew this long before a certificate expires (Let's Encrypt's own advice for its
 /// 90-day certificates: at two thirds of their life).
-pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
-pub const DEFAULT_HTTP_BIND: &str = "0.0.0.0:80";
+pub(crate) const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+pub(crate) const DEFAULT_HTTP_BIND: &str = "0.0.0.0:80";
 
 /// How the CA is shown that we control a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     /// A file under `/.well-known/acme-challenge/`, served on `http_bind` (RFC 8555 8.3).
     Http01,
     /// A special certificate in a TLS handshake with ALPN `acme-tls/1` on an
@@ -27,7 +27,7 @@ pub enum Challenge {
 }
 
 impl Challenge {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Challenge::Http01 => "http-01",
             Challenge::TlsAlpn01 => "tls-alpn-01",
@@ -36,25 +36,25 @@ impl Challenge {
 }
 
 #[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    pub directory: String,
-    pub contact: Vec<String>,
+pub(crate) struct AcmeConfig {
+    pub(crate) directory: String,
+    pub(crate) contact: Vec<String>,
     /// Lower case, no duplicates; the first is the certificate's subject.
-    pub domains: Vec<String>,
-    pub challenge: Challenge,
+    pub(crate) domains: Vec<String>,
+    pub(crate) challenge: Challenge,
     /// Set for HTTP-01 only.
-    pub http_bind: Option<SocketAddr>,
-    pub state_dir: PathBuf,
-    pub renew_before: Duration,
-    pub ca_file: Option<PathBuf>,
+    pub(crate) http_bind: Option<SocketAddr>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) renew_before: Duration,
+    pub(crate) ca_file: Option<PathBuf>,
     /// How the CA's API is trusted (`ca_file`, or the system's roots).
-    pub api_tls: Arc<rustls::ClientConfig>,
+    pub(crate) api_tls: Arc<rustls::ClientConfig>,
 }
 
 impl AcmeConfig {
     /// The settings as they would be written, to compare two configs by (the client
     /// TLS config has no equality of its own; `ca_file` names it).
-    pub fn settings(&self) -> String {
+    pub(crate) fn settings(&self) -> String {
         format!(
             "directory={} contact={:?} domains={:?} challenge={} http_bind={:?} state_dir={} renew_before={:?} ca_file={:?}",
             self.directory,

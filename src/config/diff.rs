@@ -13,7 +13,7 @@ fn users(config: &Config) -> Option<&crate::auth::users::Users> {
     }
 }
 
-pub fn changes(old: &Config, new: &Config) -> Vec<String> {
+pub(crate) fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = |key: &str, a: &dyn Debug, b: &dyn Debug| field(&mut out, key, a, b);
     field("server.hostname", &old.hostname, &new.hostname);

@@ -13,7 +13,7 @@ const MAX_MISTAKES: usize = 50;
 
 /// The raw config and the mistakes taken out of it (in the file's order), or only
 /// mistakes when the rest could not be read.
-pub fn read(text: &str) -> (Option<RawConfig>, Vec<String>) {
+pub(crate) fn read(text: &str) -> (Option<RawConfig>, Vec<String>) {
     let mut root = match DeTable::parse(text) {
         Ok(root) => root,
         Err(e) => return (None, vec![render(e, text)]),

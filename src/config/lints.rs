@@ -32,13 +32,13 @@ const NOT_PUBLIC: &[&str] = &[
 ];
 
 /// Whether `net` holds any address outside [`NOT_PUBLIC`].
-pub fn holds_public(net: &IpNet) -> bool {
+pub(crate) fn holds_public(net: &IpNet) -> bool {
     !NOT_PUBLIC.iter().any(|n| n.parse::<IpNet>().expect("valid literal").contains(net))
 }
 
 /// Whether a listener bound to `ip` is reachable by strangers: a wildcard or public
 /// address.
-pub fn faces_the_internet(ip: IpAddr) -> bool {
+pub(crate) fn faces_the_internet(ip: IpAddr) -> bool {
     is_public_address(ip)
 }
 

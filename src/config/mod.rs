@@ -1,15 +1,15 @@
 //! Configuration: the raw TOML ([`raw`]) validated into the runtime [`Config`]. Every
 //! error is collected with the key that holds it, so `check` can list them all at once.
 
-pub mod acme;
-pub mod diff;
+pub(crate) mod acme;
+pub(crate) mod diff;
 mod document;
 mod lints;
 mod net;
 pub mod raw;
 mod recipients;
 
-pub use net::parse_network;
+pub(crate) use net::parse_network;
 
 use crate::auth::Users;
 use crate::identity::Identity;
@@ -32,93 +32,93 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
-pub const DEFAULT_MAX_RECIPIENTS: u32 = 100;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
+pub(crate) const DEFAULT_MAX_RECIPIENTS: u32 = 100;
 /// Of a message held for content filters, the bytes kept in memory by default.
-pub const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
+pub(crate) const DEFAULT_HELD_IN_MEMORY: u64 = 1024 * 1024;
 /// Header fields of a message held for content filters: real mail has tens, a long
 /// relay chain a few hundred (Postfix bounces past 50 Received), and each field is a
 /// round trip to every filter.
-pub const DEFAULT_MAX_HEADERS: usize = 1000;
+pub(crate) const DEFAULT_MAX_HEADERS: usize = 1000;
 /// Bytes of those header fields, Exchange Online's bound (256 KB); sendmail's
 /// MaxHeadersLength is 32 KiB, Postfix's header_size_limit 100 KiB for one field.
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 256 * 1024;
+pub(crate) const DEFAULT_MAX_HEADER_SIZE: u64 = 256 * 1024;
 /// The header bytes bound may be set within these (field offsets are 32-bit; the
 /// header section is kept in memory while the filters are asked).
 const HEADER_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
 /// Longest command line, CRLF included (Postfix's line_length_limit; RFC 5321 asks for
 /// at least 512).
-pub const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
-pub const DEFAULT_MAX_ERRORS: u32 = 10;
-pub const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
-pub const DEFAULT_RECIPIENT_OVERSHOOT_LIMIT: u32 = 1000;
+pub(crate) const DEFAULT_MAX_LINE_LENGTH: usize = 2048;
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+pub(crate) const DEFAULT_MAX_ERRORS: u32 = 10;
+pub(crate) const DEFAULT_MAX_JUNK_COMMANDS: u32 = 100;
+pub(crate) const DEFAULT_RECIPIENT_OVERSHOOT_LIMIT: u32 = 1000;
 /// RFC 5321 4.5.3.2: 5 minutes between commands, 3 minutes per DATA block.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Postfix's smtpd_min_data_rate default, in bytes per second.
-pub const DEFAULT_MIN_DATA_RATE: u64 = 500;
-pub const DEFAULT_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MIN_DATA_RATE: u64 = 500;
+pub(crate) const DEFAULT_MIN_DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 /// RFC 5321 4.5.3.2 for the client side of the backend: 5 minutes a reply, 10 minutes
 /// for the reply to end of data.
-pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-pub const DEFAULT_DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections Portcullis opens to one backend at once: half of Postfix's default
 /// process limit (100), leaving room for everything else the backend serves.
-pub const DEFAULT_BACKEND_MAX_CONNECTIONS: usize = 50;
+pub(crate) const DEFAULT_BACKEND_MAX_CONNECTIONS: usize = 50;
 /// How long a session waits for a backend connection when all are in use.
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a backend connection stays open while its session has no recipient.
-pub const DEFAULT_BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_BACKEND_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Backend health checks: HAProxy's rise and fall, a slower interval (each check is a
 /// connection the backend logs).
-pub const DEFAULT_CHECK: HealthCheck =
+pub(crate) const DEFAULT_CHECK: HealthCheck =
     HealthCheck { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), rise: 2, fall: 3 };
 
 /// The config in force: replaced whole by a reload, read at every decision.
-pub type Live = arc_swap::ArcSwap<Config>;
+pub(crate) type Live = arc_swap::ArcSwap<Config>;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// Worker threads, each with its own single-threaded runtime.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// After SIGTERM, how long sessions may go on before they get 421.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     pub listeners: Vec<Arc<Listener>>,
-    pub relay: RelayPolicy,
+    pub(crate) relay: RelayPolicy,
     pub backends: Vec<Backend>,
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Certificate and key for client-side TLS, when a listener offers it.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub auth: Option<Arc<Auth>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) auth: Option<Arc<Auth>>,
     /// Load balancers whose PROXY headers are believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub log_format: LogFormat,
     /// Where /metrics, /healthz and /readyz are served; none when absent.
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     /// The token calls that change state must present (`[admin] token_file`).
-    pub admin_token: Option<String>,
-    pub bans: BanPolicy,
-    pub pregreet: Pregreet,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) bans: BanPolicy,
+    pub(crate) pregreet: Pregreet,
     /// DNS block- and allowlists; none when `[screen] dnsbl` is empty.
-    pub dns_lists: Option<DnsLists>,
+    pub(crate) dns_lists: Option<DnsLists>,
     /// Shared limits, bans and screen cache; each instance its own when absent.
-    pub store: Option<StoreConfig>,
+    pub(crate) store: Option<StoreConfig>,
     /// Certificates from an ACME CA (`[acme]`); `tls` then only serves until the
     /// first one is there.
-    pub acme: Option<acme::AcmeConfig>,
+    pub(crate) acme: Option<acme::AcmeConfig>,
     /// Recipient validation tables (`[[recipients]]`), in order: a domain is answered
     /// by the first one that names it.
-    pub recipients: Vec<crate::recipients::Table>,
+    pub(crate) recipients: Vec<crate::recipients::Table>,
 }
 
 impl Config {
-    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+    pub(crate) fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
         self.listeners.iter().find(|l| l.name == name)
     }
 }
@@ -132,14 +132,14 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerTls {
+pub(crate) enum ListenerTls {
     None,
     StartTls,
     Implicit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthPolicy {
+pub(crate) enum AuthPolicy {
     Off,
     Optional,
     Required,
@@ -147,30 +147,30 @@ pub enum AuthPolicy {
 
 #[derive(Debug, Clone)]
 pub struct Listener {
-    pub name: String,
-    pub bind: SocketAddr,
-    pub rules: ConnectionRules,
-    pub tls: ListenerTls,
+    pub(crate) name: String,
+    pub(crate) bind: SocketAddr,
+    pub(crate) rules: ConnectionRules,
+    pub(crate) tls: ListenerTls,
     /// MAIL is refused until the session is encrypted.
-    pub require_tls: bool,
-    pub auth: AuthPolicy,
+    pub(crate) require_tls: bool,
+    pub(crate) auth: AuthPolicy,
     /// Offer AUTH on unencrypted sessions too.
-    pub auth_plaintext: bool,
+    pub(crate) auth_plaintext: bool,
     /// Every connection starts with a PROXY header from a trusted proxy.
-    pub proxy_protocol: bool,
+    pub(crate) proxy_protocol: bool,
     /// Wait this long before greeting; a client that talks meanwhile is refused.
-    pub greeting_delay: Duration,
+    pub(crate) greeting_delay: Duration,
     /// Early-talker detection (postscreen's pregreet test) on this listener.
-    pub pregreet: bool,
+    pub(crate) pregreet: bool,
     /// What a DNS list score at the threshold does on this listener.
-    pub screen_action: ScreenAction,
+    pub(crate) screen_action: ScreenAction,
     /// Content filters asked for every message, in order.
-    pub milters: Vec<Arc<MilterConfig>>,
+    pub(crate) milters: Vec<Arc<MilterConfig>>,
 }
 
 /// What a client listed by the DNS lists (at or above the threshold) gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScreenAction {
+pub(crate) enum ScreenAction {
     /// The lists are not asked.
     Off,
     /// `554 5.7.1` instead of the greeting.
@@ -184,7 +184,7 @@ pub enum ScreenAction {
 }
 
 impl ScreenAction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ScreenAction::Off => "off",
             ScreenAction::Reject => "reject",
@@ -197,28 +197,28 @@ impl ScreenAction {
 /// Early-talker detection: a `220-` line, `wait`, then the final greeting line; a
 /// client that talks in between is refused, one that waits is greeted at once for `ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pregreet {
-    pub wait: Duration,
-    pub ttl: Duration,
+pub(crate) struct Pregreet {
+    pub(crate) wait: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// Where credentials are checked.
 #[derive(Debug)]
-pub enum AuthSource {
+pub(crate) enum AuthSource {
     File(Arc<Users>),
     /// The AUTH exchange is passed to the backend, which decides.
     Backend,
 }
 
 #[derive(Debug)]
-pub struct Auth {
-    pub source: AuthSource,
+pub(crate) struct Auth {
+    pub(crate) source: AuthSource,
     /// Failed attempts allowed in one session before it is closed with 421.
-    pub max_failures: u32,
+    pub(crate) max_failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendTls {
+pub(crate) enum BackendTls {
     None,
     /// STARTTLS when the backend offers it.
     StartTls,
@@ -228,59 +228,59 @@ pub enum BackendTls {
 
 /// When and how a backend is checked. `interval` zero: never (always up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
+pub(crate) struct HealthCheck {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) rise: u32,
+    pub(crate) fall: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct Backend {
     /// `host:port` as configured; resolved at connect time.
-    pub address: String,
-    pub identity: Identity,
-    pub connect_timeout: Duration,
+    pub(crate) address: String,
+    pub(crate) identity: Identity,
+    pub(crate) connect_timeout: Duration,
     /// Longest wait for a backend reply; for the reply to end of data, `data_timeout`.
-    pub reply_timeout: Duration,
-    pub data_timeout: Duration,
-    pub tls: BackendTls,
+    pub(crate) reply_timeout: Duration,
+    pub(crate) data_timeout: Duration,
+    pub(crate) tls: BackendTls,
     /// Client TLS config and the name to verify, when `tls` is not `None`.
-    pub tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    pub(crate) tls_client: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// Connections open to this backend at once, at most; shared by every session.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// How long a session waits for one of `max_connections` before `451 4.3.2`.
-    pub queue_timeout: Duration,
+    pub(crate) queue_timeout: Duration,
     /// How long a connection stays open while its session has no accepted recipient.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Sessions may fail over to this backend even though one listed before it tells
     /// the backend more about the client.
-    pub allow_identity_downgrade: bool,
-    pub check: HealthCheck,
+    pub(crate) allow_identity_downgrade: bool,
+    pub(crate) check: HealthCheck,
     /// Greeted connections kept between sessions; none when off.
-    pub reuse: Option<Reuse>,
+    pub(crate) reuse: Option<Reuse>,
 }
 
 /// Backend connection reuse (`reuse = true` on a `[[backend]]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reuse {
+pub(crate) struct Reuse {
     /// How long a kept connection waits for its next session before it is closed.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// Messages one connection carries before it is closed.
-    pub max_messages: u32,
+    pub(crate) max_messages: u32,
 }
 
 /// The slowest a message body may arrive, against byte trickling. Checked once the
 /// grace period has passed, at every read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MinDataRate {
+pub(crate) struct MinDataRate {
     /// Bytes per second; 0 switches the check off.
-    pub bytes_per_second: u64,
-    pub grace: Duration,
+    pub(crate) bytes_per_second: u64,
+    pub(crate) grace: Duration,
 }
 
 impl MinDataRate {
-    pub fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
+    pub(crate) fn too_slow(&self, received: u64, elapsed: Duration) -> bool {
         self.bytes_per_second > 0
             && elapsed > self.grace
             && (received as f64) < self.bytes_per_second as f64 * elapsed.as_secs_f64()
@@ -288,41 +288,41 @@ impl MinDataRate {
 }
 
 #[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_line_length: usize,
-    pub max_message_size: u64,
-    pub max_recipients: u32,
+pub(crate) struct Limits {
+    pub(crate) max_line_length: usize,
+    pub(crate) max_message_size: u64,
+    pub(crate) max_recipients: u32,
     /// Recipients past `max_recipients` in one transaction that get 452 without
     /// counting as errors (Postfix's smtpd_recipient_overshoot_limit): a list
     /// server sends to the first ones and retries the rest (RFC 5321 4.5.3.1.10).
-    pub recipient_overshoot_limit: u32,
-    pub bare_lf: BareLf,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
+    pub(crate) recipient_overshoot_limit: u32,
+    pub(crate) bare_lf: BareLf,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// Bad commands allowed in one session before it is closed with 421.
-    pub max_errors: u32,
+    pub(crate) max_errors: u32,
     /// NOOP, VRFY, RSET and HELP allowed between messages; each one more counts as an
     /// error (Postfix's smtpd_junk_command_limit).
-    pub max_junk_commands: u32,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
-    pub min_data_rate: MinDataRate,
-    pub tls_handshake_timeout: Duration,
+    pub(crate) max_junk_commands: u32,
+    pub(crate) command_timeout: Duration,
+    pub(crate) data_timeout: Duration,
+    pub(crate) min_data_rate: MinDataRate,
+    pub(crate) tls_handshake_timeout: Duration,
     /// New connections per client network.
-    pub connection_rate: Option<Rate>,
+    pub(crate) connection_rate: Option<Rate>,
     /// Messages (MAIL) per client network, or per user when authenticated.
-    pub message_rate: Option<Rate>,
+    pub(crate) message_rate: Option<Rate>,
     /// Recipients (RCPT) per client network, or per user when authenticated.
-    pub recipient_rate: Option<Rate>,
+    pub(crate) recipient_rate: Option<Rate>,
     /// IPv6 clients are counted by this prefix in rates and bans.
-    pub ipv6_prefix: u8,
+    pub(crate) ipv6_prefix: u8,
     /// Of a message held for content filters, bytes kept in memory.
-    pub held_in_memory: usize,
+    pub(crate) held_in_memory: usize,
     /// Header fields of a message held for content filters (past it: 552 5.3.4), and
     /// of the filters' changes to it (past it: the filter fails).
-    pub max_headers: usize,
+    pub(crate) max_headers: usize,
     /// Bytes of those header fields, likewise.
-    pub max_header_size: usize,
+    pub(crate) max_header_size: usize,
 }
 
 /// A validated config and what `check` should warn about.
@@ -337,7 +337,7 @@ pub struct Loaded {
 #[derive(Debug, Error)]
 pub struct ConfigError {
     pub problems: Vec<String>,
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl ConfigError {

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// Why a network in the config is not one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum NetError {
+pub(crate) enum NetError {
     #[error("not an address or network")]
     NotAnAddress,
     #[error("not an address before '/'")]
@@ -22,7 +22,7 @@ pub enum NetError {
     NotANetwork,
 }
 
-pub fn parse_network(text: &str) -> Result<IpNet, NetError> {
+pub(crate) fn parse_network(text: &str) -> Result<IpNet, NetError> {
     let net = match text.split_once('/') {
         None => {
             let ip: IpAddr = text.parse().map_err(|_| NetError::NotAnAddress)?;

@@ -2,15 +2,15 @@
 //! header. Everything here only builds bytes; the backend client sends them.
 
 pub mod proxy;
-pub mod xclient;
-pub mod xforward;
+pub(crate) mod xclient;
+pub(crate) mod xforward;
 
 use crate::addr::Client;
 use std::net::IpAddr;
 
 /// The identity method configured for one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     Xclient,
     Xforward,
     ProxyV1,
@@ -21,7 +21,7 @@ pub enum Identity {
 }
 
 impl Identity {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Identity::Xclient => "xclient",
             Identity::Xforward => "xforward",
@@ -37,7 +37,7 @@ impl Identity {
     /// XCLIENT carries the address, HELO name and login; PROXY headers and a
     /// transparent source the address, which the backend also uses for its access
     /// checks; XFORWARD only reaches the backend's logs (Postfix); none, nothing.
-    pub fn tells(&self) -> u8 {
+    pub(crate) fn tells(&self) -> u8 {
         match self {
             Identity::Xclient => 3,
             Identity::ProxyV1 | Identity::ProxyV2 | Identity::Transparent => 2,
@@ -48,7 +48,7 @@ impl Identity {
 
     /// Whether the backend is spoken to before its greeting (the PROXY header), so a
     /// backend that does not expect it answers a "command" we never sent.
-    pub fn speaks_first(&self) -> bool {
+    pub(crate) fn speaks_first(&self) -> bool {
         matches!(self, Identity::ProxyV1 | Identity::ProxyV2)
     }
 }
@@ -56,36 +56,36 @@ impl Identity {
 /// What is passed on about the client, borrowed from the session for each connect or
 /// MAIL.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientFacts<'a> {
+pub(crate) struct ClientFacts<'a> {
     /// The client as made at accept. When a PROXY header did not say who the client is,
     /// its address is the load balancer's, and the backend must not be told it is the
     /// client's.
-    pub client: Client,
+    pub(crate) client: Client,
     /// The name the client gave in HELO/EHLO.
-    pub helo: &'a str,
+    pub(crate) helo: &'a str,
     /// Whether the client said EHLO (ESMTP) rather than HELO.
-    pub esmtp: bool,
+    pub(crate) esmtp: bool,
     /// The user the client authenticated as, if it did.
-    pub login: Option<&'a str>,
+    pub(crate) login: Option<&'a str>,
 }
 
 /// Longest XCLIENT / XFORWARD command line, CRLF included (Postfix's limit).
-pub const MAX_COMMAND: usize = 512;
+pub(crate) const MAX_COMMAND: usize = 512;
 
 /// The XCLIENT/XFORWARD value for "not known".
-pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
+pub(crate) const UNAVAILABLE: &str = "[UNAVAILABLE]";
 
 /// Longest HELO value Postfix takes in XCLIENT and XFORWARD (its VALID_HOSTNAME_LEN);
 /// a longer one would be refused with 501, so it is sent as `[UNAVAILABLE]`.
-pub const MAX_HELO: usize = 255;
+pub(crate) const MAX_HELO: usize = 255;
 
 /// The `HELO` attribute value shared by XCLIENT and XFORWARD.
-pub fn helo_value(helo: &str) -> String {
+pub(crate) fn helo_value(helo: &str) -> String {
     if helo.len() > MAX_HELO { "[UNAVAILABLE]".to_string() } else { crate::smtp::xtext::encode(helo) }
 }
 
 /// `ADDR` value form shared by XCLIENT and XFORWARD: IPv6 gets an `IPV6:` prefix.
-pub fn addr_value(ip: IpAddr) -> String {
+pub(crate) fn addr_value(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPV6:{v6}"),
@@ -95,7 +95,7 @@ pub fn addr_value(ip: IpAddr) -> String {
 /// Packs `NAME=value` attributes, in order, into as few `verb ...` lines as fit
 /// [`MAX_COMMAND`] bytes each. Values are already xtext-encoded. An attribute too long
 /// for a line of its own is sent as `[UNAVAILABLE]`.
-pub fn pack_commands(verb: &str, attrs: &[(&str, String)]) -> Vec<String> {
+pub(crate) fn pack_commands(verb: &str, attrs: &[(&str, String)]) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let mut current = String::with_capacity(128);
     for (name, value) in attrs {

@@ -174,12 +174,12 @@ pub fn v2_header(client: ClientAddr, local: LocalAddr) -> Vec<u8> {
 
 /// The header of a connection that is the proxy's own (a health check): v1 `UNKNOWN`,
 /// which the spec tells receivers to treat as their own connection.
-pub fn v1_local() -> Vec<u8> {
+pub(crate) fn v1_local() -> Vec<u8> {
     b"PROXY UNKNOWN\r\n".to_vec()
 }
 
 /// v2 `LOCAL`: the connection is the proxy's own (a health check).
-pub fn v2_local() -> Vec<u8> {
+pub(crate) fn v2_local() -> Vec<u8> {
     v2::Builder::with_addresses(
         v2::Version::Two | v2::Command::Local,
         v2::Protocol::Unspecified,

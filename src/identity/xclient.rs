@@ -6,7 +6,7 @@ use crate::smtp::{Capabilities, xtext};
 
 /// The XCLIENT lines to send, holding only attributes the backend advertised, with
 /// NAME and ADDR last. Empty if the backend offers none of them.
-pub fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
+pub(crate) fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [

@@ -4,7 +4,7 @@
 use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
 use crate::smtp::Capabilities;
 
-pub fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
+pub(crate) fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
     let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
     let candidates = [

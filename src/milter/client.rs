@@ -22,7 +22,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug, Error)]
-pub enum MilterError {
+pub(crate) enum MilterError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("no connection within {0:?}")]
@@ -47,7 +47,7 @@ pub enum MilterError {
 
 impl MilterError {
     /// A short fixed name for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             MilterError::Connect(_) | MilterError::ConnectTimeout(_) => "unreachable",
             MilterError::Timeout(..) => "timeout",
@@ -62,8 +62,8 @@ impl MilterError {
     }
 }
 
-pub struct Filter {
-    pub config: Arc<MilterConfig>,
+pub(crate) struct Filter {
+    pub(crate) config: Arc<MilterConfig>,
     stream: Box<dyn Io>,
     /// The TCP socket, to ask for immediate ACKs (see [`quick_ack`]).
     tcp_fd: Option<RawFd>,
@@ -71,13 +71,13 @@ pub struct Filter {
     /// answers to, plus the steps the config skips.
     protocol: u32,
     /// The modifications the filter may make.
-    pub actions: u32,
+    pub(crate) actions: u32,
     inbuf: BytesMut,
     out: BytesMut,
 }
 
 impl Filter {
-    pub async fn open(config: Arc<MilterConfig>) -> Result<Filter, MilterError> {
+    pub(crate) async fn open(config: Arc<MilterConfig>) -> Result<Filter, MilterError> {
         let limit = config.connect_timeout;
         let (stream, tcp_fd): (Box<dyn Io>, _) = match &config.address {
             Address::Inet(host, port) => {
@@ -124,12 +124,12 @@ impl Filter {
     }
 
     /// Whether this filter gets `step` at all.
-    pub fn wants(&self, step: Step) -> bool {
+    pub(crate) fn wants(&self, step: Step) -> bool {
         !step.skipped(self.protocol)
     }
 
     /// Whether the filter keeps a header's leading space in the value it is shown.
-    pub fn wants_leading_space(&self) -> bool {
+    pub(crate) fn wants_leading_space(&self) -> bool {
         self.protocol & protocol::HEADER_LEADING_SPACE != 0
     }
 
@@ -217,7 +217,7 @@ impl Filter {
 
     /// Sends `step`'s macros and command; the answer, or `Continue` for a step the
     /// filter skips or does not answer.
-    pub async fn step(
+    pub(crate) async fn step(
         &mut self,
         step: Step,
         macros: &[(&str, String)],
@@ -242,7 +242,7 @@ impl Filter {
 
     /// End of message: the modifications the filter makes, taken into `edits` as they
     /// come (within its bounds), then its verdict.
-    pub async fn end_of_message(
+    pub(crate) async fn end_of_message(
         &mut self,
         macros: &[(&str, String)],
         edits: &mut Edits,
@@ -277,11 +277,11 @@ impl Filter {
     }
 
     /// The transaction ended without end of message; the connection stays for the next.
-    pub async fn abort(&mut self) -> Result<(), MilterError> {
+    pub(crate) async fn abort(&mut self) -> Result<(), MilterError> {
         self.send(&Command::Abort).await
     }
 
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         let _ = self.send(&Command::Quit).await;
         let _ = self.stream.shutdown().await;
     }

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// The message bytes: memory, then a temporary file.
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     memory: Vec<u8>,
     file: Option<File>,
     len: u64,
@@ -23,11 +23,11 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn new(limit: usize) -> Spool {
+    pub(crate) fn new(limit: usize) -> Spool {
         Spool { memory: Vec::new(), file: None, len: 0, limit }
     }
 
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.len += bytes.len() as u64;
         if self.file.is_none() && self.memory.len() + bytes.len() <= self.limit {
             self.memory.extend_from_slice(bytes);
@@ -43,23 +43,23 @@ impl Spool {
         self.file.as_mut().expect("made above").write_all(bytes)
     }
 
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// Whether the message went to a temporary file.
-    pub fn on_disk(&self) -> bool {
+    pub(crate) fn on_disk(&self) -> bool {
         self.file.is_some()
     }
 
     /// Reads bytes `from..to` into `buf` (at most its length); 0 at the end.
-    pub fn read_between(&self, from: u64, to: u64, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read_between(&self, from: u64, to: u64, buf: &mut [u8]) -> io::Result<usize> {
         let want = buf.len().min(to.saturating_sub(from) as usize);
         self.read_at(from, &mut buf[..want])
     }
 
     /// Reads `buf.len()` bytes at most from `offset`; 0 at the end.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.len {
             return Ok(0);
         }
@@ -83,17 +83,17 @@ impl Spool {
 /// The bounds of a header section (`limits.max_headers`, `limits.max_header_size`):
 /// of the client's message, and of the filters' header changes to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderBounds {
+pub(crate) struct HeaderBounds {
     /// Header fields at most.
-    pub count: usize,
+    pub(crate) count: usize,
     /// Bytes at most: of the fields as they came (folds included, the empty line
     /// after them not), or of the names and values a filter writes.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// Why a message could not be held for the filters.
 #[derive(Debug, Error)]
-pub enum HoldError {
+pub(crate) enum HoldError {
     #[error("more than {0} header fields")]
     TooManyHeaders(usize),
     #[error("a header section over {0} bytes")]
@@ -105,7 +105,7 @@ pub enum HoldError {
 impl HoldError {
     /// For a header section past its bounds: the limit (as metrics name it) and the
     /// client's reply; `None` for a local failure.
-    pub fn refusal(&self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn refusal(&self) -> Option<(&'static str, &'static str)> {
         match self {
             HoldError::TooManyHeaders(_) => {
                 Some(("limits.max_headers", "552 5.3.4 Error: too many header fields in the message"))
@@ -129,14 +129,14 @@ struct Field {
 /// A header field as a filter is shown it: the value after the colon and one space,
 /// folds as `\n`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ShownHeader<'a> {
-    pub name: Cow<'a, str>,
-    pub value: Cow<'a, str>,
+pub(crate) struct ShownHeader<'a> {
+    pub(crate) name: Cow<'a, str>,
+    pub(crate) value: Cow<'a, str>,
 }
 
 /// A whole message, held.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     spool: Spool,
     /// The header fields' bytes, as they came (the spool's first bytes).
     head: Vec<u8>,
@@ -149,7 +149,7 @@ pub struct Held {
 impl Held {
     /// Reads the header fields of a complete message (ending with the final dot line);
     /// refused past `bounds`.
-    pub fn new(spool: Spool, bounds: HeaderBounds) -> Result<Held, HoldError> {
+    pub(crate) fn new(spool: Spool, bounds: HeaderBounds) -> Result<Held, HoldError> {
         // Enough for fields of `bounds.bytes` and the empty line after them.
         let mut head = vec![0u8; spool.len().min(bounds.bytes as u64 + 2) as usize];
         let mut got = 0;
@@ -169,7 +169,7 @@ impl Held {
     }
 
     /// The header fields, as a filter is shown them.
-    pub fn headers(&self) -> impl Iterator<Item = ShownHeader<'_>> {
+    pub(crate) fn headers(&self) -> impl Iterator<Item = ShownHeader<'_>> {
         self.fields.iter().map(|f| ShownHeader { name: String::from_utf8_lossy(self.name(f)), value: self.value(f) })
     }
 
@@ -194,22 +194,22 @@ impl Held {
         value
     }
 
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.spool.len()
     }
 
-    pub fn on_disk(&self) -> bool {
+    pub(crate) fn on_disk(&self) -> bool {
         self.spool.on_disk()
     }
 
     /// The body as filters see it (dot-stuffing undone, without the final dot), in
     /// chunks of at most [`CHUNK`] bytes.
-    pub fn body(&self) -> BodyReader<'_> {
+    pub(crate) fn body(&self) -> BodyReader<'_> {
         BodyReader { held: self, offset: self.body_start, line_start: true, end: self.spool.len().saturating_sub(3) }
     }
 
     /// The message as it goes to the backend, `edits` applied: parts to send in order.
-    pub fn render<'a>(&'a self, edits: &'a Edits) -> Vec<Part<'a>> {
+    pub(crate) fn render<'a>(&'a self, edits: &'a Edits) -> Vec<Part<'a>> {
         let mut parts = Parts::default();
         let fields_end = self.head.len() as u64;
         if edits.headers.is_empty() {
@@ -312,7 +312,7 @@ fn without_line_end(line: &[u8]) -> &[u8] {
 
 /// A piece of the message for the backend, in DATA's wire form.
 #[derive(Debug)]
-pub enum Part<'a> {
+pub(crate) enum Part<'a> {
     Bytes(Vec<u8>),
     /// Bytes `from..to` of a spool: the message as it came, or a new body.
     Spool {
@@ -349,7 +349,7 @@ impl<'a> Parts<'a> {
     }
 }
 
-pub struct BodyReader<'a> {
+pub(crate) struct BodyReader<'a> {
     held: &'a Held,
     offset: u64,
     line_start: bool,
@@ -358,7 +358,7 @@ pub struct BodyReader<'a> {
 
 impl BodyReader<'_> {
     /// The next chunk into `out` (cleared first); false at the end.
-    pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+    pub(crate) fn next_chunk(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         out.clear();
         let mut buf = vec![0u8; CHUNK];
         while out.len() < CHUNK && self.offset < self.end {
@@ -470,7 +470,7 @@ impl Stuffer {
 
 /// Header changes in the order the filters made them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderEdit {
+pub(crate) enum HeaderEdit {
     Add { name: String, value: String },
     Insert { index: u32, name: String, value: String },
     Change { index: u32, name: String, value: String },
@@ -479,22 +479,22 @@ pub enum HeaderEdit {
 /// What the filters' changes to one message may come to, together: they are held as
 /// the message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChangeBounds {
+pub(crate) struct ChangeBounds {
     /// Header fields added, inserted or changed, and the bytes of their names and values.
-    pub headers: HeaderBounds,
+    pub(crate) headers: HeaderBounds,
     /// Bytes of a new body, as a filter sends it.
-    pub body: u64,
+    pub(crate) body: u64,
     /// Of a new body, bytes kept in memory; the rest goes to an unnamed temporary file.
-    pub held_in_memory: usize,
+    pub(crate) held_in_memory: usize,
     /// Recipients added.
-    pub added: usize,
+    pub(crate) added: usize,
     /// Recipients removed.
-    pub deleted: usize,
+    pub(crate) deleted: usize,
 }
 
 /// Why a filter's changes are not taken: the filter fails.
 #[derive(Debug, Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     #[error("more than {0} header fields added or changed")]
     TooManyHeaders(usize),
     #[error("header fields added or changed over {0} bytes")]
@@ -518,21 +518,21 @@ struct NewBody {
 
 /// Every change the filters asked for at end of message.
 #[derive(Debug)]
-pub struct Edits {
-    pub headers: Vec<HeaderEdit>,
+pub(crate) struct Edits {
+    pub(crate) headers: Vec<HeaderEdit>,
     /// A new body (the last filter to replace it wins).
     body: Option<NewBody>,
-    pub new_from: Option<(String, Option<String>)>,
-    pub added: Vec<(String, Option<String>)>,
-    pub deleted: Vec<String>,
-    pub quarantine: Option<String>,
+    pub(crate) new_from: Option<(String, Option<String>)>,
+    pub(crate) added: Vec<(String, Option<String>)>,
+    pub(crate) deleted: Vec<String>,
+    pub(crate) quarantine: Option<String>,
     bounds: ChangeBounds,
     /// Bytes of the names and values in `headers`.
     header_bytes: usize,
 }
 
 impl Edits {
-    pub fn new(bounds: ChangeBounds) -> Edits {
+    pub(crate) fn new(bounds: ChangeBounds) -> Edits {
         Edits {
             headers: Vec::new(),
             body: None,
@@ -548,7 +548,7 @@ impl Edits {
     /// None yet, for the next filter: within what the bounds have left, to be
     /// [`Edits::append`]ed if that filter answers (a filter that fails halfway through
     /// its changes leaves none of them).
-    pub fn next(&self) -> Edits {
+    pub(crate) fn next(&self) -> Edits {
         let headers = HeaderBounds {
             count: self.bounds.headers.count.saturating_sub(self.headers.len()),
             bytes: self.bounds.headers.bytes.saturating_sub(self.header_bytes),
@@ -559,7 +559,7 @@ impl Edits {
     }
 
     /// Takes the changes of the filter after those already here.
-    pub fn append(&mut self, later: Edits) {
+    pub(crate) fn append(&mut self, later: Edits) {
         self.headers.extend(later.headers);
         self.header_bytes += later.header_bytes;
         if later.body.is_some() {
@@ -572,7 +572,7 @@ impl Edits {
     }
 
     /// Takes one of the filter's modifications, within the bounds.
-    pub fn take(&mut self, m: Modification) -> Result<(), ChangeError> {
+    pub(crate) fn take(&mut self, m: Modification) -> Result<(), ChangeError> {
         match m {
             Modification::AddHeader { name, value } => self.header(HeaderEdit::Add { name, value }),
             Modification::InsertHeader { index, name, value } => self.header(HeaderEdit::Insert { index, name, value }),
@@ -633,12 +633,12 @@ impl Edits {
     }
 
     /// Whether the envelope changed (the backend transaction must be made again).
-    pub fn envelope_changed(&self) -> bool {
+    pub(crate) fn envelope_changed(&self) -> bool {
         self.new_from.is_some() || !self.added.is_empty() || !self.deleted.is_empty()
     }
 
     /// Whether a new body went to a temporary file.
-    pub fn body_on_disk(&self) -> bool {
+    pub(crate) fn body_on_disk(&self) -> bool {
         self.body.as_ref().is_some_and(|b| b.spool.on_disk())
     }
 }

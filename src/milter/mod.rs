@@ -9,9 +9,9 @@
 //! the session and its `default_action` applies: `tempfail` (451 4.7.1, the default),
 //! `reject` (550 5.7.1) or `accept` (the session goes on without it).
 
-pub mod client;
-pub mod message;
-pub mod protocol;
+pub(crate) mod client;
+pub(crate) mod message;
+pub(crate) mod protocol;
 
 use crate::addr::Client;
 use crate::metrics;
@@ -23,14 +23,14 @@ use std::time::Duration;
 
 /// Where a filter listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
+pub(crate) enum Address {
     Inet(String, u16),
     Unix(std::path::PathBuf),
 }
 
 impl Address {
     /// `inet:host:port` (also `inet:port@host`, sendmail's form) or `unix:/path`.
-    pub fn parse(text: &str) -> Option<Address> {
+    pub(crate) fn parse(text: &str) -> Option<Address> {
         if let Some(path) = text.strip_prefix("unix:").or(text.strip_prefix("local:")) {
             return path.starts_with('/').then(|| Address::Unix(path.into()));
         }
@@ -56,7 +56,7 @@ impl std::fmt::Display for Address {
 
 /// What happens when a filter cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultAction {
+pub(crate) enum DefaultAction {
     Tempfail,
     Reject,
     Accept,
@@ -64,17 +64,17 @@ pub enum DefaultAction {
 
 /// One `[[milter]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MilterConfig {
-    pub name: String,
-    pub address: Address,
-    pub connect_timeout: Duration,
+pub(crate) struct MilterConfig {
+    pub(crate) name: String,
+    pub(crate) address: Address,
+    pub(crate) connect_timeout: Duration,
     /// For each step but the end of message.
-    pub command_timeout: Duration,
+    pub(crate) command_timeout: Duration,
     /// For the end of message (a scan of the whole message).
-    pub message_timeout: Duration,
-    pub default_action: DefaultAction,
+    pub(crate) message_timeout: Duration,
+    pub(crate) default_action: DefaultAction,
     /// Protocol steps never sent to this filter (`SMFIP_NO*` flags).
-    pub skip: u32,
+    pub(crate) skip: u32,
 }
 
 /// The reply text Postfix gives for a filter's plain reject and tempfail.
@@ -83,7 +83,7 @@ const TEMPFAILED: &str = "451 4.7.1 Service unavailable - try again later";
 
 /// What the filters decided at a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Continue,
     /// The client gets this reply (a filter's own, or ours for its reject/tempfail).
     Refuse(String),
@@ -95,17 +95,17 @@ pub enum Verdict {
 
 /// What the session knows that filters are told (as macros and in CONNECT/HELO).
 #[derive(Debug, Clone)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// Our hostname (`j`).
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// The client as made at accept; filters are told its address only when it is
     /// known (not a proxy's own, after a PROXY header that did not say).
-    pub client: Client,
-    pub helo: String,
-    pub tls_version: Option<String>,
-    pub cipher: Option<String>,
-    pub user: Option<String>,
-    pub auth_mechanism: Option<String>,
+    pub(crate) client: Client,
+    pub(crate) helo: String,
+    pub(crate) tls_version: Option<String>,
+    pub(crate) cipher: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) auth_mechanism: Option<String>,
 }
 
 struct Slot {
@@ -121,7 +121,7 @@ struct Slot {
 }
 
 /// The filters of one session, in the listener's order.
-pub struct Filters {
+pub(crate) struct Filters {
     slots: Vec<Slot>,
     connected: bool,
     /// A filter discarded at connect or HELO: every message of the session is dropped.
@@ -130,14 +130,14 @@ pub struct Filters {
     /// A transaction is open at the filters (MAIL sent, no end of message or abort yet).
     open: bool,
     /// A filter discarded the open transaction's message: accepted, then dropped.
-    pub discard: bool,
+    pub(crate) discard: bool,
     /// The RCPT lines the backend accepted in the open transaction, to send again when
     /// a filter changes the envelope.
-    pub rcpt_lines: Vec<Vec<u8>>,
+    pub(crate) rcpt_lines: Vec<Vec<u8>>,
 }
 
 impl Filters {
-    pub fn new(configs: &[Arc<MilterConfig>]) -> Filters {
+    pub(crate) fn new(configs: &[Arc<MilterConfig>]) -> Filters {
         Filters {
             slots: configs
                 .iter()
@@ -154,12 +154,12 @@ impl Filters {
 
     /// Starts a transaction: connects the filters first if this is the session's first
     /// The id filters know the current message by (`i`), for our log lines.
-    pub fn queue_id(&self) -> &str {
+    pub(crate) fn queue_id(&self) -> &str {
         &self.queue_id
     }
 
     /// one (CONNECT and HELO), then MAIL. `queue_id` names the message (`i`).
-    pub async fn mail(&mut self, facts: &Facts, queue_id: String, args: &[&str]) -> Verdict {
+    pub(crate) async fn mail(&mut self, facts: &Facts, queue_id: String, args: &[&str]) -> Verdict {
         if self.open {
             // The last transaction ended at the backend without our knowing (a failed
             // MAIL there): the filters forget it first.
@@ -254,7 +254,7 @@ impl Filters {
     }
 
     /// One recipient, before the backend sees it.
-    pub async fn rcpt(&mut self, args: &[&str]) -> Verdict {
+    pub(crate) async fn rcpt(&mut self, args: &[&str]) -> Verdict {
         if let Some(v) = self.failed_verdict() {
             return v;
         }
@@ -265,7 +265,7 @@ impl Filters {
     }
 
     /// DATA, before the client gets its 354.
-    pub async fn data(&mut self) -> Verdict {
+    pub(crate) async fn data(&mut self) -> Verdict {
         if let Some(v) = self.failed_verdict() {
             return v;
         }
@@ -276,7 +276,7 @@ impl Filters {
     /// The whole message: headers, end of headers, body, end of message, filter by
     /// filter; the verdict and every change they asked for, within `bounds` (a filter
     /// whose changes pass them fails, and none of its changes are taken).
-    pub async fn message(&mut self, held: &Held, bounds: ChangeBounds) -> (Verdict, Edits) {
+    pub(crate) async fn message(&mut self, held: &Held, bounds: ChangeBounds) -> (Verdict, Edits) {
         let mut edits = Edits::new(bounds);
         if let Some(v) = self.failed_verdict() {
             self.abort().await;
@@ -339,7 +339,7 @@ impl Filters {
 
     /// The transaction ended without its end of message (RSET, a refusal, a new
     /// HELO): filters that took part forget it.
-    pub async fn abort(&mut self) {
+    pub(crate) async fn abort(&mut self) {
         if !std::mem::replace(&mut self.open, false) {
             return;
         }
@@ -360,7 +360,7 @@ impl Filters {
     }
 
     /// The session ends.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         self.abort().await;
         for slot in self.slots {
             if let Some(f) = slot.filter {

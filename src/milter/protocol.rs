@@ -8,49 +8,49 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 /// The protocol version we speak.
-pub const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 6;
 /// Body chunks are at most this long (libmilter's MILTER_CHUNK_SIZE).
-pub const CHUNK: usize = 65_535;
+pub(crate) const CHUNK: usize = 65_535;
 /// Packets from a filter larger than this are refused (libmilter allows 64 KiB by
 /// default and 1 MiB with its largest option).
-pub const MAX_PACKET: usize = 1024 * 1024 + 64;
+pub(crate) const MAX_PACKET: usize = 1024 * 1024 + 64;
 
 // Actions a filter may take at end of message (SMFIF_*): all of them are offered.
-pub const ADD_HEADERS: u32 = 0x01;
-pub const CHANGE_BODY: u32 = 0x02;
-pub const ADD_RCPT: u32 = 0x04;
-pub const DELETE_RCPT: u32 = 0x08;
-pub const CHANGE_HEADERS: u32 = 0x10;
-pub const QUARANTINE: u32 = 0x20;
-pub const CHANGE_FROM: u32 = 0x40;
-pub const ADD_RCPT_PAR: u32 = 0x80;
-pub const ALL_ACTIONS: u32 = 0x1ff;
+pub(crate) const ADD_HEADERS: u32 = 0x01;
+pub(crate) const CHANGE_BODY: u32 = 0x02;
+pub(crate) const ADD_RCPT: u32 = 0x04;
+pub(crate) const DELETE_RCPT: u32 = 0x08;
+pub(crate) const CHANGE_HEADERS: u32 = 0x10;
+pub(crate) const QUARANTINE: u32 = 0x20;
+pub(crate) const CHANGE_FROM: u32 = 0x40;
+pub(crate) const ADD_RCPT_PAR: u32 = 0x80;
+pub(crate) const ALL_ACTIONS: u32 = 0x1ff;
 
 // Protocol steps (SMFIP_*): what the filter does not want sent, or not answered.
-pub const NO_CONNECT: u32 = 0x1;
-pub const NO_HELO: u32 = 0x2;
-pub const NO_MAIL: u32 = 0x4;
-pub const NO_RCPT: u32 = 0x8;
-pub const NO_BODY: u32 = 0x10;
-pub const NO_HEADERS: u32 = 0x20;
-pub const NO_EOH: u32 = 0x40;
-pub const NR_HEADER: u32 = 0x80;
-pub const NO_UNKNOWN: u32 = 0x100;
-pub const NO_DATA: u32 = 0x200;
-pub const SKIP: u32 = 0x400;
-pub const NR_CONNECT: u32 = 0x1000;
-pub const NR_HELO: u32 = 0x2000;
-pub const NR_MAIL: u32 = 0x4000;
-pub const NR_RCPT: u32 = 0x8000;
-pub const NR_DATA: u32 = 0x10000;
-pub const NR_UNKNOWN: u32 = 0x20000;
-pub const NR_EOH: u32 = 0x40000;
-pub const NR_BODY: u32 = 0x80000;
-pub const HEADER_LEADING_SPACE: u32 = 0x100000;
+pub(crate) const NO_CONNECT: u32 = 0x1;
+pub(crate) const NO_HELO: u32 = 0x2;
+pub(crate) const NO_MAIL: u32 = 0x4;
+pub(crate) const NO_RCPT: u32 = 0x8;
+pub(crate) const NO_BODY: u32 = 0x10;
+pub(crate) const NO_HEADERS: u32 = 0x20;
+pub(crate) const NO_EOH: u32 = 0x40;
+pub(crate) const NR_HEADER: u32 = 0x80;
+pub(crate) const NO_UNKNOWN: u32 = 0x100;
+pub(crate) const NO_DATA: u32 = 0x200;
+pub(crate) const SKIP: u32 = 0x400;
+pub(crate) const NR_CONNECT: u32 = 0x1000;
+pub(crate) const NR_HELO: u32 = 0x2000;
+pub(crate) const NR_MAIL: u32 = 0x4000;
+pub(crate) const NR_RCPT: u32 = 0x8000;
+pub(crate) const NR_DATA: u32 = 0x10000;
+pub(crate) const NR_UNKNOWN: u32 = 0x20000;
+pub(crate) const NR_EOH: u32 = 0x40000;
+pub(crate) const NR_BODY: u32 = 0x80000;
+pub(crate) const HEADER_LEADING_SPACE: u32 = 0x100000;
 /// The steps and options we can honour when a filter asks (we never send unknown
 /// commands, so NO_UNKNOWN and NR_UNKNOWN are granted trivially; we do not send
 /// rejected recipients, so RCPT_REJECTED is not offered).
-pub const OFFERED_PROTOCOL: u32 = NO_CONNECT
+pub(crate) const OFFERED_PROTOCOL: u32 = NO_CONNECT
     | NO_HELO
     | NO_MAIL
     | NO_RCPT
@@ -73,7 +73,7 @@ pub const OFFERED_PROTOCOL: u32 = NO_CONNECT
 
 /// A step of a session, for macros, skips and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Step {
+pub(crate) enum Step {
     Connect,
     Helo,
     Mail,
@@ -102,12 +102,12 @@ impl Step {
     }
 
     /// The filter asked not to get this step.
-    pub fn skipped(self, protocol: u32) -> bool {
+    pub(crate) fn skipped(self, protocol: u32) -> bool {
         protocol & self.flag() != 0
     }
 
     /// The `SMFIP_NO*` flag that skips this step.
-    pub fn flag(self) -> u32 {
+    pub(crate) fn flag(self) -> u32 {
         match self {
             Step::Connect => NO_CONNECT,
             Step::Helo => NO_HELO,
@@ -122,7 +122,7 @@ impl Step {
     }
 
     /// The filter said it will not answer this step.
-    pub fn unanswered(self, protocol: u32) -> bool {
+    pub(crate) fn unanswered(self, protocol: u32) -> bool {
         let flag = match self {
             Step::Connect => NR_CONNECT,
             Step::Helo => NR_HELO,
@@ -137,7 +137,7 @@ impl Step {
         protocol & flag != 0
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Step::Connect => "connect",
             Step::Helo => "helo",
@@ -152,7 +152,7 @@ impl Step {
     }
 
     /// The name a config's `skip` list uses.
-    pub fn parse(name: &str) -> Option<Step> {
+    pub(crate) fn parse(name: &str) -> Option<Step> {
         Some(match name {
             "connect" => Step::Connect,
             "helo" => Step::Helo,
@@ -169,14 +169,14 @@ impl Step {
 
 /// Where the client connected from, as CONNECT tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     Inet(IpAddr, u16),
     Unknown,
 }
 
 /// One packet for a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command<'a> {
+pub(crate) enum Command<'a> {
     Negotiate {
         actions: u32,
         protocol: u32,
@@ -207,7 +207,7 @@ pub enum Command<'a> {
 
 impl Command<'_> {
     /// Appends this command's packet to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
         let start = out.len();
         out.put_u32(0);
         match self {
@@ -276,7 +276,7 @@ fn put_str(out: &mut BytesMut, s: &str) {
 
 /// What a filter answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
+pub(crate) enum Response {
     Negotiated {
         version: u32,
         actions: u32,
@@ -302,7 +302,7 @@ pub enum Response {
 
 /// A change a filter makes at end of message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Modification {
+pub(crate) enum Modification {
     AddHeader {
         name: String,
         value: String,
@@ -333,7 +333,7 @@ pub enum Modification {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ProtocolError {
+pub(crate) enum ProtocolError {
     #[error("packet of {0} bytes, over the limit")]
     TooLong(usize),
     #[error("empty packet")]
@@ -373,7 +373,7 @@ fn reply_ok(text: &str) -> bool {
 /// printable ASCII without a colon, a value without CR or NUL whose line breaks are
 /// folds (LF followed by a space or tab). Anything else could end the header section
 /// or the message early at the backend.
-pub fn header_ok(name: &str, value: &str) -> bool {
+pub(crate) fn header_ok(name: &str, value: &str) -> bool {
     let name_ok = !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
     let v = value.as_bytes();
     let value_ok = !v.iter().any(|b| *b == b'\r' || *b == 0)
@@ -384,7 +384,7 @@ pub fn header_ok(name: &str, value: &str) -> bool {
 /// Whether an address and parameters a filter gives for MAIL or RCPT can go into a
 /// command line: no control characters or spaces in the address, parameters of
 /// printable ASCII only.
-pub fn envelope_ok(address: &str, params: Option<&str>) -> bool {
+pub(crate) fn envelope_ok(address: &str, params: Option<&str>) -> bool {
     let address_ok = !address.is_empty() && address.len() <= 512 && address.bytes().all(|b| b > 0x20 && b != 0x7f);
     let params_ok = params.is_none_or(|p| p.len() <= 512 && p.bytes().all(|b| (0x20..0x7f).contains(&b)));
     address_ok && params_ok
@@ -392,7 +392,7 @@ pub fn envelope_ok(address: &str, params: Option<&str>) -> bool {
 
 /// The length a packet header announces, checked; `Ok(None)` while fewer than four
 /// bytes are at hand.
-pub fn packet_len(header: &[u8]) -> Result<Option<usize>, ProtocolError> {
+pub(crate) fn packet_len(header: &[u8]) -> Result<Option<usize>, ProtocolError> {
     let Some(bytes) = header.get(..4) else { return Ok(None) };
     let len = u32::from_be_bytes(bytes.try_into().expect("four bytes")) as usize;
     match len {
@@ -403,7 +403,7 @@ pub fn packet_len(header: &[u8]) -> Result<Option<usize>, ProtocolError> {
 }
 
 /// Decodes one packet's command byte and data (the length already taken off).
-pub fn decode(packet: &[u8]) -> Result<Response, ProtocolError> {
+pub(crate) fn decode(packet: &[u8]) -> Result<Response, ProtocolError> {
     let (&code, data) = packet.split_first().ok_or(ProtocolError::Empty)?;
     let c = code as char;
     let bad = || ProtocolError::Malformed(c);

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 #[derive(Debug, Clone, Default)]
-pub struct DomainSet {
+pub(crate) struct DomainSet {
     exact: HashSet<String>,
     /// Suffixes with their leading dot, e.g. `.example.com`.
     subdomains_of: Vec<String>,
@@ -38,7 +38,7 @@ pub fn check_domain(name: &str) -> Result<(), &'static str> {
 
 impl DomainSet {
     /// Builds the set; callers validate each entry with [`check_domain`] first.
-    pub fn new<'a>(entries: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(entries: impl IntoIterator<Item = &'a str>) -> Self {
         let mut set = Self::default();
         for entry in entries {
             let entry = entry.to_ascii_lowercase();
@@ -53,7 +53,7 @@ impl DomainSet {
 
     /// `domain` must be a plain DNS name (no trailing dot, no literal).
     /// Every entry as configured (lower-case), sorted: exact names, `.suffix` entries.
-    pub fn entries(&self) -> Vec<String> {
+    pub(crate) fn entries(&self) -> Vec<String> {
         let mut all: Vec<String> = self.exact.iter().chain(&self.subdomains_of).cloned().collect();
         all.sort();
         all
@@ -61,7 +61,7 @@ impl DomainSet {
 
     /// Whether every domain `entry` names (a name, or `.suffix`: all its subdomains)
     /// is in the set.
-    pub fn covers(&self, entry: &str) -> bool {
+    pub(crate) fn covers(&self, entry: &str) -> bool {
         let entry = entry.to_ascii_lowercase();
         if entry.starts_with('.') {
             self.subdomains_of.iter().any(|suffix| entry.ends_with(suffix.as_str()))
@@ -70,7 +70,7 @@ impl DomainSet {
         }
     }
 
-    pub fn contains(&self, domain: &str) -> bool {
+    pub(crate) fn contains(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
         self.exact.contains(&domain) || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))
     }

@@ -3,10 +3,10 @@
 
 pub mod address;
 pub mod domains;
-pub mod relay;
-pub mod rules;
+pub(crate) mod relay;
+pub(crate) mod rules;
 
-pub use address::{Destination, PathError};
-pub use domains::DomainSet;
-pub use relay::{RelayPolicy, RelayVerdict};
-pub use rules::{Action, ConnectionRules, ConnectionVerdict, Rule};
+pub(crate) use address::Destination;
+pub(crate) use domains::DomainSet;
+pub(crate) use relay::{RelayPolicy, RelayVerdict};
+pub(crate) use rules::{Action, ConnectionRules, Rule};

@@ -7,26 +7,27 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone)]
-pub struct RelayPolicy {
-    pub enabled: bool,
-    pub local_domains: DomainSet,
-    pub authenticated: bool,
-    pub networks: Vec<IpNet>,
-    pub local_addresses: Vec<IpAddr>,
-    pub never: Vec<IpNet>,
+pub(crate) struct RelayPolicy {
+    pub(crate) enabled: bool,
+    pub(crate) local_domains: DomainSet,
+    pub(crate) authenticated: bool,
+    pub(crate) networks: Vec<IpNet>,
+    pub(crate) local_addresses: Vec<IpAddr>,
+    pub(crate) never: Vec<IpNet>,
 }
 
 /// The decision and the name of the rule that made it (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayVerdict {
+pub(crate) enum RelayVerdict {
     /// Mail for a local domain: not relaying at all.
     Local,
     Relay(&'static str),
     Denied(&'static str),
 }
 
+#[cfg(test)]
 impl RelayVerdict {
-    pub fn allowed(&self) -> bool {
+    fn allowed(&self) -> bool {
         !matches!(self, RelayVerdict::Denied(_))
     }
 }
@@ -34,7 +35,7 @@ impl RelayVerdict {
 impl RelayPolicy {
     /// Whether `client` (`authenticated` or not) may send to `destination`. A client
     /// whose address a proxy did not name never relays: the address is the proxy's.
-    pub fn decide(&self, client: &Client, authenticated: bool, destination: &Destination) -> RelayVerdict {
+    pub(crate) fn decide(&self, client: &Client, authenticated: bool, destination: &Destination) -> RelayVerdict {
         match destination {
             Destination::Postmaster => return RelayVerdict::Local,
             Destination::Domain(d) if self.local_domains.contains(d) => return RelayVerdict::Local,

@@ -4,44 +4,44 @@ use ipnet::IpNet;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Accept,
     Reject,
 }
 
 #[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    pub action: Action,
-    pub from: Vec<IpNet>,
+pub(crate) struct Rule {
+    pub(crate) name: String,
+    pub(crate) action: Action,
+    pub(crate) from: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
-pub struct ConnectionRules {
-    pub rules: Vec<Rule>,
-    pub default: Action,
+pub(crate) struct ConnectionRules {
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) default: Action,
 }
 
 /// What the rules said about one client, and which rule said it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionVerdict<'a> {
-    pub action: Action,
+pub(crate) struct ConnectionVerdict<'a> {
+    pub(crate) action: Action,
     /// The deciding rule's name, or `"default"`.
-    pub rule: &'a str,
+    pub(crate) rule: &'a str,
 }
 
 /// A rule that can never match because earlier rules cover every network it lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowedRule {
-    pub index: usize,
-    pub name: String,
-    pub covered_by: Vec<String>,
+pub(crate) struct ShadowedRule {
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) covered_by: Vec<String>,
 }
 
 // === impl ConnectionRules ===
 
 impl ConnectionRules {
-    pub fn decide(&self, client: IpAddr) -> ConnectionVerdict<'_> {
+    pub(crate) fn decide(&self, client: IpAddr) -> ConnectionVerdict<'_> {
         for rule in &self.rules {
             if rule.from.iter().any(|net| net.contains(&client)) {
                 return ConnectionVerdict { action: rule.action, rule: &rule.name };
@@ -51,7 +51,7 @@ impl ConnectionRules {
     }
 
     /// Rules placed after others that already cover all their networks.
-    pub fn shadowed(&self) -> Vec<ShadowedRule> {
+    pub(crate) fn shadowed(&self) -> Vec<ShadowedRule> {
         let mut out = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let earlier = &self.rules[..index];

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 /// Answers kept in memory at most (keys are at most a few hundred bytes: some tens
 /// of megabytes in the worst case).
-pub const MAX_ENTRIES: usize = 50_000;
+pub(crate) const MAX_ENTRIES: usize = 50_000;
 
 #[derive(Debug)]
-pub struct Cache {
+pub(crate) struct Cache {
     entries: Mutex<HashMap<String, (bool, Instant)>>,
     max: usize,
 }
@@ -24,12 +24,12 @@ impl Default for Cache {
 }
 
 impl Cache {
-    pub fn with_capacity(max: usize) -> Cache {
+    pub(crate) fn with_capacity(max: usize) -> Cache {
         Cache { entries: Mutex::default(), max: max.max(1) }
     }
 
     /// The answer kept for `key`, if it has not expired.
-    pub fn get(&self, key: &str, now: Instant) -> Option<bool> {
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<bool> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(key) {
             Some(&(known, until)) if now < until => Some(known),
@@ -41,7 +41,7 @@ impl Cache {
         }
     }
 
-    pub fn put(&self, key: String, known: bool, ttl: Duration, now: Instant) {
+    pub(crate) fn put(&self, key: String, known: bool, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
         }
@@ -60,7 +60,7 @@ impl Cache {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -13,7 +13,7 @@ const MAX_ENTRIES: usize = 1_000_000;
 
 /// The addresses of one file.
 #[derive(Debug, Default)]
-pub struct Listing {
+pub(crate) struct Listing {
     /// `local@domain`, lower case.
     addresses: HashSet<String>,
     /// Domains listed whole (`@domain`), lower case.
@@ -21,13 +21,13 @@ pub struct Listing {
 }
 
 impl Listing {
-    pub fn load(path: &Path) -> Result<Listing, String> {
+    pub(crate) fn load(path: &Path) -> Result<Listing, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Listing::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Every line checked; the first mistakes (with their line numbers) in the error.
-    pub fn parse(text: &str) -> Result<Listing, String> {
+    pub(crate) fn parse(text: &str) -> Result<Listing, String> {
         let mut listing = Listing::default();
         let mut mistakes = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -52,11 +52,11 @@ impl Listing {
         if mistakes.is_empty() { Ok(listing) } else { Err(mistakes.join("; ")) }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.addresses.len() + self.domains.len()
     }
 
-    pub fn knows(&self, key: &Key) -> bool {
+    pub(crate) fn knows(&self, key: &Key) -> bool {
         self.domains.contains(&key.domain) || self.addresses.contains(&key.address().to_lowercase())
     }
 }

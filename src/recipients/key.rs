@@ -14,17 +14,17 @@ use crate::policy::address::{self, Destination};
 const POSTMASTER: &str = "postmaster";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
+pub(crate) struct Key {
     /// As written, unquoted.
-    pub local: String,
+    pub(crate) local: String,
     /// Lower case; an A-label for an internationalised domain.
-    pub domain: String,
+    pub(crate) domain: String,
 }
 
 impl Key {
     /// The key of a RCPT path (the text between `<` and `>`); `smtputf8` when MAIL
     /// said SMTPUTF8. None for anything but a plain mailbox.
-    pub fn parse(path: &str, smtputf8: bool) -> Option<Key> {
+    pub(crate) fn parse(path: &str, smtputf8: bool) -> Option<Key> {
         let classified = if smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
         let Ok(Destination::Domain(domain)) = classified else { return None };
         // A plain mailbox has one `@` outside its quotes (a quoted one holding `@` is
@@ -35,19 +35,19 @@ impl Key {
     }
 
     /// `local@domain`, as looked up.
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("{}@{}", self.local, self.domain)
     }
 
     /// `postmaster@` any domain, in any case: always accepted (RFC 5321 4.5.1).
-    pub fn is_postmaster(&self) -> bool {
+    pub(crate) fn is_postmaster(&self) -> bool {
         self.local.eq_ignore_ascii_case(POSTMASTER)
     }
 
     /// The key without its extension (`user+detail` -> `user`), cut at the first of
     /// `delimiters` as Postfix does; none when there is no extension, or when the
     /// local part would be left empty (`+list@d` is an address of its own).
-    pub fn without_extension(&self, delimiters: &str) -> Option<Key> {
+    pub(crate) fn without_extension(&self, delimiters: &str) -> Option<Key> {
         let at = self.local.find(|c| delimiters.contains(c))?;
         (at > 0).then(|| Key { local: self.local[..at].to_string(), domain: self.domain.clone() })
     }
@@ -73,7 +73,7 @@ fn unquote(local: &str) -> String {
 /// must be escaped as `\XX`; so are control characters and every byte of a non-ASCII
 /// character (the RFC allows any octet to be escaped), so the filter stays ASCII and
 /// no value can close the assertion or add a wildcard.
-pub fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 8);
     for b in value.bytes() {
         match b {
@@ -91,7 +91,7 @@ pub fn escape(value: &str) -> String {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The filter for one lookup: every `%s` of `template` replaced by the escaped `value`.
-pub fn filter(template: &str, value: &str) -> String {
+pub(crate) fn filter(template: &str, value: &str) -> String {
     template.replace("%s", &escape(value))
 }
 

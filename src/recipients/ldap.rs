@@ -20,16 +20,16 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 /// Connections open to one directory at most; lookups beyond wait for one.
-pub const POOL_SIZE: usize = 4;
+pub(crate) const POOL_SIZE: usize = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Result codes a search may end with and still have answered (RFC 4511 4.1.9):
 /// success, and sizeLimitExceeded (more than one entry matched).
 const SEARCH_ANSWERED: [u32; 2] = [0, 4];
 
 #[derive(Debug, Error)]
-pub enum DirectoryError {
+pub(crate) enum DirectoryError {
     #[error("not asked: the directory failed {0:?} ago and is left alone for now")]
     Resting(Duration),
     #[error("cannot connect: {0}")]
@@ -52,7 +52,7 @@ struct Backoff {
 }
 
 /// One configured directory, live: its pool and its health.
-pub struct Directory {
+pub(crate) struct Directory {
     settings: table::Directory,
     idle: Mutex<Vec<Ldap>>,
     slots: Arc<Semaphore>,
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
-    pub fn new(settings: table::Directory, runtime: Handle) -> Arc<Directory> {
+    pub(crate) fn new(settings: table::Directory, runtime: Handle) -> Arc<Directory> {
         Arc::new(Directory {
             settings,
             idle: Mutex::default(),
@@ -78,12 +78,12 @@ impl Directory {
         })
     }
 
-    pub fn settings(&self) -> &table::Directory {
+    pub(crate) fn settings(&self) -> &table::Directory {
         &self.settings
     }
 
     /// Whether an entry matches `filter`; within the lookup timeout, or an error.
-    pub async fn exists(self: &Arc<Self>, filter: String) -> Result<bool, DirectoryError> {
+    pub(crate) async fn exists(self: &Arc<Self>, filter: String) -> Result<bool, DirectoryError> {
         let now = Instant::now();
         if let Some(since) = self.resting(now) {
             return Err(DirectoryError::Resting(now.saturating_duration_since(since)));

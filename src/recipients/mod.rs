@@ -15,15 +15,15 @@
 //! gives [`Verdict::Unavailable`], never an unknown recipient, and never an accepted
 //! one unless that table says `on_error = "accept"`.
 
-pub mod key;
-pub mod table;
+pub(crate) mod key;
+pub(crate) mod table;
 
 mod cache;
 mod file;
 mod ldap;
 
-pub use key::Key;
-pub use table::{OnError, Source, Table};
+pub(crate) use key::Key;
+pub(crate) use table::{OnError, Source, Table};
 
 use crate::log_limit::LogLimit;
 use crate::metrics;
@@ -37,7 +37,7 @@ use tokio::runtime::Handle;
 
 /// The verdict on one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No table names its domain, or it is not a plain mailbox: not ours to judge.
     Untouched,
     Known(Decision),
@@ -54,18 +54,18 @@ pub enum Verdict {
 
 /// Who decided, for the log line and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The table and its source: `recipients[0] (ldap ldap://dc1)`.
-    pub table: String,
+    pub(crate) table: String,
     /// The last key looked up: `alice@example.com`.
-    pub key: String,
+    pub(crate) key: String,
     /// Where the answer came from: "file", "ldap", "cache", "store" or "postmaster".
-    pub via: &'static str,
+    pub(crate) via: &'static str,
 }
 
 impl Verdict {
     /// The reply for a recipient that is not passed on; none when it is.
-    pub fn reply(&self, path: &str) -> Option<String> {
+    pub(crate) fn reply(&self, path: &str) -> Option<String> {
         match self {
             Verdict::Unknown(_) => Some(unknown_reply(path)),
             Verdict::Unavailable { accept: false, .. } => Some(unavailable_reply(path)),
@@ -75,17 +75,17 @@ impl Verdict {
 }
 
 /// Postfix's words for an unknown recipient (`unknown_relay_recipient_reject_code`).
-pub fn unknown_reply(path: &str) -> String {
+pub(crate) fn unknown_reply(path: &str) -> String {
     format!("550 5.1.1 <{path}>: Recipient address rejected: User unknown")
 }
 
 /// RFC 3463 4.4.3: directory server failure.
-pub fn unavailable_reply(path: &str) -> String {
+pub(crate) fn unavailable_reply(path: &str) -> String {
     format!("451 4.4.3 <{path}>: Recipient address rejected: directory unavailable, try again later")
 }
 
 /// Reads a recipient file for `check`: its number of entries, or its mistakes.
-pub fn check_file(path: &std::path::Path) -> Result<usize, String> {
+pub(crate) fn check_file(path: &std::path::Path) -> Result<usize, String> {
     file::Listing::load(path).map(|l| l.len())
 }
 
@@ -118,7 +118,7 @@ enum Lookup {
 }
 
 /// Every table, live; one per server, shared by every session.
-pub struct Recipients {
+pub(crate) struct Recipients {
     tables: ArcSwap<Vec<Arc<Live>>>,
     cache: cache::Cache,
     store: Option<Arc<Store>>,
@@ -135,7 +135,7 @@ impl fmt::Debug for Recipients {
 impl Recipients {
     /// Makes `tables` live: files read, directories ready to be asked (connections are
     /// made at the first lookup, so a directory down at start is not fatal).
-    pub fn new(tables: &[Table], store: Option<Arc<Store>>) -> Result<Arc<Recipients>, RecipientsError> {
+    pub(crate) fn new(tables: &[Table], store: Option<Arc<Store>>) -> Result<Arc<Recipients>, RecipientsError> {
         let recipients = Recipients {
             tables: ArcSwap::from_pointee(Vec::new()),
             cache: cache::Cache::default(),
@@ -148,7 +148,7 @@ impl Recipients {
 
     /// Replaces the tables (a reload): every file read again; a directory with the
     /// same settings keeps its connections. On error nothing changes.
-    pub fn update(&self, tables: &[Table]) -> Result<(), RecipientsError> {
+    pub(crate) fn update(&self, tables: &[Table]) -> Result<(), RecipientsError> {
         let current = self.tables.load_full();
         let mut next = Vec::new();
         let mut problems = Vec::new();
@@ -224,7 +224,7 @@ impl Recipients {
 
     /// The verdict on the RCPT path `path` (between `<` and `>`); `smtputf8` when the
     /// transaction said SMTPUTF8.
-    pub async fn check(&self, path: &str, smtputf8: bool) -> Verdict {
+    pub(crate) async fn check(&self, path: &str, smtputf8: bool) -> Verdict {
         let tables = self.tables.load_full();
         if tables.is_empty() {
             return Verdict::Untouched;

@@ -10,39 +10,39 @@ use std::time::Duration;
 
 /// How long an answer is kept (Postfix's proxymap and most directory caches keep
 /// minutes): a new mailbox is known after at most this long.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 /// One lookup, connection and bind included; the client waits this long at most.
-pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct Table {
+pub(crate) struct Table {
     /// Position among the `[[recipients]]` tables (`recipients[i]` in logs and metrics).
-    pub index: usize,
+    pub(crate) index: usize,
     /// The local domains this table answers for (a `.suffix` entry: every subdomain).
-    pub domains: DomainSet,
-    pub source: Source,
+    pub(crate) domains: DomainSet,
+    pub(crate) source: Source,
     /// How long answers are kept; zero: not kept.
-    pub cache_ttl: Duration,
-    pub on_error: OnError,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) on_error: OnError,
     /// Characters that start an address extension (Postfix's `recipient_delimiter`):
     /// `user+detail@d` is looked up as itself, then as `user@d`.
-    pub delimiters: Option<String>,
+    pub(crate) delimiters: Option<String>,
 }
 
 impl Table {
     /// `recipients[0]`: the name in logs, metrics and `explain`.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("recipients[{}]", self.index)
     }
 
     /// The name and the source, for a log line: `recipients[0] (ldap ldaps://dc1)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{} ({})", self.name(), self.source)
     }
 }
 
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// One address a line; `@domain` for a whole domain.
     File(PathBuf),
     Ldap(Directory),
@@ -50,7 +50,7 @@ pub enum Source {
 
 impl Source {
     /// "file" or "ldap", for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Source::File(_) => "file",
             Source::Ldap(_) => "ldap",
@@ -69,35 +69,35 @@ impl fmt::Display for Source {
 
 /// A directory to ask (Active Directory, OpenLDAP).
 #[derive(Clone)]
-pub struct Directory {
+pub(crate) struct Directory {
     /// `ldaps://host[:port]` or `ldap://host[:port]`.
-    pub url: String,
+    pub(crate) url: String,
     /// StartTLS on an `ldap://` URL before the bind.
-    pub starttls: bool,
+    pub(crate) starttls: bool,
     /// The trust for `ldaps://` and StartTLS (`ca_file`, else the system roots); none
     /// for plain `ldap://`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub ca_file: Option<PathBuf>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Simple bind: DN and the password read from `bind_password_file`; none: anonymous.
-    pub bind: Option<Bind>,
+    pub(crate) bind: Option<Bind>,
     /// Searched with subtree scope.
-    pub base: String,
+    pub(crate) base: String,
     /// With `%s` standing for the recipient, escaped per RFC 4515.
-    pub filter: String,
+    pub(crate) filter: String,
     /// One lookup at most, connection and bind included.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct Bind {
-    pub dn: String,
-    pub password: String,
+pub(crate) struct Bind {
+    pub(crate) dn: String,
+    pub(crate) password: String,
 }
 
 impl Directory {
     /// Every setting that makes a connection or a search different, the password
     /// aside: two tables with the same one may share connections and cached answers.
-    pub fn settings(&self) -> String {
+    pub(crate) fn settings(&self) -> String {
         format!(
             "{} starttls={} ca_file={} bind_dn={} base={} filter={} timeout={:?}",
             self.url,
@@ -128,7 +128,7 @@ impl fmt::Debug for Directory {
 
 /// What a recipient gets while its table's source cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
+pub(crate) enum OnError {
     /// `451 4.4.3`: the client retries later (the default: nothing unknown gets in).
     Tempfail,
     /// Passed to the backend, which decides (it accepted everything before).
@@ -136,7 +136,7 @@ pub enum OnError {
 }
 
 impl OnError {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OnError::Tempfail => "tempfail",
             OnError::Accept => "accept",

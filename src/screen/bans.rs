@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 /// When failures become a ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BanPolicy {
+pub(crate) struct BanPolicy {
     /// Failures within `window` that ban; 0: never.
-    pub after: u32,
-    pub window: Duration,
+    pub(crate) after: u32,
+    pub(crate) window: Duration,
     /// How long a ban lasts.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 #[derive(Debug)]
@@ -27,7 +27,7 @@ struct Record {
 
 /// Failure counts and bans by key.
 #[derive(Debug)]
-pub struct Bans<K> {
+pub(crate) struct Bans<K> {
     records: HashMap<K, Record>,
     full_misses: u64,
 }
@@ -43,15 +43,15 @@ impl<K> Default for Bans<K> {
 
 /// One ban in force, for listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ban<K> {
-    pub key: K,
-    pub remaining: Duration,
-    pub reason: &'static str,
+pub(crate) struct Ban<K> {
+    pub(crate) key: K,
+    pub(crate) remaining: Duration,
+    pub(crate) reason: &'static str,
 }
 
 impl<K: Hash + Eq + Clone> Bans<K> {
     /// Counts one failure of `kind`; true when it starts a ban.
-    pub fn failure(&mut self, key: K, kind: &'static str, policy: &BanPolicy, now: Instant) -> bool {
+    pub(crate) fn failure(&mut self, key: K, kind: &'static str, policy: &BanPolicy, now: Instant) -> bool {
         if policy.after == 0 {
             return false;
         }
@@ -91,19 +91,19 @@ impl<K: Hash + Eq + Clone> Bans<K> {
     }
 
     /// The ban in force for `key`, if any: how long it still lasts.
-    pub fn banned(&self, key: &K, now: Instant) -> Option<Duration> {
+    pub(crate) fn banned(&self, key: &K, now: Instant) -> Option<Duration> {
         let until = self.records.get(key)?.banned_until?;
         (until > now).then(|| until - now)
     }
 
     /// Lifts the ban on `key` (and forgets its failures); true if there was one.
-    pub fn lift(&mut self, key: &K, now: Instant) -> bool {
+    pub(crate) fn lift(&mut self, key: &K, now: Instant) -> bool {
         let was = self.banned(key, now).is_some();
         self.records.remove(key);
         was
     }
 
-    pub fn list(&self, now: Instant) -> Vec<Ban<K>> {
+    pub(crate) fn list(&self, now: Instant) -> Vec<Ban<K>> {
         self.records
             .iter()
             .filter_map(|(k, r)| {

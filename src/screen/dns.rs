@@ -18,13 +18,13 @@ use tokio::task::JoinSet;
 
 /// The DNS lists in force (`[screen] dnsbl`, `threshold`, `nameservers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsLists {
-    pub zones: Arc<[Zone]>,
+pub(crate) struct DnsLists {
+    pub(crate) zones: Arc<[Zone]>,
     /// A score at or above this refuses the client.
-    pub threshold: i32,
-    pub nameservers: Vec<SocketAddr>,
+    pub(crate) threshold: i32,
+    pub(crate) nameservers: Vec<SocketAddr>,
     /// For all the zones together.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// The least time a "not listed" answer is kept.
@@ -88,7 +88,7 @@ fn resolver(lists: &DnsLists) -> Option<TokioResolver> {
 }
 
 /// The client's score over every zone. Zones that cannot answer count nothing.
-pub async fn score(lists: &DnsLists, client: IpAddr) -> Score {
+pub(crate) async fn score(lists: &DnsLists, client: IpAddr) -> Score {
     let Some(resolver) = resolver(lists) else { return Score::default() };
     let mut lookups = JoinSet::new();
     for (i, zone) in lists.zones.iter().enumerate() {

@@ -15,12 +15,12 @@ use thiserror::Error;
 /// One `[screen] dnsbl` entry: a zone, the answers that count, and their weight
 /// (negative for an allowlist).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zone {
+pub(crate) struct Zone {
     /// The zone without its trailing dot, lower case.
-    pub name: String,
+    pub(crate) name: String,
     /// Which answers count; none: any listing answer.
     filter: Option<[Octet; 4]>,
-    pub weight: i32,
+    pub(crate) weight: i32,
 }
 
 /// One octet of a reply filter: the values it allows.
@@ -35,13 +35,13 @@ impl Octet {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{entry:?}: {why} (expected \"zone\", \"zone*weight\", \"zone=127.0.0.2\" or \"zone=127.0.0.[2..11;20]*3\")")]
-pub struct ZoneError {
+pub(crate) struct ZoneError {
     entry: String,
     why: &'static str,
 }
 
 impl Zone {
-    pub fn parse(entry: &str) -> Result<Zone, ZoneError> {
+    pub(crate) fn parse(entry: &str) -> Result<Zone, ZoneError> {
         let bad = |why| ZoneError { entry: entry.to_string(), why };
         let (rest, weight) = match entry.rsplit_once('*') {
             Some((rest, w)) => (rest, w.trim().parse::<i32>().map_err(|_| bad("the weight is not a whole number"))?),
@@ -66,7 +66,7 @@ impl Zone {
 
     /// The name asked for `client`: its address reversed under the zone (RFC 5782),
     /// by octet for IPv4 and by nibble for IPv6. Fully qualified.
-    pub fn query_name(&self, client: IpAddr) -> String {
+    pub(crate) fn query_name(&self, client: IpAddr) -> String {
         let mut name = String::with_capacity(80);
         match client {
             IpAddr::V4(v4) => {
@@ -90,7 +90,7 @@ impl Zone {
     }
 
     /// How one A record of this zone's answer reads.
-    pub fn read(&self, answer: Ipv4Addr) -> Answer {
+    pub(crate) fn read(&self, answer: Ipv4Addr) -> Answer {
         let o = answer.octets();
         // RFC 5782 2.1: listings are in 127.0.0.0/8. 127.0.0.1 is the address a list
         // never lists (it is the "is the list working" probe) and what several lists
@@ -148,7 +148,7 @@ fn parse_filter(text: &str) -> Option<[Octet; 4]> {
 
 /// How one address in a zone's answer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A listing the zone's filter counts.
     Listed,
     /// A listing the filter does not count (another sublist, say).
@@ -159,7 +159,7 @@ pub enum Answer {
 
 /// What one zone said about the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Listed,
     NotListed,
     /// An error code, a DNS failure or no answer in time: counted as nothing.
@@ -168,7 +168,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Its name in metrics.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Listed => "listed",
             Outcome::NotListed => "not_listed",
@@ -179,7 +179,7 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
+pub(crate) enum Unusable {
     /// The list answered with an error code (blocked or public resolver, quota).
     ErrorCode,
     /// The resolver failed or did not answer within the deadline.
@@ -190,7 +190,7 @@ impl Outcome {
     /// One zone's outcome from the A records of its answer (empty: not listed). One
     /// error code spoils the whole answer: a list that says it refused us has not
     /// listed anyone.
-    pub fn of(zone: &Zone, answers: &[Ipv4Addr]) -> Outcome {
+    pub(crate) fn of(zone: &Zone, answers: &[Ipv4Addr]) -> Outcome {
         let read: Vec<Answer> = answers.iter().map(|a| zone.read(*a)).collect();
         if read.contains(&Answer::Unusable) {
             Outcome::Unusable(Unusable::ErrorCode)
@@ -204,14 +204,14 @@ impl Outcome {
 
 /// A client's score: the weights of the zones that list it, and which did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Score {
-    pub total: i32,
+pub(crate) struct Score {
+    pub(crate) total: i32,
     /// Zones that listed the client (block- and allowlists), for the log.
-    pub listed_by: Vec<String>,
+    pub(crate) listed_by: Vec<String>,
 }
 
 impl Score {
-    pub fn of<'a>(outcomes: impl IntoIterator<Item = (&'a Zone, Outcome)>) -> Score {
+    pub(crate) fn of<'a>(outcomes: impl IntoIterator<Item = (&'a Zone, Outcome)>) -> Score {
         let mut score = Score::default();
         for (zone, outcome) in outcomes {
             if outcome == Outcome::Listed {
@@ -223,7 +223,7 @@ impl Score {
     }
 
     /// The blocklist zone whose listing weighs most, for the reply text.
-    pub fn worst<'a>(&self, zones: &'a [Zone]) -> Option<&'a Zone> {
+    pub(crate) fn worst<'a>(&self, zones: &'a [Zone]) -> Option<&'a Zone> {
         zones.iter().filter(|z| z.weight > 0 && self.listed_by.contains(&z.name)).max_by_key(|z| z.weight)
     }
 }

@@ -10,11 +10,11 @@
 //! IPv6 address by its prefix (`limits.ipv6_prefix`, /64 by default), so that one host
 //! cannot escape a limit by using many addresses of its own network.
 
-pub mod bans;
-pub mod dns;
-pub mod dnsbl;
-pub mod rate;
-pub mod store;
+pub(crate) mod bans;
+pub(crate) mod dns;
+pub(crate) mod dnsbl;
+pub(crate) mod rate;
+pub(crate) mod store;
 
 use bans::{BanPolicy, Bans};
 use ipnet::IpNet;
@@ -35,14 +35,14 @@ enum RateKey {
 /// Whose messages and recipients are counted: the user when authenticated, otherwise
 /// the client's network.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Who {
+pub(crate) enum Who {
     Client(IpNet),
     User(String),
 }
 
 /// Why a new connection is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Banned, for this much longer.
     Banned(Duration),
     /// Over `limits.max_connection_rate`.
@@ -51,16 +51,16 @@ pub enum Refusal {
 
 /// One ban in force, for listing: from this instance or from the shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub client: String,
-    pub remaining: Duration,
-    pub reason: String,
+pub(crate) struct Listed {
+    pub(crate) client: String,
+    pub(crate) remaining: Duration,
+    pub(crate) reason: String,
 }
 
 /// The screening state of one running server: local, or in the shared store with the
 /// local state standing in while the store cannot answer.
 #[derive(Debug, Default)]
-pub struct Screen {
+pub(crate) struct Screen {
     local: Arc<Local>,
     store: Option<Arc<Store>>,
 }
@@ -78,12 +78,12 @@ const MAX_PASSED: usize = 100_000;
 
 impl Screen {
     /// With the shared store, when one is configured.
-    pub fn new(store: Option<Arc<Store>>) -> Screen {
+    pub(crate) fn new(store: Option<Arc<Store>>) -> Screen {
         Screen { local: Arc::default(), store }
     }
 
     /// A new connection from `client`: refused while banned or over `rate`.
-    pub async fn admit(&self, client: IpNet, rate: Option<Rate>) -> Result<(), Refusal> {
+    pub(crate) async fn admit(&self, client: IpNet, rate: Option<Rate>) -> Result<(), Refusal> {
         // Bans set here while the store was away still hold.
         if let Some(left) = self.local.banned(client) {
             return Err(Refusal::Banned(left));
@@ -100,12 +100,12 @@ impl Screen {
     }
 
     /// One message (at MAIL): `Err` with how long to wait when over `rate`.
-    pub async fn message(&self, who: Who, rate: Option<Rate>) -> Result<(), Duration> {
+    pub(crate) async fn message(&self, who: Who, rate: Option<Rate>) -> Result<(), Duration> {
         self.check(RateKey::Message(who), rate).await
     }
 
     /// One recipient (at RCPT, before the relay decision is passed on).
-    pub async fn recipient(&self, who: Who, rate: Option<Rate>) -> Result<(), Duration> {
+    pub(crate) async fn recipient(&self, who: Who, rate: Option<Rate>) -> Result<(), Duration> {
         self.check(RateKey::Recipient(who), rate).await
     }
 
@@ -121,7 +121,7 @@ impl Screen {
     }
 
     /// Whether `client` passed the pregreet test recently enough to skip it.
-    pub async fn passed_pregreet(&self, client: IpNet) -> bool {
+    pub(crate) async fn passed_pregreet(&self, client: IpNet) -> bool {
         if self.local.passed(client) {
             return true;
         }
@@ -132,7 +132,7 @@ impl Screen {
     }
 
     /// `client` waited for the whole greeting: greet it at once for `ttl`.
-    pub fn pass_pregreet(&self, client: IpNet, ttl: Duration) {
+    pub(crate) fn pass_pregreet(&self, client: IpNet, ttl: Duration) {
         self.local.pass(client, ttl);
         if let Some(store) = &self.store {
             store.pass(client, ttl);
@@ -143,7 +143,7 @@ impl Screen {
     /// shared store the failure is counted there, for the whole fleet (the ban then
     /// applies from the client's next connection), and here only when the store
     /// cannot take it.
-    pub fn failure(&self, client: IpNet, kind: &'static str, policy: &BanPolicy) -> bool {
+    pub(crate) fn failure(&self, client: IpNet, kind: &'static str, policy: &BanPolicy) -> bool {
         if policy.after == 0 {
             return false;
         }
@@ -162,7 +162,7 @@ impl Screen {
     }
 
     /// Bans in force, here and in the store.
-    pub async fn bans(&self) -> Vec<Listed> {
+    pub(crate) async fn bans(&self) -> Vec<Listed> {
         let now = Instant::now();
         let mut list: Vec<Listed> = self
             .local
@@ -186,7 +186,7 @@ impl Screen {
 
     /// Lifts the ban on `client` here and in the store; true if there was one. `Err`
     /// when the store could not be reached (its ban, if any, stays).
-    pub async fn lift(&self, client: IpNet) -> Result<bool, StoreUnreachable> {
+    pub(crate) async fn lift(&self, client: IpNet) -> Result<bool, StoreUnreachable> {
         let here = self.local.bans.lock().unwrap_or_else(|e| e.into_inner()).lift(&client, Instant::now());
         match &self.store {
             None => Ok(here),
@@ -201,7 +201,7 @@ impl Screen {
 /// The shared store did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the shared store did not answer")]
-pub struct StoreUnreachable;
+pub(crate) struct StoreUnreachable;
 
 impl RateKey {
     fn kind(&self) -> &'static str {

@@ -10,18 +10,18 @@ use thiserror::Error;
 
 /// `count` events per `period`, all of them allowed in a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: u32,
-    pub period: Duration,
+pub(crate) struct Rate {
+    pub(crate) count: u32,
+    pub(crate) period: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{0:?}: expected a rate such as \"60/min\", \"120/h\" or \"10/s\"")]
-pub struct RateError(String);
+pub(crate) struct RateError(String);
 
 impl Rate {
     /// Reads `N/s`, `N/min`, `N/h` or `N/d` (also `N/second`, `N/minute`, ...).
-    pub fn parse(text: &str) -> Result<Rate, RateError> {
+    pub(crate) fn parse(text: &str) -> Result<Rate, RateError> {
         let bad = || RateError(text.to_string());
         let (count, unit) = text.split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
@@ -58,7 +58,7 @@ impl std::fmt::Display for Rate {
 
 /// Theoretical arrival times by key.
 #[derive(Debug)]
-pub struct Limiter<K> {
+pub(crate) struct Limiter<K> {
     tat: HashMap<K, Instant>,
     checks: u64,
 }
@@ -72,7 +72,7 @@ impl<K> Default for Limiter<K> {
 impl<K: Hash + Eq> Limiter<K> {
     /// Counts one event for `key` at `now`: `Ok` if `rate` allows it, else how long
     /// until it would.
-    pub fn check(&mut self, key: K, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&mut self, key: K, rate: Rate, now: Instant) -> Result<(), Duration> {
         self.checks += 1;
         if self.checks.is_multiple_of(1024) {
             // Keys at rest hold nothing a fresh key would not: forget them.

@@ -30,22 +30,22 @@ mod reply;
 
 /// Largest store reply taken; our calls get a few bytes, a batch of the ban list some
 /// tens of kilobytes.
-pub const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
+pub(crate) const DEFAULT_STORE_MAX_REPLY: u64 = 1024 * 1024;
 /// Below this, listing the fleet's bans (1000 keys a reply) could fail.
-pub const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
+pub(crate) const MIN_STORE_MAX_REPLY: u64 = 256 * 1024;
 
 /// The shared store (`[store] redis`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreConfig {
-    pub url: String,
-    pub timeout: Duration,
-    pub prefix: String,
+pub(crate) struct StoreConfig {
+    pub(crate) url: String,
+    pub(crate) timeout: Duration,
+    pub(crate) prefix: String,
     /// Bytes of one reply; past it the connection is dropped and the call fails open.
-    pub max_reply_size: u64,
+    pub(crate) max_reply_size: u64,
 }
 
 /// How long local limits stand in after the store failed, before it is tried again.
-pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The GCRA step (see `rate.rs`) on the key in `key`, ARGV[1] the interval and
 /// ARGV[2] the burst in microseconds: 0 when allowed, else the microseconds until it
@@ -97,7 +97,7 @@ return 0
 /// Bans listed at most.
 const MAX_LISTED: usize = 10_000;
 
-pub struct Store {
+pub(crate) struct Store {
     link: Arc<Link>,
     /// The store thread's runtime: calls run there, whichever worker asks.
     runtime: Handle,
@@ -120,7 +120,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Starts the store thread; the connection itself is made at the first call (an
     /// unreachable store at start is one more failure, not a fatal error).
-    pub fn start(config: &StoreConfig) -> RedisResult<Arc<Store>> {
+    pub(crate) fn start(config: &StoreConfig) -> RedisResult<Arc<Store>> {
         let info = redis::Client::open(config.url.as_str())?.get_connection_info().clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -236,7 +236,7 @@ impl Store {
     }
 
     /// A new connection from `client`: banned, over the rate, or admitted.
-    pub async fn admit(self: &Arc<Self>, client: IpNet, rate: Option<Rate>) -> Option<Result<(), Refusal>> {
+    pub(crate) async fn admit(self: &Arc<Self>, client: IpNet, rate: Option<Rate>) -> Option<Result<(), Refusal>> {
         let (ban, key) = (self.key("ban", client), self.key("rate:conn", client));
         let (interval, burst) = rate.map(micros).unwrap_or((0, 0));
         let script = self.admit.clone();
@@ -253,7 +253,12 @@ impl Store {
     }
 
     /// One event against `rate` on `key` (message or recipient rates).
-    pub async fn rate(self: &Arc<Self>, kind: &'static str, who: &str, rate: Rate) -> Option<Result<(), Duration>> {
+    pub(crate) async fn rate(
+        self: &Arc<Self>,
+        kind: &'static str,
+        who: &str,
+        rate: Rate,
+    ) -> Option<Result<(), Duration>> {
         let key = self.key(kind, who);
         let (interval, burst) = micros(rate);
         let script = self.gcra.clone();
@@ -267,7 +272,7 @@ impl Store {
 
     /// Counts one failure toward a fleet-wide ban; `local` runs instead when the store
     /// cannot take it.
-    pub fn failure(
+    pub(crate) fn failure(
         self: &Arc<Self>,
         client: IpNet,
         kind: &'static str,
@@ -289,12 +294,12 @@ impl Store {
         self.send("failure", call, local);
     }
 
-    pub async fn passed(self: &Arc<Self>, client: IpNet) -> Option<bool> {
+    pub(crate) async fn passed(self: &Arc<Self>, client: IpNet) -> Option<bool> {
         let key = self.key("passed", client);
         self.call("passed", move |mut c| async move { redis::cmd("EXISTS").arg(key).query_async(&mut c).await }).await
     }
 
-    pub fn pass(self: &Arc<Self>, client: IpNet, ttl: Duration) {
+    pub(crate) fn pass(self: &Arc<Self>, client: IpNet, ttl: Duration) {
         let key = self.key("passed", client);
         let ms = ttl.as_millis().max(1) as u64;
         let call = move |mut c: MultiplexedConnection| async move {
@@ -304,7 +309,7 @@ impl Store {
     }
 
     /// Every ban in the store: client network, time left, reason.
-    pub async fn bans(self: &Arc<Self>) -> Option<Vec<(String, Duration, String)>> {
+    pub(crate) async fn bans(self: &Arc<Self>) -> Option<Vec<(String, Duration, String)>> {
         let prefix = self.key("ban", "");
         self.call("bans", move |mut c| async move {
             let mut cursor = 0u64;
@@ -345,7 +350,7 @@ impl Store {
     /// A recipient validation answer kept by any instance (`rcpt:` keys): whether the
     /// recipient exists and how long the answer is still good; `Some(None)` when none
     /// is kept.
-    pub async fn recipient(self: &Arc<Self>, what: &str) -> Option<Option<(bool, Duration)>> {
+    pub(crate) async fn recipient(self: &Arc<Self>, what: &str) -> Option<Option<(bool, Duration)>> {
         let key = self.key("rcpt", what);
         let (value, left): (Option<String>, i64) = self
             .call("recipient", move |mut c| async move {
@@ -360,7 +365,7 @@ impl Store {
     }
 
     /// Keeps a recipient validation answer for `ttl`, for every instance.
-    pub fn remember_recipient(self: &Arc<Self>, what: &str, known: bool, ttl: Duration) {
+    pub(crate) fn remember_recipient(self: &Arc<Self>, what: &str, known: bool, ttl: Duration) {
         let key = self.key("rcpt", what);
         let ms = ttl.as_millis().max(1) as u64;
         let call = move |mut c: MultiplexedConnection| async move {
@@ -370,7 +375,7 @@ impl Store {
     }
 
     /// Lifts the ban on `client` (and forgets its failures); whether there was one.
-    pub async fn lift(self: &Arc<Self>, client: IpNet) -> Option<bool> {
+    pub(crate) async fn lift(self: &Arc<Self>, client: IpNet) -> Option<bool> {
         let (ban, fail) = (self.key("ban", client), self.key("fail", client));
         let (bans, _failures): (u32, u32) = self
             .call("lift", move |mut c| async move {

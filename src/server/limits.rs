@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 /// The caps can be changed by a reload; connections already over a lowered cap stay.
 #[derive(Debug)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     max_total: AtomicUsize,
     max_per_ip: AtomicUsize,
     counts: Mutex<Counts>,
@@ -23,13 +23,13 @@ struct Counts {
 
 /// Which limit a connection ran into (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exceeded {
+pub(crate) enum Exceeded {
     Total,
     PerIp,
 }
 
 impl Exceeded {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Exceeded::Total => "limits.max_connections",
             Exceeded::PerIp => "limits.max_connections_per_ip",
@@ -39,13 +39,13 @@ impl Exceeded {
 
 /// One counted connection.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total: AtomicUsize::new(max_total),
             max_per_ip: AtomicUsize::new(max_per_ip),
@@ -53,12 +53,12 @@ impl ConnectionLimits {
         })
     }
 
-    pub fn set(&self, max_total: usize, max_per_ip: usize) {
+    pub(crate) fn set(&self, max_total: usize, max_per_ip: usize) {
         self.max_total.store(max_total, Ordering::Relaxed);
         self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Exceeded> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Exceeded> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(Exceeded::Total);
@@ -74,7 +74,7 @@ impl ConnectionLimits {
 
     /// Connections open now (total, from `ip`).
     #[cfg(test)]
-    pub fn open(&self, ip: IpAddr) -> (usize, usize) {
+    pub(crate) fn open(&self, ip: IpAddr) -> (usize, usize) {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         (counts.total, counts.per_ip.get(&ip).copied().unwrap_or(0))
     }

@@ -93,16 +93,6 @@ impl Server {
         Ok(Self { shared, admin, acme_http })
     }
 
-    /// The certificates of `[acme]` (the one served, its expiry), when configured.
-    pub fn certificates(&self) -> Option<Arc<crate::acme::Certificates>> {
-        self.shared.certs.clone()
-    }
-
-    /// Where the HTTP-01 answers are served, when `[acme]` uses them.
-    pub fn acme_http_addr(&self) -> Option<SocketAddr> {
-        self.acme_http.as_ref().and_then(|a| a.local_addr().ok())
-    }
-
     /// Each listener's name and the address it really listens on (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.shared.listeners.borrow().iter().map(|b| (b.name.clone(), b.local_addr())).collect()

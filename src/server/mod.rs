@@ -13,4 +13,3 @@ pub(crate) mod shared;
 
 pub use listener::Server;
 pub use reload::{ReloadError, Reloader};
-pub use shared::ServerError;

@@ -9,10 +9,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::timeout;
 
 /// How long a load balancer may take to send the whole header.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads one header into `buf`; on success `buf` keeps only the bytes after it.
-pub async fn read<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Proxied, ProxyHeaderError> {
+pub async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Proxied, ProxyHeaderError> {
     let reading = async {
         loop {
             if !buf.is_empty()

@@ -56,7 +56,7 @@ const LINGER_BYTES: usize = 1 << 20;
 
 /// How a session ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Quit,
     ClientClosed,
     ClientClosedInData,
@@ -82,7 +82,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// A short fixed name for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Outcome::Quit => "quit",
             Outcome::ClientClosed => "client_closed",
@@ -108,7 +108,7 @@ impl Outcome {
         }
     }
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Outcome::Quit => "quit",
             Outcome::ClientClosed => "client closed",
@@ -303,7 +303,7 @@ type Step = Result<(), Outcome>;
 /// A command line (CRLF included), or the reply for a line that is not one.
 type Line = Result<BytesMut, &'static str>;
 
-pub struct Session<S> {
+pub(crate) struct Session<S> {
     id: u64,
     started: Instant,
     /// The config this session follows; `live`, when set, replaces it with the one in
@@ -354,7 +354,7 @@ pub struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub fn new(config: Arc<Config>, listener: Arc<Listener>, stream: S, client: Client) -> Self {
+    pub(crate) fn new(config: Arc<Config>, listener: Arc<Listener>, stream: S, client: Client) -> Self {
         Self {
             id: next_session_id(),
             started: Instant::now(),
@@ -386,13 +386,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Serve the certificates of `[acme]` (and answer its TLS-ALPN-01 validations).
-    pub fn with_certificates(mut self, certs: Option<Arc<crate::acme::Certificates>>) -> Self {
+    pub(crate) fn with_certificates(mut self, certs: Option<Arc<crate::acme::Certificates>>) -> Self {
         self.certs = certs;
         self
     }
 
     /// Follow the config in force: a reload applies from the next command on.
-    pub fn with_live(mut self, live: Arc<Live>) -> Self {
+    pub(crate) fn with_live(mut self, live: Arc<Live>) -> Self {
         self.live = Some(live);
         self
     }
@@ -404,19 +404,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Share the backends' live state with the server's other sessions.
-    pub fn with_backends(mut self, backends: Arc<Registry>) -> Self {
+    pub(crate) fn with_backends(mut self, backends: Arc<Registry>) -> Self {
         self.backends = backends;
         self
     }
 
     /// Count this session's messages, recipients and failures in `screen`.
-    pub fn with_screen(mut self, screen: Arc<crate::screen::Screen>) -> Self {
+    pub(crate) fn with_screen(mut self, screen: Arc<crate::screen::Screen>) -> Self {
         self.screen = Some(screen);
         self
     }
 
     /// The id every log line of this session carries.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("{:016x}", self.id)
     }
 
@@ -446,18 +446,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// The token that, once cancelled, ends the session with 421 at its next read.
-    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+    pub(crate) fn with_stop(mut self, stop: CancellationToken) -> Self {
         self.stop = stop;
         self
     }
 
     /// Bytes that arrived after a PROXY header, before the session started.
-    pub fn with_input(mut self, input: BytesMut) -> Self {
+    pub(crate) fn with_input(mut self, input: BytesMut) -> Self {
         self.inbuf = input;
         self
     }
 
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         metrics::session_opened();
         let served = async {
             Box::pin(self.screen_connection()).await?;

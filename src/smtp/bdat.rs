@@ -14,7 +14,7 @@ pub struct Chunk {
 }
 
 /// Parses the arguments of BDAT; `None` if they are not `size [LAST]`.
-pub fn parse_args(args: &str) -> Option<Chunk> {
+pub(crate) fn parse_args(args: &str) -> Option<Chunk> {
     let mut words = args.split_ascii_whitespace();
     let size = words.next()?;
     if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
@@ -54,12 +54,6 @@ impl ChunkScanner {
     /// The first reason to refuse the message, if any. Nothing after it may be sent on.
     pub fn violation(&self) -> Option<Violation> {
         self.violation
-    }
-
-    /// Whether the bytes sent on differ from the bytes received (dot-stuffing or
-    /// rewritten line ends), so that a chunk's size is not known before its end.
-    pub fn rewrites(&self) -> bool {
-        self.stuff || self.policy == BareLf::Normalize
     }
 
     /// Message size so far, as received.

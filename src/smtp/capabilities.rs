@@ -32,7 +32,7 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// Reads the keywords of a positive EHLO reply (its first line is the greeting).
-    pub fn from_ehlo(reply: &Reply) -> Self {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Self {
         let mut caps = Capabilities { esmtp: true, ..Default::default() };
         for line in reply.lines().skip(1) {
             let mut words = line.split_ascii_whitespace();
@@ -57,26 +57,26 @@ impl Capabilities {
         caps
     }
 
-    pub fn xclient_offers(&self, attr: &str) -> bool {
+    pub(crate) fn xclient_offers(&self, attr: &str) -> bool {
         self.xclient.as_ref().is_some_and(|a| a.iter().any(|x| x == attr))
     }
 
-    pub fn xforward_offers(&self, attr: &str) -> bool {
+    pub(crate) fn xforward_offers(&self, attr: &str) -> bool {
         self.xforward.as_ref().is_some_and(|a| a.iter().any(|x| x == attr))
     }
 }
 
 /// The capabilities a backend showed last (health check or session), if any yet.
 #[derive(Debug, Default)]
-pub struct Learned(Mutex<Option<Capabilities>>);
+pub(crate) struct Learned(Mutex<Option<Capabilities>>);
 
 impl Learned {
     /// `f` of the capabilities learnt, if any yet, without copying them.
-    pub fn read<R>(&self, f: impl FnOnce(&Capabilities) -> R) -> Option<R> {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Capabilities) -> R) -> Option<R> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(f)
     }
 
-    pub fn set(&self, caps: &Capabilities) {
+    pub(crate) fn set(&self, caps: &Capabilities) {
         let mut learned = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if learned.as_ref() != Some(caps) {
             *learned = Some(caps.clone());

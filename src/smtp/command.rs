@@ -42,7 +42,7 @@ pub struct Param<'a> {
 
 impl Command<'_> {
     /// The verb, upper-case, for log lines.
-    pub fn verb(&self) -> &'static str {
+    pub(crate) fn verb(&self) -> &'static str {
         match self {
             Command::Helo(_) => "HELO",
             Command::Ehlo(_) => "EHLO",
@@ -64,7 +64,7 @@ impl Command<'_> {
     /// RFC 2920 (and RFC 4954 for AUTH): commands after which a client must wait for
     /// the reply before sending more. DATA and STARTTLS are checked where they are
     /// handled, with their own replies.
-    pub fn ends_group(&self) -> bool {
+    pub(crate) fn ends_group(&self) -> bool {
         matches!(
             self,
             Command::Helo(_)
@@ -78,7 +78,7 @@ impl Command<'_> {
 
     /// Commands that move nothing forward (Postfix's junk commands): a client may send
     /// a few, not an endless stream.
-    pub fn is_junk(&self) -> bool {
+    pub(crate) fn is_junk(&self) -> bool {
         matches!(self, Command::Noop | Command::Vrfy | Command::Rset | Command::Help)
             || matches!(self, Command::Bdat(c) if c.size == 0 && !c.last)
     }
@@ -103,7 +103,7 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn reply(&self) -> &'static str {
+    pub(crate) fn reply(&self) -> &'static str {
         match self {
             CommandError::Unknown => "500 5.5.1 Error: command not recognized",
             CommandError::NotSmtp => "554 5.5.1 Error: this is an SMTP server",

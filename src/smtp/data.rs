@@ -27,7 +27,7 @@ pub enum Violation {
 }
 
 impl Violation {
-    pub fn reply(&self) -> &'static str {
+    pub(crate) fn reply(&self) -> &'static str {
         match self {
             Violation::BareLf => "554 5.6.0 Message refused: bare LF in message body (lines must end with CRLF)",
             Violation::BareCr => "554 5.6.0 Message refused: bare CR in message body (lines must end with CRLF)",
@@ -36,7 +36,7 @@ impl Violation {
         }
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Violation::BareLf => "bare LF in body",
             Violation::BareCr => "bare CR in body",
@@ -84,7 +84,7 @@ impl DataScanner {
     }
 
     /// Whether [`DataScanner::normalize`] must be used instead of [`DataScanner::feed`].
-    pub fn rewrites(&self) -> bool {
+    pub(crate) fn rewrites(&self) -> bool {
         self.policy == BareLf::Normalize
     }
 
@@ -94,7 +94,7 @@ impl DataScanner {
     }
 
     /// Message size so far as received, end-of-data terminator excluded.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 

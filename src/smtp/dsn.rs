@@ -10,17 +10,17 @@ const MAX_ENVID: usize = 100;
 const MAX_ORCPT: usize = 500;
 
 /// `RET=FULL` or `RET=HDRS`.
-pub fn ret_ok(value: &str) -> bool {
+pub(crate) fn ret_ok(value: &str) -> bool {
     value.eq_ignore_ascii_case("FULL") || value.eq_ignore_ascii_case("HDRS")
 }
 
 /// `ENVID=xtext`, printable ASCII once decoded, at most 100 characters.
-pub fn envid_ok(value: &str) -> bool {
+pub(crate) fn envid_ok(value: &str) -> bool {
     !value.is_empty() && value.len() <= MAX_ENVID && printable_xtext(value)
 }
 
 /// `NOTIFY=NEVER`, or a list of SUCCESS, FAILURE and DELAY, each at most once.
-pub fn notify_ok(value: &str) -> bool {
+pub(crate) fn notify_ok(value: &str) -> bool {
     if value.eq_ignore_ascii_case("NEVER") {
         return true;
     }

@@ -21,7 +21,7 @@ pub struct Offer {
 
 impl Offer {
     /// The extensions that depend on the backend, as far as `caps` shows them.
-    pub fn following(mut self, caps: &super::Capabilities) -> Self {
+    pub(crate) fn following(mut self, caps: &super::Capabilities) -> Self {
         self.dsn = caps.dsn;
         self.smtputf8 = caps.smtputf8;
         self.binarymime = caps.chunking && caps.binarymime && !self.held;
@@ -30,7 +30,7 @@ impl Offer {
 }
 
 /// The EHLO reply, without the final CRLF.
-pub fn reply(hostname: &str, offer: &Offer) -> String {
+pub(crate) fn reply(hostname: &str, offer: &Offer) -> String {
     let size = format!("SIZE {}", offer.max_size);
     let keywords = [
         (true, "PIPELINING"),

@@ -34,7 +34,7 @@ pub enum MailRefusal {
 }
 
 impl MailRefusal {
-    pub fn reply(&self) -> String {
+    pub(crate) fn reply(&self) -> String {
         self.to_string()
     }
 }
@@ -47,7 +47,7 @@ pub struct MailParams {
     /// `SMTPUTF8`: addresses in this transaction may be UTF-8.
     pub smtputf8: bool,
     /// `BODY=BINARYMIME`: the message comes in BDAT chunks and is passed on untouched.
-    pub binary: bool,
+    pub(crate) binary: bool,
 }
 
 /// Checks MAIL parameters against what was offered: SIZE (within the limit), BODY=7BIT
@@ -147,7 +147,12 @@ fn fate(caps: &Capabilities, p: &Param<'_>) -> Fate {
 
 /// The MAIL line for a backend with `caps`. `line` is the client's MAIL line (CRLF
 /// included) whose parameters passed [`check`].
-pub fn for_backend(caps: &Capabilities, line: &[u8], path: &str, params: &[Param<'_>]) -> Result<Vec<u8>, MailRefusal> {
+pub fn for_backend(
+    caps: &Capabilities,
+    line: &[u8],
+    path: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<u8>, MailRefusal> {
     let fates: Vec<Fate> = params
         .iter()
         .enumerate()

@@ -3,14 +3,14 @@
 //! and which replies fit which command.
 
 pub mod bdat;
-pub mod capabilities;
+pub(crate) mod capabilities;
 pub mod command;
-pub mod data;
+pub(crate) mod data;
 pub mod dsn;
 pub mod ehlo;
 pub mod mail;
 pub mod rcpt;
-pub mod reply;
+pub(crate) mod reply;
 pub mod sequence;
 pub mod xtext;
 
@@ -18,4 +18,4 @@ pub use capabilities::Capabilities;
 pub use command::{Command, CommandError, Param};
 pub use data::{BareLf, DataScanner, Scan, Violation};
 pub use reply::{Reply, ReplyError, ReplyParser};
-pub use sequence::Asked;
+pub(crate) use sequence::Asked;

@@ -20,7 +20,7 @@ pub enum RcptRefusal {
 }
 
 impl RcptRefusal {
-    pub fn reply(&self) -> String {
+    pub(crate) fn reply(&self) -> String {
         self.to_string()
     }
 }

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use thiserror::Error;
 
 /// Longest reply accepted from a backend, all lines together.
-pub const MAX_REPLY: usize = 64 * 1024;
+pub(crate) const MAX_REPLY: usize = 64 * 1024;
 
 /// A complete reply: its code and its lines, each re-terminated with CRLF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,16 +29,16 @@ impl Reply {
         &self.raw
     }
 
-    pub fn is_positive(&self) -> bool {
+    pub(crate) fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
     }
 
-    pub fn is_intermediate(&self) -> bool {
+    pub(crate) fn is_intermediate(&self) -> bool {
         (300..400).contains(&self.code)
     }
 
     /// Lines' texts after `NNN-` / `NNN `, for reading EHLO keywords.
-    pub fn lines(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn lines(&self) -> impl Iterator<Item = &str> {
         self.raw
             .split(|&b| b == b'\n')
             .filter(|l| l.len() >= 4)
@@ -46,7 +46,7 @@ impl Reply {
     }
 
     /// The first line, for logs.
-    pub fn first_line(&self) -> String {
+    pub(crate) fn first_line(&self) -> String {
         let end = self.raw.iter().position(|&b| b == b'\r').unwrap_or(self.raw.len());
         String::from_utf8_lossy(&self.raw[..end]).into_owned()
     }

@@ -4,7 +4,7 @@
 
 /// The command (or moment) a backend reply answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asked {
+pub(crate) enum Asked {
     Greeting,
     Hello,
     Xclient,
@@ -24,7 +24,7 @@ pub enum Asked {
 }
 
 impl Asked {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Asked::Greeting => "greeting",
             Asked::Hello => "EHLO/HELO",
@@ -45,7 +45,7 @@ impl Asked {
     /// Whether `code` can answer this command (RFC 5321 4.3.2, RFC 3207, RFC 4954,
     /// Postfix's XCLIENT_README). Failures (4xx, 5xx) fit everything; only DATA and
     /// AUTH have an intermediate (3xx) reply.
-    pub fn allows(self, code: u16) -> bool {
+    pub(crate) fn allows(self, code: u16) -> bool {
         if (400..600).contains(&code) {
             return true;
         }

@@ -1,7 +1,7 @@
 //! xtext (RFC 3461 section 4): the encoding of XCLIENT and XFORWARD attribute values.
 
 /// Appends `value` xtext-encoded: `!`..=`~` except `+` and `=` as is, others as `+HH`.
-pub fn encode_into(out: &mut String, value: &str) {
+pub(crate) fn encode_into(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {
         if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {

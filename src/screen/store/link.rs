@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 
-pub struct Link {
+pub(crate) struct Link {
     info: ConnectionInfo,
     timeout: Duration,
     max_reply: u64,
@@ -39,13 +39,13 @@ impl Drop for Live {
 }
 
 impl Link {
-    pub fn new(info: ConnectionInfo, timeout: Duration, max_reply: u64) -> Link {
+    pub(crate) fn new(info: ConnectionInfo, timeout: Duration, max_reply: u64) -> Link {
         Link { info, timeout, max_reply, live: Mutex::new(None), made: AtomicU64::new(0) }
     }
 
     /// Runs `call` on the connection within the timeout (connecting first if need be);
     /// when it fails, the connection it used is dropped. Must run on the store's runtime.
-    pub async fn run<T, F>(&self, call: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, String>
+    pub(crate) async fn run<T, F>(&self, call: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, String>
     where
         F: Future<Output = RedisResult<T>>,
     {

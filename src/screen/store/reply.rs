@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplyError {
+pub(crate) enum ReplyError {
     #[error("store reply larger than max_reply_size ({max} bytes); connection dropped")]
     TooLarge { max: u64 },
     #[error("store reply is not RESP ({0}); connection dropped")]
@@ -37,7 +37,7 @@ enum State {
 
 /// Follows replies as they are read and measures each against `max`.
 #[derive(Debug)]
-pub struct ReplyMeter {
+pub(crate) struct ReplyMeter {
     max: u64,
     /// Bytes of the current reply so far.
     used: u64,
@@ -49,12 +49,12 @@ pub struct ReplyMeter {
 }
 
 impl ReplyMeter {
-    pub fn new(max: u64) -> ReplyMeter {
+    pub(crate) fn new(max: u64) -> ReplyMeter {
         ReplyMeter { max, used: 0, state: State::Start, open: Vec::new(), failed: None }
     }
 
     /// Follows `bytes`, just read; an error once a reply is over the bound or not RESP.
-    pub fn read(&mut self, mut bytes: &[u8]) -> Result<(), ReplyError> {
+    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> Result<(), ReplyError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -168,13 +168,13 @@ fn has_header(kind: u8) -> bool {
 }
 
 /// A store connection whose replies are measured by a [`ReplyMeter`].
-pub struct Bounded<S> {
+pub(crate) struct Bounded<S> {
     inner: S,
     meter: ReplyMeter,
 }
 
 impl<S> Bounded<S> {
-    pub fn new(inner: S, max_reply: u64) -> Bounded<S> {
+    pub(crate) fn new(inner: S, max_reply: u64) -> Bounded<S> {
         Bounded { inner, meter: ReplyMeter::new(max_reply) }
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Validate recipients against `recipients`' tables.
-    pub fn with_recipients(mut self, recipients: Arc<Recipients>) -> Self {
+    pub(crate) fn with_recipients(mut self, recipients: Arc<Recipients>) -> Self {
         self.recipients = Some(recipients);
         self
     }

@@ -14,7 +14,7 @@ use tokio::time::timeout;
 #[derive(Debug, Clone)]
 pub(super) struct Listed {
     /// The blocklist that weighed most, named in the reply.
-    pub zone: String,
+    pub(crate) zone: String,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
