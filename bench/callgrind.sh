@@ -12,7 +12,8 @@
 #               after another, each command after the previous reply
 #   pipelined   examples/bench_source 1 MESSAGES 4096: one connection per message,
 #               MAIL, RCPT and DATA in one write
-# Prints instructions per message for each. Needs valgrind and postfix (smtp-source).
+# Prints instructions per message for each; KEEP=PREFIX keeps each callgrind output as
+# PREFIX.SCRIPT (for callgrind_annotate). Needs valgrind and postfix (smtp-source).
 # The clock calibration done once at start-up is taken out of every total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,7 @@ total() {
   esac
   kill -TERM $pid
   wait $pid || true
+  if [ -n "${KEEP:-}" ]; then cp "$work/cg.out" "$KEEP.$1"; fi
   # Less the clock's start-up calibration (quanta, behind the metrics): it loops until
   # the TSC looks stable, so its cost differs from run to run (seen: 8.5M and 18.5M
   # instructions) and would otherwise swamp a difference of a few percent.

@@ -36,7 +36,7 @@ mod tests {
             login: None,
         };
         let caps = Capabilities {
-            xforward: Some(["NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT"].map(String::from).to_vec()),
+            xforward: Some(["NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT"].map(String::from).into()),
             ..Default::default()
         };
         assert_eq!(

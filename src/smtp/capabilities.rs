@@ -4,7 +4,8 @@
 //! connection to it is open.
 
 use super::Reply;
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -23,35 +24,69 @@ pub struct Capabilities {
     /// RFC 3030 BODY=BINARYMIME (needs CHUNKING).
     pub binarymime: bool,
     /// AUTH mechanisms, upper-case; `None` if AUTH is not offered.
-    pub auth: Option<Vec<String>>,
+    pub auth: Option<Arc<[String]>>,
     /// XCLIENT attribute names, upper-case; `None` if XCLIENT is not offered.
-    pub xclient: Option<Vec<String>>,
+    pub xclient: Option<Arc<[String]>>,
     /// XFORWARD attribute names, upper-case; `None` if XFORWARD is not offered.
-    pub xforward: Option<Vec<String>>,
+    pub xforward: Option<Arc<[String]>>,
+}
+
+/// EHLO replies read lately on this thread: a backend answers every connection's EHLO
+/// with the same bytes, so each is read once (cheap to clone: the lists are shared).
+const REMEMBERED: usize = 4;
+
+thread_local! {
+    static READ: RefCell<Vec<(Box<[u8]>, Capabilities)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Capabilities {
     /// Reads the keywords of a positive EHLO reply (its first line is the greeting).
     pub(crate) fn from_ehlo(reply: &Reply) -> Self {
+        let raw = reply.as_bytes();
+        let known = READ.with(|read| read.borrow().iter().find(|(r, _)| **r == *raw).map(|(_, caps)| caps.clone()));
+        if let Some(caps) = known {
+            return caps;
+        }
+        let caps = Self::read(reply);
+        READ.with(|read| {
+            let mut read = read.borrow_mut();
+            if read.len() == REMEMBERED {
+                read.remove(0);
+            }
+            read.push((raw.into(), caps.clone()));
+        });
+        caps
+    }
+
+    fn read(reply: &Reply) -> Self {
         let mut caps = Capabilities { esmtp: true, ..Default::default() };
         for line in reply.lines().skip(1) {
             let mut words = line.split_ascii_whitespace();
             let Some(keyword) = words.next() else { continue };
-            let keyword = keyword.to_ascii_uppercase();
-            let attrs = || words.clone().map(|w| w.to_ascii_uppercase()).collect::<Vec<_>>();
-            match keyword.as_str() {
-                "PIPELINING" => caps.pipelining = true,
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "SIZE" => caps.size = true,
-                "STARTTLS" => caps.starttls = true,
-                "DSN" => caps.dsn = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "CHUNKING" => caps.chunking = true,
-                "BINARYMIME" => caps.binarymime = true,
-                "AUTH" => caps.auth = Some(attrs()),
-                "XCLIENT" => caps.xclient = Some(attrs()),
-                "XFORWARD" => caps.xforward = Some(attrs()),
-                _ => {}
+            let attrs = || Some(words.clone().map(|w| w.to_ascii_uppercase()).collect::<Arc<[String]>>());
+            let is = |name: &str| keyword.eq_ignore_ascii_case(name);
+            if is("PIPELINING") {
+                caps.pipelining = true;
+            } else if is("8BITMIME") {
+                caps.eight_bit_mime = true;
+            } else if is("SIZE") {
+                caps.size = true;
+            } else if is("STARTTLS") {
+                caps.starttls = true;
+            } else if is("DSN") {
+                caps.dsn = true;
+            } else if is("SMTPUTF8") {
+                caps.smtputf8 = true;
+            } else if is("CHUNKING") {
+                caps.chunking = true;
+            } else if is("BINARYMIME") {
+                caps.binarymime = true;
+            } else if is("AUTH") {
+                caps.auth = attrs();
+            } else if is("XCLIENT") {
+                caps.xclient = attrs();
+            } else if is("XFORWARD") {
+                caps.xforward = attrs();
             }
         }
         caps
@@ -111,5 +146,26 @@ mod tests {
         let caps = Capabilities::from_ehlo(&ReplyParser::parse(&mut buf).unwrap().unwrap());
         assert_eq!(caps.xclient, None);
         assert!(caps.eight_bit_mime);
+    }
+
+    #[test]
+    fn the_same_reply_again_reads_the_same_and_another_differently() {
+        let parse = |text: &str| {
+            let mut buf = BytesMut::from(text);
+            Capabilities::from_ehlo(&ReplyParser::parse(&mut buf).unwrap().unwrap())
+        };
+        let before = "250-b.test\r\n250-pipelining\r\n250 XCLIENT addr helo\r\n";
+        let after = "250-b.test\r\n250 PIPELINING\r\n";
+        for _ in 0..3 {
+            let caps = parse(before);
+            assert!(caps.pipelining && caps.xclient_offers("ADDR") && caps.xclient_offers("HELO"));
+            let caps = parse(after);
+            assert!(caps.pipelining && caps.xclient.is_none());
+        }
+        for i in 0..(REMEMBERED + 2) {
+            let caps = parse(&format!("250-b{i}.test\r\n250 DSN\r\n"));
+            assert!(caps.dsn && !caps.pipelining);
+        }
+        assert!(parse(before).xclient_offers("ADDR"), "read again once forgotten");
     }
 }
