@@ -171,7 +171,7 @@ async fn status_page(req: &Request<hyper::body::Incoming>, status: &Status) -> R
         return response;
     }
     let client = param("client").map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
-    let data = page::gather(status, show_clients, client).await;
+    let data = page::gather(status, show_clients, client);
     let html = page::render(&data);
     tracing::debug!(took = ?started.elapsed(), bytes = html.len(), "status page rendered");
     let mut response = text(StatusCode::OK, html);

@@ -93,7 +93,7 @@ pub(crate) struct FilterRow {
 
 /// Gathers the page: `show_clients` when the request may see client addresses,
 /// `client` a filter on them (a prefix of the address).
-pub(crate) async fn gather(status: &Status, show_clients: bool, client: Option<String>) -> Page {
+pub(crate) fn gather(status: &Status, show_clients: bool, client: Option<String>) -> Page {
     let config = status.live.load_full();
     let samples = Samples::parse(&metrics::render());
     let states = status.backends.all(&config.backends);
@@ -195,7 +195,8 @@ pub(crate) async fn gather(status: &Status, show_clients: bool, client: Option<S
         messages: samples.by(metrics::MESSAGES, "outcome", &[]),
         recipients: samples.by(metrics::RECIPIENTS, "outcome", &[]),
         history: activity::history(now),
-        bans: status.screen.bans().await.len(),
+        // This instance's: counting the fleet's would scan the store at every refresh.
+        bans: status.screen.local_bans(),
         limits: samples.by(metrics::LIMIT_REFUSALS, "limit", &[]),
         dns_lists: samples.by(metrics::DNSBL_VERDICTS, "action", &[]),
         store_up: config.store.as_ref().map(|_| samples.sum(metrics::STORE_UP, &[]) > 0.0),
@@ -373,7 +374,7 @@ fn screening(h: &mut String, page: &Page) {
     };
     let _ = writeln!(
         h,
-        "<section id=\"screening\"><h2>Screening</h2><p>bans in force <b id=\"bans\">{}</b>{store}</p>\
+        "<section id=\"screening\"><h2>Screening</h2><p>bans in force here <b id=\"bans\">{}</b>{store}</p>\
          <p>limits reached: {}</p><p>DNS list verdicts: {}</p></section>",
         page.bans,
         if page.limits.is_empty() { "none".to_string() } else { pairs(&page.limits) },

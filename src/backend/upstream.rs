@@ -266,14 +266,19 @@ impl Upstream {
             .flatten();
         if let Some(ours) = known {
             up.caps = ours;
-            match up.xclient(facts).await {
+            match up.send_xclient(facts).await {
                 Ok(()) => {
+                    up.hello(Name::Clients(facts.helo)).await?;
                     state.learned.set(&up.caps);
                     return Ok(up);
                 }
-                // Refused before EHLO: what we knew is stale (or this backend wants
-                // EHLO first). Ask it, and go the long way below.
-                Err(UpstreamError::IdentityRefused { detail, .. }) => {
+                // Refused before EHLO (even as a syntax error: an attribute no longer
+                // allowed): what we knew is stale, or this backend wants EHLO first.
+                // Ask it, and go the long way below, whose answer is final (and
+                // learns what the backend offers now).
+                Err(
+                    UpstreamError::IdentityRefused { detail, .. } | UpstreamError::ClientValueRefused { detail, .. },
+                ) => {
                     tracing::debug!(backend = %backend.address, detail = ?detail, "XCLIENT before EHLO refused; EHLO first");
                 }
                 Err(e) => return Err(e),
@@ -458,14 +463,18 @@ impl Upstream {
     }
 
     async fn xclient(&mut self, facts: &ClientFacts<'_>) -> Result<(), UpstreamError> {
-        let lines = xclient::commands(facts, &self.caps);
-        for line in lines {
-            let reply = self.command(line.as_bytes(), Asked::Xclient).await?;
-            // Postfix answers a successful XCLIENT with a fresh greeting.
-            self.check_identity_reply("XCLIENT", &reply)?;
-        }
+        self.send_xclient(facts).await?;
         // The session restarted as the client's: greet as the client did.
         self.hello(Name::Clients(facts.helo)).await
+    }
+
+    /// The XCLIENT commands, each answered (Postfix: with a fresh greeting).
+    async fn send_xclient(&mut self, facts: &ClientFacts<'_>) -> Result<(), UpstreamError> {
+        for line in xclient::commands(facts, &self.caps) {
+            let reply = self.command(line.as_bytes(), Asked::Xclient).await?;
+            self.check_identity_reply("XCLIENT", &reply)?;
+        }
+        Ok(())
     }
 
     /// A refused identity command. 501 is a syntax error in what was sent, and every

@@ -25,13 +25,19 @@ impl Key {
     /// The key of a RCPT path (the text between `<` and `>`); `smtputf8` when MAIL
     /// said SMTPUTF8. None for anything but a plain mailbox.
     pub(crate) fn parse(path: &str, smtputf8: bool) -> Option<Key> {
-        let classified = if smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
-        let Ok(Destination::Domain(domain)) = classified else { return None };
+        let domain = Self::domain(path, smtputf8)?;
         // A plain mailbox has one `@` outside its quotes (a quoted one holding `@` is
         // a routed form), so the last one ends the local part.
         let (local, _) = path.rsplit_once('@')?;
         let local = unquote(local);
         (!local.is_empty()).then_some(Key { local, domain })
+    }
+
+    /// The domain of a plain mailbox (not a routed form, not a bare `postmaster`).
+    pub(crate) fn domain(path: &str, smtputf8: bool) -> Option<String> {
+        let classified = if smtputf8 { address::classify_utf8(path) } else { address::classify(path) };
+        let Ok(Destination::Domain(domain)) = classified else { return None };
+        Some(domain)
     }
 
     /// `local@domain`, as looked up.

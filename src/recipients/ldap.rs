@@ -42,7 +42,13 @@ pub(crate) enum DirectoryError {
     Timeout(Duration),
     #[error("lookup task ended: {0}")]
     Task(String),
+    #[error("{0} lookups already wait for the directory")]
+    Busy(usize),
 }
+
+/// Lookups waiting for the directory at once, at most; more fail at once (451), so a
+/// directory that hangs cannot gather an unbounded queue.
+const MAX_WAITING: usize = 256;
 
 #[derive(Debug, Default)]
 struct Backoff {
@@ -51,11 +57,26 @@ struct Backoff {
     until: Option<Instant>,
 }
 
+/// A lookup in flight on the directory's thread.
+struct Waiting<'a> {
+    task: tokio::task::JoinHandle<Result<bool, DirectoryError>>,
+    count: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// One configured directory, live: its pool and its health.
 pub(crate) struct Directory {
     settings: table::Directory,
     idle: Mutex<Vec<Ldap>>,
     slots: Arc<Semaphore>,
+    /// Lookups started and not yet ended.
+    waiting: std::sync::atomic::AtomicUsize,
     backoff: Mutex<Backoff>,
     /// The directory thread's runtime: connections are made and driven there.
     runtime: Handle,
@@ -73,9 +94,16 @@ impl Directory {
             settings,
             idle: Mutex::default(),
             slots: Arc::new(Semaphore::new(POOL_SIZE)),
+            waiting: Default::default(),
             backoff: Mutex::default(),
             runtime,
         })
+    }
+
+    /// Lookups in flight now.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(crate) fn settings(&self) -> &table::Directory {
@@ -88,14 +116,27 @@ impl Directory {
         if let Some(since) = self.resting(now) {
             return Err(DirectoryError::Resting(now.saturating_duration_since(since)));
         }
+        use std::sync::atomic::Ordering;
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if waiting >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(DirectoryError::Busy(waiting));
+        }
         let me = self.clone();
         let limit = self.settings.timeout;
-        let task = self.runtime.spawn(async move { me.search(&filter).await });
-        let result = match tokio::time::timeout(limit, task).await {
+        // The whole lookup (a free connection, connect, bind, search) within the limit,
+        // on the directory's thread too: a lookup given up here does not go on there.
+        let task = self.runtime.spawn(async move {
+            tokio::time::timeout(limit, me.search(&filter)).await.unwrap_or(Err(DirectoryError::Timeout(limit)))
+        });
+        // Aborted and uncounted however this ends (a session that goes away included).
+        let mut task = Waiting { task, count: &self.waiting };
+        let result = match tokio::time::timeout(limit, &mut task.task).await {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => Err(DirectoryError::Task(e.to_string())),
             Err(_) => Err(DirectoryError::Timeout(limit)),
         };
+        drop(task);
         self.noted(&result);
         result
     }

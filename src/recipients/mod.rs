@@ -229,7 +229,18 @@ impl Recipients {
         if tables.is_empty() {
             return Verdict::Untouched;
         }
-        let Some(key) = Key::parse(path, smtputf8) else { return Verdict::Untouched };
+        let Some(key) = Key::parse(path, smtputf8) else {
+            // No key to look up (an empty quoted local part, say) in a domain a table
+            // answers for: unknown, not passed to a backend that takes every address.
+            let domain = Key::domain(path, smtputf8);
+            let live = domain.and_then(|d| tables.iter().find(|t| t.table.domains.contains(&d)).cloned());
+            return match live {
+                Some(live) => {
+                    Verdict::Unknown(Decision { table: live.table.describe(), key: path.to_string(), via: "syntax" })
+                }
+                None => Verdict::Untouched,
+            };
+        };
         let Some(live) = tables.iter().find(|t| t.table.domains.contains(&key.domain)).cloned() else {
             return Verdict::Untouched;
         };

@@ -118,3 +118,39 @@ fn a_directory_that_never_answers_is_given_up_at_the_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn a_hanging_directory_gathers_no_queue() {
+    // Accepts TCP (the kernel's backlog), never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let c = config(&format!(
+        "[[recipients]]\ndomains = [\"example.com\"]\nldap = \"ldap://127.0.0.1:{port}\"\nbase = \"dc=example,dc=com\"\n\
+         filter = \"(mail=%s)\"\ntimeout = \"300ms\"\n"
+    ));
+    let r = Arc::new(Recipients::new(&c.recipients, None).unwrap());
+    let started = std::time::Instant::now();
+    let verdicts = rt().block_on(async {
+        let mut lookups = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let r = r.clone();
+            lookups.spawn(async move { r.check(&format!("user{i}@example.com"), false).await });
+        }
+        lookups.join_all().await
+    });
+    assert!(verdicts.iter().all(|v| matches!(v, Verdict::Unavailable { accept: false, .. })), "{:?}", verdicts.first());
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let tables = r.tables.load();
+    let Lookup::Directory(d) = &tables[0].lookup else { panic!("a directory") };
+    assert_eq!(d.waiting(), 0, "nothing left waiting on the directory's thread");
+}
+
+#[test]
+fn an_address_without_a_key_in_a_table_domain_is_unknown() {
+    let f = file("alice@example.com\n");
+    let c = config(&format!("[[recipients]]\ndomains = [\"example.com\"]\nfile = \"{}\"\n", f.path().display()));
+    let r = Recipients::new(&c.recipients, None).unwrap();
+    let rt = rt();
+    assert!(matches!(rt.block_on(r.check("\"\"@example.com", false)), Verdict::Unknown(_)));
+    assert!(matches!(rt.block_on(r.check("\"\"@elsewhere.test", false)), Verdict::Untouched));
+}

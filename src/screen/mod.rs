@@ -174,14 +174,20 @@ impl Screen {
             .map(|b| Listed { client: b.key.to_string(), remaining: b.remaining, reason: b.reason.to_string() })
             .collect();
         if let Some(store) = &self.store {
+            let here: std::collections::HashSet<String> = list.iter().map(|l| l.client.clone()).collect();
             for (client, remaining, reason) in store.bans().await.unwrap_or_default() {
-                if !list.iter().any(|l| l.client == client) {
+                if !here.contains(&client) {
                     list.push(Listed { client, remaining, reason });
                 }
             }
         }
         list.sort_by(|a, b| a.client.cmp(&b.client));
         list
+    }
+
+    /// Bans in force in this instance (the status page: no scan of the store).
+    pub(crate) fn local_bans(&self) -> usize {
+        self.local.bans.lock().unwrap_or_else(|e| e.into_inner()).list(Instant::now()).len()
     }
 
     /// Lifts the ban on `client` here and in the store; true if there was one. `Err`

@@ -12,10 +12,7 @@ use tokio::time::timeout;
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads one header into `buf`; on success `buf` keeps only the bytes after it.
-pub async fn read<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Result<Proxied, ProxyHeaderError> {
+pub async fn read<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Proxied, ProxyHeaderError> {
     let reading = async {
         loop {
             if !buf.is_empty()

@@ -147,12 +147,7 @@ fn fate(caps: &Capabilities, p: &Param<'_>) -> Fate {
 
 /// The MAIL line for a backend with `caps`. `line` is the client's MAIL line (CRLF
 /// included) whose parameters passed [`check`].
-pub fn for_backend(
-    caps: &Capabilities,
-    line: &[u8],
-    path: &str,
-    params: &[Param<'_>],
-) -> Result<Vec<u8>, MailRefusal> {
+pub fn for_backend(caps: &Capabilities, line: &[u8], path: &str, params: &[Param<'_>]) -> Result<Vec<u8>, MailRefusal> {
     let fates: Vec<Fate> = params
         .iter()
         .enumerate()

@@ -75,6 +75,7 @@ async fn serve_fake(stream: tokio::net::TcpStream, caps: &'static str, log: Arc<
                 format!("250-fake\r\n{caps}")
             }
             // (A backend that offers STRICT wants EHLO before XCLIENT.)
+            "XCLIENT" if caps.contains("STRICT501") && !greeted => "501 5.5.4 Bad XCLIENT attribute\r\n".into(),
             "XCLIENT" if caps.contains("STRICT") && !greeted => "503 5.5.1 Error: send HELO/EHLO first\r\n".into(),
             "XCLIENT" => {
                 greeted = false;
@@ -1008,12 +1009,12 @@ async fn tls_handshake_timeout_is_the_configured_one() {
 
 #[tokio::test]
 async fn xclient_goes_before_ehlo_once_the_backend_is_known() {
-    for strict in [false, true] {
-        let caps = if strict {
-            "250-STRICT\r\n250-PIPELINING\r\n250 XCLIENT NAME ADDR PROTO HELO PORT\r\n"
-        } else {
-            POSTFIX_CAPS
-        };
+    for (strict, caps) in [
+        (false, POSTFIX_CAPS),
+        (true, "250-STRICT\r\n250-PIPELINING\r\n250 XCLIENT NAME ADDR PROTO HELO PORT\r\n"),
+        // Refuses what it once took with a syntax error: still EHLO first, then on.
+        (true, "250-STRICT501\r\n250-PIPELINING\r\n250 XCLIENT NAME ADDR PROTO HELO PORT\r\n"),
+    ] {
         let backend = FakeBackend::start(caps).await;
         let backends = Arc::new(Registry::default());
         for _ in 0..2 {
