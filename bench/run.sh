@@ -55,6 +55,8 @@ BIG_IDLE=${BIG_IDLE:-10000}
 read -r -a variants <<<"${VARIANTS:-direct smtp-sink haproxy haproxy-proxy-v2 nginx postfix xforward xforward-noreuse none none-reuse xclient proxy-v2 proxy-v1}"
 LATENCY_VARIANTS=${LATENCY_VARIANTS:-direct haproxy nginx postfix xforward xforward-noreuse xclient}
 SOURCE=${SOURCE:-smtp-source}
+# The binary measured (another build, to compare: PORTCULLIS=/path/to/portcullis).
+PORTCULLIS=${PORTCULLIS:-target/release/portcullis}
 SESSIONS=20
 SIZE=4096
 BASE=${BASE:-12600} # variant i listens on BASE+i, its sink port is BASE+50+i
@@ -236,7 +238,7 @@ for v in "${variants[@]}"; do
         *) args=("$v" default) ;;
       esac
       portcullis_config "${args[@]}" "${port[$v]}" "${sink[$v]}" > "$work/$v.toml"
-      RUST_LOG=warn target/release/portcullis run --config "$work/$v.toml" 2>"$work/$v.log" & pids+=($!)
+      RUST_LOG=warn "$PORTCULLIS" run --config "$work/$v.toml" 2>"$work/$v.log" & pids+=($!)
       root[$v]=$!
       ;;
     *) echo "unknown variant $v" >&2; exit 1 ;;
@@ -322,7 +324,7 @@ for v in haproxy xforward; do
 done
 
 # ---- report ----
-echo "== portcullis $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)'), $(date -u +%FT%TZ)"
+echo "== portcullis $PORTCULLIS, $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)'), $(date -u +%FT%TZ)"
 echo "== $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), postfix $(postconf -h mail_version)"
 echo "== throughput: $MESSAGES messages of $SIZE bytes per round, $SESSIONS parallel sessions ($SOURCE), one connection per message; median of $ROUNDS rounds; every variant in front of bench_sink (smtp-sink: Postfix's smtp-sink, no proxy)"
 col() { awk -v c="$2" '{print $c}' "$work/$1.rounds" | median; }
