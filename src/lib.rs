@@ -29,6 +29,7 @@ pub mod auth;
 pub(crate) mod backend;
 pub mod config;
 pub mod explain;
+pub(crate) mod http_endpoint;
 pub mod identity;
 pub(crate) mod log_limit;
 pub(crate) mod metrics;

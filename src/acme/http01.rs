@@ -6,59 +6,24 @@
 use super::Certificates;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use hyper::{Method, Response, StatusCode};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "/.well-known/acme-challenge/";
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Serves challenge answers on `listener` until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, certs: Arc<Certificates>, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ACME HTTP listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let certs = certs.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let answer = respond(req.method(), req.uri().path(), &certs);
-                if answer.status() == StatusCode::OK {
-                    tracing::info!(%peer, path = req.uri().path(), "answered an HTTP-01 validation");
-                }
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if tokio::time::timeout(CONNECTION_TIMEOUT, connection).await.is_err() {
-                tracing::debug!(%peer, "ACME HTTP connection timed out");
-            }
-        });
-    }
+    crate::http_endpoint::serve(listener, "ACME HTTP-01", MAX_CONNECTIONS, shutdown, move |req, peer| {
+        let answer = respond(req.method(), req.uri().path(), &certs);
+        if answer.status() == StatusCode::OK {
+            tracing::info!(%peer, path = req.uri().path(), "answered an HTTP-01 validation");
+        }
+        async move { answer }
+    })
+    .await
 }
 
 /// The answer to one request: the key authorization for a pending token, else 404.

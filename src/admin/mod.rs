@@ -18,8 +18,7 @@ use crate::screen::Screen;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +27,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long one admin connection may last (a scrape is one request).
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Admin connections served at once, at most.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 
@@ -68,46 +65,11 @@ impl Status {
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // A slot first, then the connection: past the cap, connections stay queued in
-        // the kernel and cost this process no descriptor.
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    crate::http_endpoint::serve(listener, "admin", MAX_CONNECTIONS, shutdown, move |req, _peer| {
         let status = status.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let status = status.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &status).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection failed"),
-                Err(_) => tracing::debug!(%peer, "admin connection timed out"),
-                Ok(Ok(())) => {}
-            }
-        });
-    }
+        async move { respond(&req, &status).await }
+    })
+    .await
 }
 
 async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
