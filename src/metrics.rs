@@ -161,9 +161,53 @@ macro_rules! fixed {
     }};
 }
 
+/// Handles of metrics whose labels come from the config (listener, backend and rule
+/// names), kept per thread: one connection's few counters are then found by comparing a
+/// few short strings instead of building, hashing and allocating a key each time.
+/// Bounded: past [`KEPT_HANDLES`] the oldest is forgotten (looked up again if needed).
+const KEPT_HANDLES: usize = 64;
+
+struct Kept<T> {
+    name: &'static str,
+    labels: [String; 3],
+    handle: T,
+}
+
+thread_local! {
+    static COUNTERS: std::cell::RefCell<Vec<Kept<metrics::Counter>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static HISTOGRAMS: std::cell::RefCell<Vec<Kept<metrics::Histogram>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn kept<T: Clone>(
+    store: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Kept<T>>>>,
+    name: &'static str,
+    labels: [&str; 3],
+    make: impl FnOnce() -> T,
+) -> T {
+    store.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some(k) = kept.iter().find(|k| k.name == name && k.labels.iter().zip(labels).all(|(a, b)| a == b)) {
+            return k.handle.clone();
+        }
+        // The recorder first: a handle made before it would count nowhere, for good.
+        self::handle();
+        let handle = make();
+        if kept.len() == KEPT_HANDLES {
+            kept.remove(0);
+        }
+        kept.push(Kept { name, labels: labels.map(str::to_string), handle: handle.clone() });
+        handle
+    })
+}
+
 pub(crate) fn connection(listener: &str, verdict: &'static str, rule: &str) {
-    counter!(CONNECTIONS, "listener" => listener.to_string(), "verdict" => verdict, "rule" => rule.to_string())
-        .increment(1);
+    kept(
+        &COUNTERS,
+        CONNECTIONS,
+        [listener, verdict, rule],
+        || counter!(CONNECTIONS, "listener" => listener.to_string(), "verdict" => verdict, "rule" => rule.to_string()),
+    )
+    .increment(1);
 }
 
 fn sessions_open() -> &'static metrics::Gauge {
@@ -176,7 +220,13 @@ pub(crate) fn session_opened() {
 
 pub(crate) fn session_closed(listener: &str, outcome: &'static str, bytes_in: u64, bytes_out: u64) {
     sessions_open().decrement(1.0);
-    counter!(SESSIONS, "listener" => listener.to_string(), "outcome" => outcome).increment(1);
+    kept(
+        &COUNTERS,
+        SESSIONS,
+        [listener, outcome, ""],
+        || counter!(SESSIONS, "listener" => listener.to_string(), "outcome" => outcome),
+    )
+    .increment(1);
     fixed!(metrics::Counter, counter!(BYTES, "direction" => "in")).increment(bytes_in);
     fixed!(metrics::Counter, counter!(BYTES, "direction" => "out")).increment(bytes_out);
 }
@@ -218,7 +268,12 @@ pub(crate) fn backend_check(backend: &str, ok: bool) {
 /// A handle for one backend connection's reply times: looked up once per connection,
 /// not per reply.
 pub(crate) fn backend_reply_timer(backend: &str) -> metrics::Histogram {
-    histogram!(BACKEND_REPLY_SECONDS, "backend" => backend.to_string())
+    kept(
+        &HISTOGRAMS,
+        BACKEND_REPLY_SECONDS,
+        [backend, "", ""],
+        || histogram!(BACKEND_REPLY_SECONDS, "backend" => backend.to_string()),
+    )
 }
 
 pub(crate) fn record_reply(timer: &metrics::Histogram, took: Duration) {
@@ -288,4 +343,35 @@ pub(crate) fn log_suppressed(n: u64) {
 pub(crate) fn recipient_lookup(table: &str, source: &'static str, result: &'static str, took: Duration) {
     counter!(RECIPIENT_LOOKUPS, "table" => table.to_string(), "source" => source, "result" => result).increment(1);
     histogram!(RECIPIENT_LOOKUP_SECONDS, "table" => table.to_string(), "source" => source).record(took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_handles_count_where_looked_up_ones_do_and_stay_bounded() {
+        for _ in 0..3 {
+            connection("kept-test", "accepted", "default");
+        }
+        // Past the bound, older handles are forgotten and looked up again: still counted.
+        for i in 0..(KEPT_HANDLES + 10) {
+            connection("kept-test", "rejected", &format!("rule{i}"));
+        }
+        connection("kept-test", "accepted", "default");
+        let text = render();
+        let line = |rule: &str, verdict: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(CONNECTIONS)
+                        && l.contains("listener=\"kept-test\"")
+                        && l.contains(&format!("rule=\"{rule}\""))
+                        && l.contains(verdict)
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        assert_eq!(line("default", "accepted").as_deref(), Some("4"));
+        assert_eq!(line("rule0", "rejected").as_deref(), Some("1"));
+        assert!(COUNTERS.with(|k| k.borrow().len()) <= KEPT_HANDLES);
+    }
 }
