@@ -241,11 +241,26 @@ where
 
 // === the task ===
 
+/// Starts [`run`] on a thread of its own: reading and writing `state_dir` blocks (a
+/// shared volume can hang), and must never stall the control thread that serves the
+/// admin endpoint, the health checks and the HTTP-01 answers.
+pub(crate) fn start(config: AcmeConfig, certs: Arc<Certificates>, shutdown: CancellationToken) {
+    let started = std::thread::Builder::new().name("portcullis-acme".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(run(config, certs, shutdown)),
+            Err(e) => tracing::error!(error = %e, "ACME: cannot start its runtime; no certificate will be ordered"),
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!(error = %e, "ACME: cannot start its thread; no certificate will be ordered");
+    }
+}
+
 /// Keeps `certs` current until `shutdown`: serves what the state directory holds,
 /// orders when nothing servable is there or renewal is due, retries with backoff.
 /// Never returns early and never panics on the CA's account: every failure is logged
 /// and retried.
-pub(crate) async fn run(config: AcmeConfig, certs: Arc<Certificates>, shutdown: CancellationToken) {
+async fn run(config: AcmeConfig, certs: Arc<Certificates>, shutdown: CancellationToken) {
     let state = StateDir::new(&config.state_dir);
     // Each instance draws its own point in the jitter window, once.
     let jitter = random_fraction();

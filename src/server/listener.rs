@@ -194,7 +194,7 @@ fn control(
                     Err(e) => tracing::error!(error = %e, "cannot use the ACME HTTP socket"),
                 }
             }
-            tokio::spawn(crate::acme::run(acme, certs.clone(), stop.clone()));
+            crate::acme::start(acme, certs.clone(), stop.clone());
         }
         shutdown.cancelled().await;
         shared.status.serving.store(false, Ordering::Relaxed);
