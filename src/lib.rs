@@ -21,7 +21,7 @@
 //! - [`metrics`], `log_limit`, [`activity`]: what every part counts, logs and keeps for
 //!   the status page, on the ground floor.
 
-pub mod acme;
+pub(crate) mod acme;
 pub(crate) mod activity;
 pub mod addr;
 pub mod admin;
