@@ -118,9 +118,8 @@ async fn respond(req: &Request<hyper::body::Incoming>, status: &Status) -> Respo
 async fn status_page(req: &Request<hyper::body::Incoming>, status: &Status) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let query = req.uri().query().unwrap_or("");
-    let param = |name: &str| {
-        query.split('&').filter_map(|p| p.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
-    };
+    let param =
+        |name: &str| form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
     let config = status.live.load();
     let on_loopback = config.admin.is_some_and(|a| a.ip().is_loopback());
     let show_clients = on_loopback || has_token(req, config.admin_token.as_deref());
@@ -145,31 +144,6 @@ async fn status_page(req: &Request<hyper::body::Incoming>, status: &Status) -> R
         hyper::header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
     );
     response
-}
-
-/// `%XX` and `+` of a query value decoded; what is not valid UTF-8 is replaced.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `req` carries the admin token: `Authorization: Bearer TOKEN`, or `Basic`

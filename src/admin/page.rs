@@ -14,7 +14,7 @@ use crate::activity::{self, Minute, Refusal, Reload};
 use crate::config::ListenerTls;
 use crate::metrics;
 use std::fmt::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Seconds between the page's own refreshes.
 pub(crate) const REFRESH: u32 = 10;
@@ -532,10 +532,7 @@ fn human(d: Duration) -> String {
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 fn stamp(at: SystemTime) -> String {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86400, secs % 86400);
-    let (y, m, d) = civil(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+    humantime::format_rfc3339_seconds(at).to_string().replacen('T', " ", 1).replace('Z', " UTC")
 }
 
 fn minute_label(minute: u64) -> String {
@@ -543,23 +540,11 @@ fn minute_label(minute: u64) -> String {
     format!("{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60)
 }
 
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::IpAddr;
+    use std::time::UNIX_EPOCH;
 
     fn page() -> Page {
         let now = UNIX_EPOCH + Duration::from_secs(1_780_000_000);
