@@ -19,7 +19,8 @@
 //! - [`recipients`]: recipient validation at RCPT (`[[recipients]]`: a file or a directory).
 //! - [`admin`]: the admin endpoint (metrics, health, bans).
 //! - [`metrics`], `log_limit`, [`activity`]: what every part counts, logs and keeps for
-//!   the status page, on the ground floor.
+//!   the status page, and `deadline`, the timer a connection re-arms for every wait,
+//!   on the ground floor.
 
 pub(crate) mod acme;
 pub(crate) mod activity;
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod auth;
 pub(crate) mod backend;
 pub mod config;
+pub(crate) mod deadline;
 pub mod explain;
 pub(crate) mod http_endpoint;
 pub mod identity;

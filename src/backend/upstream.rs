@@ -10,6 +10,7 @@
 
 use super::registry::{BackendState, Registry};
 use crate::config::{Backend, BackendTls};
+use crate::deadline::Deadline;
 use crate::identity::{ClientFacts, Identity, proxy, xclient, xforward};
 use crate::metrics as admin_metrics;
 use crate::smtp::{Asked, Capabilities, Reply, ReplyError, ReplyParser};
@@ -124,6 +125,8 @@ pub(crate) struct Upstream {
     pub(crate) idle_timeout: Duration,
     /// Replies the backend owes, oldest first.
     owed: VecDeque<Asked>,
+    /// The timer of every wait on the backend.
+    deadline: Deadline,
     /// Commands queued for one write (a pipelined group), sent before the next read.
     queued: Vec<u8>,
     /// One of the backend's `max_connections`, given back when this is dropped (none
@@ -317,6 +320,7 @@ impl Upstream {
             data_timeout: backend.data_timeout,
             idle_timeout: backend.idle_timeout,
             owed: VecDeque::from([Asked::Greeting]),
+            deadline: Deadline::new(),
             queued: Vec::new(),
             _slot: slot,
             reply_timer: admin_metrics::backend_reply_timer(&backend.address),
@@ -585,7 +589,7 @@ impl Upstream {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let written = timeout(self.reply_timeout, self.stream.write_all(&self.queued)).await;
+        let written = self.deadline.within(self.reply_timeout, self.stream.write_all(&self.queued)).await;
         self.queued.clear();
         written.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
@@ -629,7 +633,8 @@ impl Upstream {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        timeout(self.reply_timeout, self.stream.write_all(bytes)).await.map_err(|_| UpstreamError::Timeout)??;
+        let written = self.deadline.within(self.reply_timeout, self.stream.write_all(bytes)).await;
+        written.map_err(|_| UpstreamError::Timeout)??;
         Ok(())
     }
 
@@ -664,18 +669,19 @@ impl Upstream {
         let limit =
             if matches!(asked, Asked::EndOfData | Asked::BdatLast) { self.data_timeout } else { self.reply_timeout };
         let started = std::time::Instant::now();
+        let (buf, stream) = (&mut self.buf, &mut self.stream);
         let read = async {
             loop {
-                if let Some(reply) = ReplyParser::parse(&mut self.buf)? {
+                if let Some(reply) = ReplyParser::parse(buf)? {
                     return Ok(reply);
                 }
-                self.buf.reserve(512);
-                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                buf.reserve(512);
+                if stream.read_buf(buf).await? == 0 {
                     return Err(UpstreamError::Closed);
                 }
             }
         };
-        let reply = timeout(limit, read).await.map_err(|_| UpstreamError::Timeout)??;
+        let reply = self.deadline.within(limit, read).await.map_err(|_| UpstreamError::Timeout)??;
         if matches!(asked, Asked::EndOfData | Asked::BdatLast) {
             // Recorded for the reply that accepts a message only: a histogram sample
             // costs more than the rest of a reply's handling (callgrind), and this one is

@@ -265,6 +265,8 @@ fn worker(ctx: Arc<WorkerCtx>, mut listeners: watch::Receiver<ListenerSet>, shut
 }
 
 async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>, shutdown: CancellationToken) {
+    // Bound to one address, every connection arrives on it: no need to ask for each.
+    let fixed_local = socket.local_addr().ok().filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -280,7 +282,7 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
                 continue;
             }
         };
-        let Ok(local) = stream.local_addr() else { continue };
+        let Some(local) = fixed_local.or_else(|| stream.local_addr().ok()) else { continue };
         // The policy of the moment: a reload applies from the next connection on.
         let config = ctx.live.load_full();
         let Some(listener) = config.listener(&bound.name).cloned() else { continue };

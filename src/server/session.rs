@@ -33,17 +33,19 @@ use crate::addr::Client;
 use crate::backend::registry::{BackendState, Registry};
 use crate::backend::upstream::Upstream;
 use crate::config::{Config, Listener, ListenerTls, Live};
+use crate::deadline::Deadline;
 use crate::metrics;
 use crate::smtp::command::{self, Command, CommandError};
 use crate::smtp::ehlo::Offer;
 use crate::tls::MaybeTls;
 use bytes::BytesMut;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Read size while receiving a message body.
 const DATA_CHUNK: usize = 16 * 1024;
@@ -315,8 +317,8 @@ pub(crate) struct Session<S> {
     /// Recipient validation (`[[recipients]]`), shared with every session.
     recipients: Option<Arc<crate::recipients::Recipients>>,
     /// The backends' live state (slots, health, what they offered), shared with every
-    /// session and the health checks.
-    backends: Arc<Registry>,
+    /// session and the health checks (a registry of its own when none was given).
+    backends: Option<Arc<Registry>>,
     /// The states of the configured backends, looked up once per config.
     backend_states: Option<Arc<[Arc<BackendState>]>>,
     listener: Arc<Listener>,
@@ -344,8 +346,11 @@ pub(crate) struct Session<S> {
     /// Replies owed to the client for commands pipelined to the backend, in order.
     pending: std::collections::VecDeque<pipeline::Pending>,
     stats: Stats,
-    /// Cancelled when a shutdown's drain deadline passes.
-    stop: CancellationToken,
+    /// Ready when a shutdown's drain deadline passes; kept registered for the whole
+    /// session rather than for every read.
+    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The timer of every wait on the client.
+    deadline: Deadline,
     /// The verb of the command being handled ("-" for a line that is none), for the
     /// log line of a refusal.
     verb: &'static str,
@@ -362,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             live: None,
             screen: None,
             recipients: None,
-            backends: Arc::default(),
+            backends: None,
             backend_states: None,
             listener,
             stream: MaybeTls::Plain(stream),
@@ -379,7 +384,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             idle: None,
             pending: Default::default(),
             stats: Stats::default(),
-            stop: CancellationToken::new(),
+            stop: None,
+            deadline: Deadline::new(),
             verb: "-",
             certs: None,
         }
@@ -399,13 +405,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The live states of the configured backends, in order.
     fn backend_states(&mut self) -> Arc<[Arc<BackendState>]> {
-        let states = self.backend_states.get_or_insert_with(|| self.backends.all(&self.config.backends).into());
+        let registry = self.backends.get_or_insert_with(Arc::default);
+        let states = self.backend_states.get_or_insert_with(|| registry.all(&self.config.backends).into());
         states.clone()
     }
 
     /// Share the backends' live state with the server's other sessions.
     pub(crate) fn with_backends(mut self, backends: Arc<Registry>) -> Self {
-        self.backends = backends;
+        self.backends = Some(backends);
         self
     }
 
@@ -447,7 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The token that, once cancelled, ends the session with 421 at its next read.
     pub(crate) fn with_stop(mut self, stop: CancellationToken) -> Self {
-        self.stop = stop;
+        self.stop = Some(Box::pin(stop.cancelled_owned()));
         self
     }
 

@@ -115,10 +115,18 @@ impl DataScanner {
             if self.state == State::Mid {
                 // Fast path: ordinary text up to the next CR, LF or NUL.
                 let run = memchr::memchr3(b'\r', b'\n', 0, &buf[i..]).unwrap_or(buf.len() - i);
+                // A CRLF followed by anything but a dot: after it, the next line's first
+                // byte means what it would inside a line, so the line goes on as one.
+                let p = i + run;
+                let line_end = buf.get(p..p + 3).is_some_and(|t| t[0] == b'\r' && t[1] == b'\n' && t[2] != b'.');
+                let through = if line_end { p + 2 } else { p };
                 if let Some(out) = out.as_deref_mut() {
-                    out.extend_from_slice(&buf[i..i + run]);
+                    out.extend_from_slice(&buf[i..through]);
                 }
-                i += run;
+                i = through;
+                if line_end {
+                    continue;
+                }
                 if i == buf.len() {
                     break;
                 }

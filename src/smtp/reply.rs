@@ -1,6 +1,6 @@
 //! Backend replies: parsing (multi-line included, bounded) and the exact bytes to relay.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use thiserror::Error;
 
 /// Longest reply accepted from a backend, all lines together.
@@ -80,8 +80,9 @@ impl ReplyParser {
             }
             start = end;
             if last {
-                let taken = buf.split_to(end);
-                return Ok(Some(Reply { code: this_code, raw: normalize(&taken) }));
+                let raw = normalize(&buf[..end]);
+                buf.advance(end);
+                return Ok(Some(Reply { code: this_code, raw }));
             }
         }
     }
@@ -103,6 +104,10 @@ fn line_code(line: &[u8]) -> Result<u16, ReplyError> {
 
 /// Re-terminates every line with CRLF; a bare `NNN` line becomes `NNN ` + CRLF.
 fn normalize(lines: &[u8]) -> Vec<u8> {
+    // Usually there is nothing to change: one copy.
+    if lines.split_inclusive(|&b| b == b'\n').all(|line| line.len() > 5 && line.ends_with(b"\r\n")) {
+        return lines.to_vec();
+    }
     let mut out = Vec::with_capacity(lines.len() + 2);
     for line in lines.split_inclusive(|&b| b == b'\n') {
         let line = trim_eol(line);

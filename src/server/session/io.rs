@@ -41,8 +41,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Reads more client bytes into `inbuf`, unless `limit` passes first or the server
     /// is shutting down (then the client gets 421).
     pub(super) async fn read_client(&mut self, limit: Duration) -> Result<Read, Outcome> {
+        let stop = async {
+            match &mut self.stop {
+                Some(stop) => stop.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            read = timeout(limit, self.stream.read_buf(&mut self.inbuf)) => Ok(match read {
+            biased;
+            read = self.deadline.within(limit, self.stream.read_buf(&mut self.inbuf)) => Ok(match read {
                 Err(_) => Read::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
                 Ok(Ok(n)) => {
@@ -50,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Read::Data
                 }
             }),
-            _ = self.stop.cancelled() => {
+            () = stop => {
                 let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
                 self.reply(&text);
                 Err(Outcome::Shutdown)
@@ -118,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return settled;
         }
         self.stats.bytes_out += self.out.len() as u64;
-        let written = timeout(self.config.limits.command_timeout, self.stream.write_all(&self.out)).await;
+        let written = self.deadline.within(self.config.limits.command_timeout, self.stream.write_all(&self.out)).await;
         // Given back, not kept: a session spends most of its life waiting, and its
         // memory then is what 10,000 idle sessions cost (a reply batch is one small
         // allocation).
