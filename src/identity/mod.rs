@@ -79,43 +79,63 @@ pub(crate) const UNAVAILABLE: &str = "[UNAVAILABLE]";
 /// a longer one would be refused with 501, so it is sent as `[UNAVAILABLE]`.
 pub(crate) const MAX_HELO: usize = 255;
 
-/// The `HELO` attribute value shared by XCLIENT and XFORWARD.
-pub(crate) fn helo_value(helo: &str) -> String {
-    if helo.len() > MAX_HELO { "[UNAVAILABLE]".to_string() } else { crate::smtp::xtext::encode(helo) }
+/// An attribute value of XCLIENT or XFORWARD, written straight into the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Value<'a> {
+    /// Sent as is: already in xtext's alphabet (`[UNAVAILABLE]`, `ESMTP`, ...).
+    Plain(&'a str),
+    /// Sent xtext-encoded (what comes from the client).
+    Xtext(&'a str),
+    Port(u16),
+    /// The `ADDR` form: IPv6 gets an `IPV6:` prefix.
+    Addr(IpAddr),
 }
 
-/// `ADDR` value form shared by XCLIENT and XFORWARD: IPv6 gets an `IPV6:` prefix.
-pub(crate) fn addr_value(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("IPV6:{v6}"),
+impl std::fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Plain(text) => f.write_str(text),
+            Value::Xtext(text) => crate::smtp::xtext::write(f, text),
+            Value::Port(port) => write!(f, "{port}"),
+            Value::Addr(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Value::Addr(IpAddr::V6(v6)) => write!(f, "IPV6:{v6}"),
+        }
     }
+}
+
+/// The `HELO` attribute value shared by XCLIENT and XFORWARD.
+pub(crate) fn helo_value(helo: &str) -> Value<'_> {
+    if helo.len() > MAX_HELO { Value::Plain(UNAVAILABLE) } else { Value::Xtext(helo) }
 }
 
 /// Packs `NAME=value` attributes, in order, into as few `verb ...` lines as fit
-/// [`MAX_COMMAND`] bytes each. Values are already xtext-encoded. An attribute too long
-/// for a line of its own is sent as `[UNAVAILABLE]`.
-pub(crate) fn pack_commands(verb: &str, attrs: &[(&str, String)]) -> Vec<String> {
+/// [`MAX_COMMAND`] bytes each. An attribute too long for a line of its own is sent as
+/// `[UNAVAILABLE]`.
+pub(crate) fn pack_commands(verb: &str, attrs: &[(&str, Value<'_>)]) -> Vec<String> {
+    use std::fmt::Write;
     let mut lines: Vec<String> = Vec::new();
     let mut current = String::with_capacity(128);
     for (name, value) in attrs {
-        // One attribute too long for a line of its own is sent as unavailable.
-        let value =
-            if verb.len() + 1 + name.len() + 1 + value.len() + 2 > MAX_COMMAND { "[UNAVAILABLE]" } else { value };
-        let attr_len = name.len() + 1 + value.len();
-        if !current.is_empty() && current.len() + 1 + attr_len + 2 > MAX_COMMAND {
-            lines.push(std::mem::take(&mut current) + "\r\n");
-        }
+        let before = current.len();
         if current.is_empty() {
             current.push_str(verb);
         }
-        current.push(' ');
-        current.push_str(name);
-        current.push('=');
-        current.push_str(value);
+        let start = current.len();
+        let _ = write!(current, " {name}={value}");
+        if verb.len() + (current.len() - start) + 2 > MAX_COMMAND {
+            // One attribute too long for a line of its own is sent as unavailable.
+            current.truncate(start);
+            let _ = write!(current, " {name}={UNAVAILABLE}");
+        }
+        if before > 0 && current.len() + 2 > MAX_COMMAND {
+            let attr = current.split_off(start);
+            current.push_str("\r\n");
+            lines.push(std::mem::replace(&mut current, format!("{verb}{attr}")));
+        }
     }
     if !current.is_empty() {
-        lines.push(current + "\r\n");
+        current.push_str("\r\n");
+        lines.push(current);
     }
     lines
 }
@@ -127,11 +147,12 @@ mod tests {
     #[test]
     fn packs_within_512_bytes_keeping_order() {
         let long = "h".repeat(300);
-        let attrs = vec![
-            ("HELO", long.clone()),
-            ("PROTO", "ESMTP".to_string()),
-            ("NAME", "x".repeat(200)),
-            ("ADDR", "192.0.2.1".to_string()),
+        let name = "x".repeat(200);
+        let attrs = [
+            ("HELO", Value::Plain(&long)),
+            ("PROTO", Value::Plain("ESMTP")),
+            ("NAME", Value::Plain(&name)),
+            ("ADDR", Value::Addr("192.0.2.1".parse().unwrap())),
         ];
         let lines = pack_commands("XCLIENT", &attrs);
         assert_eq!(lines.len(), 2);
@@ -142,20 +163,21 @@ mod tests {
 
     #[test]
     fn oversized_value_becomes_unavailable() {
-        let lines = pack_commands("XCLIENT", &[("HELO", "h".repeat(600)), ("ADDR", "192.0.2.1".into())]);
+        let long = "h".repeat(600);
+        let lines = pack_commands("XCLIENT", &[("HELO", Value::Xtext(&long)), ("ADDR", Value::Plain("192.0.2.1"))]);
         assert_eq!(lines, vec!["XCLIENT HELO=[UNAVAILABLE] ADDR=192.0.2.1\r\n".to_string()]);
     }
 
     #[test]
     fn a_helo_postfix_would_refuse_is_not_sent() {
-        assert_eq!(helo_value(&"h".repeat(255)), "h".repeat(255));
-        assert_eq!(helo_value(&"h".repeat(256)), "[UNAVAILABLE]");
-        assert_eq!(helo_value("a b"), "a+20b");
+        assert_eq!(helo_value(&"h".repeat(255)).to_string(), "h".repeat(255));
+        assert_eq!(helo_value(&"h".repeat(256)).to_string(), "[UNAVAILABLE]");
+        assert_eq!(helo_value("a b").to_string(), "a+20b");
     }
 
     #[test]
     fn ipv6_addr_form() {
-        assert_eq!(addr_value("2001:db8::1".parse().unwrap()), "IPV6:2001:db8::1");
-        assert_eq!(addr_value("192.0.2.1".parse().unwrap()), "192.0.2.1");
+        assert_eq!(Value::Addr("2001:db8::1".parse().unwrap()).to_string(), "IPV6:2001:db8::1");
+        assert_eq!(Value::Addr("192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
     }
 }

@@ -1,31 +1,35 @@
 //! XCLIENT (Postfix XCLIENT_README): the backend takes over the client's identity for
 //! the whole session, answers with a fresh 220, and wants EHLO again.
 
-use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
-use crate::smtp::{Capabilities, xtext};
+use super::{ClientFacts, UNAVAILABLE, Value, helo_value, pack_commands};
+use crate::smtp::Capabilities;
 
 /// The XCLIENT lines to send, holding only attributes the backend advertised, with
 /// NAME and ADDR last. Empty if the backend offers none of them.
 pub(crate) fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
-    let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
+    let unavailable = Value::Plain(UNAVAILABLE);
     let candidates = [
-        ("PROTO", proto.to_string()),
+        ("PROTO", Value::Plain(if facts.esmtp { "ESMTP" } else { "SMTP" })),
         ("HELO", helo_value(facts.helo)),
-        ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
-        ("DESTADDR", addr_value(client.local.ip())),
-        ("DESTPORT", client.local.socket().port().to_string()),
+        ("PORT", if known { Value::Port(client.addr.socket().port()) } else { unavailable }),
+        ("DESTADDR", Value::Addr(client.local.ip())),
+        ("DESTPORT", Value::Port(client.local.socket().port())),
         // Tells the backend the session is authenticated (Postfix: smtpd_sasl_* sees it).
-        ("LOGIN", facts.login.map_or_else(|| "[UNAVAILABLE]".to_string(), xtext::encode)),
+        ("LOGIN", facts.login.map_or(unavailable, Value::Xtext)),
         // No reverse DNS here: the backend is told the name is unknown.
-        ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
+        ("NAME", unavailable),
+        ("ADDR", if known { Value::Addr(client.addr.ip()) } else { unavailable }),
     ];
-    let attrs: Vec<_> = candidates
-        .into_iter()
-        .filter(|(name, _)| caps.xclient_offers(name) && (*name != "LOGIN" || facts.login.is_some()))
-        .collect();
-    pack_commands("XCLIENT", &attrs)
+    let mut attrs = [("", unavailable); 8];
+    let mut n = 0;
+    for (name, value) in candidates {
+        if caps.xclient_offers(name) && (name != "LOGIN" || facts.login.is_some()) {
+            attrs[n] = (name, value);
+            n += 1;
+        }
+    }
+    pack_commands("XCLIENT", &attrs[..n])
 }
 
 #[cfg(test)]

@@ -1,22 +1,29 @@
 //! XFORWARD (Postfix XFORWARD_README): client attributes for logging, sent before
 //! each MAIL; the backend forgets them when the transaction ends.
 
-use super::{ClientFacts, UNAVAILABLE, addr_value, helo_value, pack_commands};
+use super::{ClientFacts, UNAVAILABLE, Value, helo_value, pack_commands};
 use crate::smtp::Capabilities;
 
 pub(crate) fn commands(facts: &ClientFacts<'_>, caps: &Capabilities) -> Vec<String> {
     let (client, known) = (facts.client, facts.client.address_known());
-    let proto = if facts.esmtp { "ESMTP" } else { "SMTP" };
+    let unavailable = Value::Plain(UNAVAILABLE);
     let candidates = [
-        ("NAME", "[UNAVAILABLE]".to_string()),
-        ("ADDR", if known { addr_value(client.addr.ip()) } else { UNAVAILABLE.into() }),
-        ("PORT", if known { client.addr.socket().port().to_string() } else { UNAVAILABLE.into() }),
-        ("PROTO", proto.to_string()),
+        ("NAME", unavailable),
+        ("ADDR", if known { Value::Addr(client.addr.ip()) } else { unavailable }),
+        ("PORT", if known { Value::Port(client.addr.socket().port()) } else { unavailable }),
+        ("PROTO", Value::Plain(if facts.esmtp { "ESMTP" } else { "SMTP" })),
         ("HELO", helo_value(facts.helo)),
-        ("SOURCE", "REMOTE".to_string()),
+        ("SOURCE", Value::Plain("REMOTE")),
     ];
-    let attrs: Vec<_> = candidates.into_iter().filter(|(name, _)| caps.xforward_offers(name)).collect();
-    pack_commands("XFORWARD", &attrs)
+    let mut attrs = [("", unavailable); 6];
+    let mut n = 0;
+    for (name, value) in candidates {
+        if caps.xforward_offers(name) {
+            attrs[n] = (name, value);
+            n += 1;
+        }
+    }
+    pack_commands("XFORWARD", &attrs[..n])
 }
 
 #[cfg(test)]

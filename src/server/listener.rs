@@ -290,7 +290,9 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
         if !listener.proxy_protocol {
             // The common case stays in the accept loop: no task unless accepted.
             if let Some((session, permit)) = admit(&ctx, config, &listener, stream, client) {
-                ctx.sessions.spawn(run_session(session, permit));
+                // Boxed: the task then moves a pointer around, not a session's state
+                // (kilobytes, copied at every step of spawning).
+                ctx.sessions.spawn(Box::pin(run_session(session, permit)));
             }
             continue;
         }
@@ -301,7 +303,7 @@ async fn accept_loop(bound: Arc<Bound>, socket: TcpListener, ctx: Arc<WorkerCtx>
                 return;
             };
             if let Some((session, permit)) = admit(&ctx, config, &listener, stream, client) {
-                run_session(session.with_input(input), permit).await;
+                Box::pin(run_session(session.with_input(input), permit)).await;
             }
         });
     }

@@ -1,22 +1,28 @@
 //! xtext (RFC 3461 section 4): the encoding of XCLIENT and XFORWARD attribute values.
 
-/// Appends `value` xtext-encoded: `!`..=`~` except `+` and `=` as is, others as `+HH`.
-pub(crate) fn encode_into(out: &mut String, value: &str) {
+/// Writes `value` xtext-encoded (RFC 3461 4): `!`..=`~` except `+` and `=` as is,
+/// others as `+HH`; runs of plain bytes at once.
+pub(crate) fn write(out: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value.as_bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push('+');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
+    let bytes = value.as_bytes();
+    let plain = |b: u8| (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=';
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if plain(b) {
+            continue;
         }
+        // Runs of plain bytes are ASCII, so always UTF-8.
+        out.write_str(std::str::from_utf8(&bytes[from..i]).unwrap_or_default())?;
+        let hex = [b'+', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]];
+        out.write_str(std::str::from_utf8(&hex).unwrap_or_default())?;
+        from = i + 1;
     }
+    out.write_str(std::str::from_utf8(&bytes[from..]).unwrap_or_default())
 }
 
 pub fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    encode_into(&mut out, value);
+    let _ = write(&mut out, value);
     out
 }
 

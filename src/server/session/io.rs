@@ -15,6 +15,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// the session ends after relaying it.
     pub(super) fn relay_reply(&mut self, reply: &Reply) -> Step {
         debug_assert!(self.pending.is_empty(), "backend replies are relayed in order");
+        reserve_batch(&mut self.out);
         self.out.extend_from_slice(reply.as_bytes());
         if reply.code == 421 {
             self.abandon_transaction();
@@ -34,6 +35,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let Some(Pending::Local(out)) = self.pending.back_mut() else { unreachable!("pushed above") };
             out
         };
+        reserve_batch(out);
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
@@ -212,5 +214,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Read::TimedOut => return self.timed_out(),
             }
         }
+    }
+}
+
+/// A reply batch starts with room for a few replies, not just the first one's bytes:
+/// the next reply then needs no reallocation.
+fn reserve_batch(out: &mut Vec<u8>) {
+    if out.capacity() == 0 {
+        out.reserve(256);
     }
 }
