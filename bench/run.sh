@@ -25,6 +25,8 @@
 #   none-reuse        Portcullis, identity none, reuse = true
 #   xclient           Portcullis, identity xclient
 #   proxy-v2          Portcullis, identity proxy-v2;  proxy-v1: proxy-v1
+#   NAME-before       any Portcullis variant run by the binary PORTCULLIS_BEFORE (say,
+#                     a build of the previous commit), to compare in the same run
 #
 # Measured:
 #   - throughput: smtp-source, 20 parallel sessions, MESSAGES messages of 4 KiB, one
@@ -55,8 +57,10 @@ BIG_IDLE=${BIG_IDLE:-10000}
 read -r -a variants <<<"${VARIANTS:-direct smtp-sink haproxy haproxy-proxy-v2 nginx postfix xforward xforward-noreuse none none-reuse xclient proxy-v2 proxy-v1}"
 LATENCY_VARIANTS=${LATENCY_VARIANTS:-direct haproxy nginx postfix xforward xforward-noreuse xclient}
 SOURCE=${SOURCE:-smtp-source}
-# The binary measured (another build, to compare: PORTCULLIS=/path/to/portcullis).
+# The binary measured (another build, to compare: PORTCULLIS=/path/to/portcullis), and
+# the one the NAME-before variants run.
 PORTCULLIS=${PORTCULLIS:-target/release/portcullis}
+PORTCULLIS_BEFORE=${PORTCULLIS_BEFORE:-}
 SESSIONS=20
 SIZE=4096
 BASE=${BASE:-12600} # variant i listens on BASE+i, its sink port is BASE+50+i
@@ -230,15 +234,21 @@ for v in "${variants[@]}"; do
     haproxy-proxy-v2) start_haproxy haproxy-proxy-v2 send-proxy-v2 ;;
     nginx) start_nginx ;;
     postfix) start_postfix ;;
-    xforward | none | xclient | proxy-v1 | proxy-v2 | xforward-noreuse | none-reuse)
-      case $v in
+    xforward* | none* | xclient* | proxy-v1* | proxy-v2*)
+      bin=$PORTCULLIS
+      if [[ $v == *-before ]]; then
+        [ -n "$PORTCULLIS_BEFORE" ] || { echo "$v needs PORTCULLIS_BEFORE" >&2; exit 1; }
+        bin=$PORTCULLIS_BEFORE
+      fi
+      case ${v%-before} in
         xforward-noreuse) args=(xforward false) ;;
         none) args=(none false) ;;
         none-reuse) args=(none true) ;;
-        *) args=("$v" default) ;;
+        xforward | xclient | proxy-v1 | proxy-v2) args=("${v%-before}" default) ;;
+        *) echo "unknown variant $v" >&2; exit 1 ;;
       esac
       portcullis_config "${args[@]}" "${port[$v]}" "${sink[$v]}" > "$work/$v.toml"
-      RUST_LOG=warn "$PORTCULLIS" run --config "$work/$v.toml" 2>"$work/$v.log" & pids+=($!)
+      RUST_LOG=warn "$bin" run --config "$work/$v.toml" 2>"$work/$v.log" & pids+=($!)
       root[$v]=$!
       ;;
     *) echo "unknown variant $v" >&2; exit 1 ;;
@@ -346,10 +356,13 @@ for v in "${variants[@]}"; do
   if [ "$v" = smtp-sink ]; then scpu=$(col "$v" 2); fi
   echo "| $v | $(printf %.0f "$rate") | $rrate | $pcpu | $rcpu | $(printf %.1f "$scpu") | $rr$([ "$fails" = 0 ] || echo " ($fails failed)") |"
 done
-if has haproxy-proxy-v2 && has proxy-v2; then
+if has haproxy-proxy-v2; then
   hp_rate=$(col haproxy-proxy-v2 1); hp_cpu=$(col haproxy-proxy-v2 2)
   echo
-  echo "proxy-v2 against HAProxy send-proxy-v2 (the same PROXY-taking sink): msg/s $(printf %.2f "$(echo "$(col proxy-v2 1) / $hp_rate" | bc -l)")x, CPU per message $(printf %.2f "$(echo "$(col proxy-v2 2) / $hp_cpu" | bc -l)")x"
+  for v in proxy-v2 proxy-v2-before; do
+    has $v || continue
+    echo "$v against HAProxy send-proxy-v2 (the same PROXY-taking sink): msg/s $(printf %.2f "$(echo "$(col $v 1) / $hp_rate" | bc -l)")x, CPU per message $(printf %.2f "$(echo "$(col $v 2) / $hp_cpu" | bc -l)")x"
+  done
 fi
 echo
 echo "== latency per message: one session per variant, $LATENCY messages one after another, variants taking turns; and $LATENCY connections with one message each (connect() .. 221), µs"

@@ -5,11 +5,12 @@
 //! slots (connections open on the old ones end with their sessions).
 
 use super::health::BackendHealth;
-use crate::config::Backend;
+use crate::config::{Backend, Config};
 use crate::smtp::Capabilities;
 use crate::smtp::capabilities::Learned;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Semaphore;
 
 /// One backend's live state.
@@ -30,6 +31,15 @@ pub(crate) struct BackendState {
 /// Every backend's state, by address. One per server; sessions and checks share it.
 #[derive(Debug, Default)]
 pub(crate) struct Registry(Mutex<HashMap<String, Arc<BackendState>>>);
+
+/// The states a thread looked up last, and for which registry and config: sessions
+/// mostly follow the same config, and a lookup takes the registry's lock and hashes
+/// every address. (The weak pointers keep the addresses from being reused.)
+type LastStates = (Weak<Registry>, Weak<Config>, Arc<[Arc<BackendState>]>);
+
+thread_local! {
+    static LAST: RefCell<Option<LastStates>> = const { RefCell::new(None) };
+}
 
 impl Registry {
     /// The state of `backend`, made when first asked for.
@@ -61,6 +71,21 @@ impl Registry {
         });
         states.insert(backend.address.clone(), state.clone());
         state
+    }
+
+    /// The states of `config`'s backends, in order; the same as [`Registry::all`].
+    pub(crate) fn states_for(self: &Arc<Self>, config: &Arc<Config>) -> Arc<[Arc<BackendState>]> {
+        LAST.with_borrow_mut(|last| {
+            if let Some((registry, known, states)) = last
+                && std::ptr::eq(registry.as_ptr(), Arc::as_ptr(self))
+                && std::ptr::eq(known.as_ptr(), Arc::as_ptr(config))
+            {
+                return states.clone();
+            }
+            let states: Arc<[Arc<BackendState>]> = self.all(&config.backends).into();
+            *last = Some((Arc::downgrade(self), Arc::downgrade(config), states.clone()));
+            states
+        })
     }
 
     /// Forgets the backends a reload removed.

@@ -91,15 +91,52 @@ pub(crate) enum Value<'a> {
     Addr(IpAddr),
 }
 
+impl Value<'_> {
+    /// Appends the value; IPv4 addresses and ports without the formatting machinery
+    /// (this runs for every connection or message).
+    fn write_to(&self, out: &mut String) {
+        match self {
+            Value::Plain(text) => out.push_str(text),
+            Value::Xtext(text) => {
+                let _ = crate::smtp::xtext::write(out, text);
+            }
+            Value::Port(port) => push_decimal(out, u32::from(*port)),
+            Value::Addr(IpAddr::V4(v4)) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_decimal(out, u32::from(octet));
+                }
+            }
+            Value::Addr(IpAddr::V6(v6)) => {
+                use std::fmt::Write;
+                let _ = write!(out, "IPV6:{v6}");
+            }
+        }
+    }
+}
+
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
 impl std::fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Value::Plain(text) => f.write_str(text),
-            Value::Xtext(text) => crate::smtp::xtext::write(f, text),
-            Value::Port(port) => write!(f, "{port}"),
-            Value::Addr(IpAddr::V4(v4)) => write!(f, "{v4}"),
-            Value::Addr(IpAddr::V6(v6)) => write!(f, "IPV6:{v6}"),
-        }
+        let mut text = String::new();
+        self.write_to(&mut text);
+        f.write_str(&text)
     }
 }
 
@@ -112,7 +149,6 @@ pub(crate) fn helo_value(helo: &str) -> Value<'_> {
 /// [`MAX_COMMAND`] bytes each. An attribute too long for a line of its own is sent as
 /// `[UNAVAILABLE]`.
 pub(crate) fn pack_commands(verb: &str, attrs: &[(&str, Value<'_>)]) -> Vec<String> {
-    use std::fmt::Write;
     let mut lines: Vec<String> = Vec::new();
     let mut current = String::with_capacity(128);
     for (name, value) in attrs {
@@ -121,11 +157,14 @@ pub(crate) fn pack_commands(verb: &str, attrs: &[(&str, Value<'_>)]) -> Vec<Stri
             current.push_str(verb);
         }
         let start = current.len();
-        let _ = write!(current, " {name}={value}");
+        current.push(' ');
+        current.push_str(name);
+        current.push('=');
+        value.write_to(&mut current);
         if verb.len() + (current.len() - start) + 2 > MAX_COMMAND {
             // One attribute too long for a line of its own is sent as unavailable.
-            current.truncate(start);
-            let _ = write!(current, " {name}={UNAVAILABLE}");
+            current.truncate(start + 1 + name.len() + 1);
+            current.push_str(UNAVAILABLE);
         }
         if before > 0 && current.len() + 2 > MAX_COMMAND {
             let attr = current.split_off(start);
@@ -179,5 +218,8 @@ mod tests {
     fn ipv6_addr_form() {
         assert_eq!(Value::Addr("2001:db8::1".parse().unwrap()).to_string(), "IPV6:2001:db8::1");
         assert_eq!(Value::Addr("192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
+        assert_eq!(Value::Addr("0.10.255.100".parse().unwrap()).to_string(), "0.10.255.100");
+        assert_eq!(Value::Port(0).to_string(), "0");
+        assert_eq!(Value::Port(65535).to_string(), "65535");
     }
 }

@@ -405,9 +405,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// The live states of the configured backends, in order.
     fn backend_states(&mut self) -> Arc<[Arc<BackendState>]> {
-        let registry = self.backends.get_or_insert_with(Arc::default);
-        let states = self.backend_states.get_or_insert_with(|| registry.all(&self.config.backends).into());
-        states.clone()
+        if let Some(states) = &self.backend_states {
+            return states.clone();
+        }
+        let states = self.backends.get_or_insert_with(Arc::default).states_for(&self.config);
+        self.backend_states = Some(states.clone());
+        states
     }
 
     /// Share the backends' live state with the server's other sessions.
