@@ -390,7 +390,8 @@ impl Upstream {
             Name::Ours(n) => (n, false),
             Name::Clients(n) => (n, true),
         };
-        let reply = self.command(format!("EHLO {name}\r\n").as_bytes(), Asked::Hello).await?;
+        self.queue_parts(&[b"EHLO ", name.as_bytes(), b"\r\n"], Asked::Hello)?;
+        let reply = self.reply().await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             return Ok(());
@@ -577,9 +578,16 @@ impl Upstream {
     /// Queues one command line (CRLF included) for the next write, its reply owed;
     /// before the first of a group, makes sure the backend said nothing unasked.
     pub(crate) fn queue(&mut self, line: &[u8], asked: Asked) -> Result<(), UpstreamError> {
+        self.queue_parts(&[line], asked)
+    }
+
+    /// [`Upstream::queue`] for a line given in parts.
+    fn queue_parts(&mut self, parts: &[&[u8]], asked: Asked) -> Result<(), UpstreamError> {
         self.ensure_quiet()?;
         self.auth_used |= asked == Asked::Auth;
-        self.queued.extend_from_slice(line);
+        for part in parts {
+            self.queued.extend_from_slice(part);
+        }
         self.owed.push_back(asked);
         Ok(())
     }

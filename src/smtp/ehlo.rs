@@ -29,12 +29,12 @@ impl Offer {
     }
 }
 
-/// The EHLO reply, without the final CRLF.
-pub(crate) fn reply(hostname: &str, offer: &Offer) -> String {
-    let size = format!("SIZE {}", offer.max_size);
+/// Appends the EHLO reply, every line ended by CRLF.
+pub(crate) fn write_reply(out: &mut Vec<u8>, hostname: &str, offer: &Offer) {
+    use std::io::Write;
     let keywords = [
         (true, "PIPELINING"),
-        (true, size.as_str()),
+        (true, "SIZE"),
         (true, "8BITMIME"),
         (offer.starttls, "STARTTLS"),
         (offer.auth, "AUTH PLAIN LOGIN"),
@@ -44,24 +44,32 @@ pub(crate) fn reply(hostname: &str, offer: &Offer) -> String {
         (offer.dsn, "DSN"),
         (offer.smtputf8, "SMTPUTF8"),
     ];
-    let mut out = String::with_capacity(160 + hostname.len());
-    out.push_str("250-");
-    out.push_str(hostname);
+    out.extend_from_slice(b"250-");
+    out.extend_from_slice(hostname.as_bytes());
     let mut last = 0;
     for (_, keyword) in keywords.iter().filter(|(offered, _)| *offered) {
-        out.push_str("\r\n");
+        out.extend_from_slice(b"\r\n");
         last = out.len();
-        out.push_str("250-");
-        out.push_str(keyword);
+        out.extend_from_slice(b"250-");
+        out.extend_from_slice(keyword.as_bytes());
+        if *keyword == "SIZE" {
+            let _ = write!(out, " {}", offer.max_size);
+        }
     }
     // The last line says "250 ".
-    out.replace_range(last + 3..last + 4, " ");
-    out
+    out[last + 3] = b' ';
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(hostname: &str, offer: &Offer) -> String {
+        let mut out = Vec::new();
+        write_reply(&mut out, hostname, offer);
+        String::from_utf8(out).unwrap()
+    }
 
     #[test]
     fn lists_what_is_offered_and_nothing_else() {
@@ -69,10 +77,10 @@ mod tests {
         assert_eq!(
             reply("mx.test", &offer),
             "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n\
-             250-ENHANCEDSTATUSCODES\r\n250 CHUNKING"
+             250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n"
         );
         let offer = Offer { max_size: 5, auth: true, dsn: true, ..Offer::default() };
-        assert!(reply("mx.test", &offer).ends_with("250-CHUNKING\r\n250 DSN"));
+        assert!(reply("mx.test", &offer).ends_with("250-CHUNKING\r\n250 DSN\r\n"));
         assert!(reply("mx.test", &offer).contains("250-AUTH PLAIN LOGIN\r\n"));
         assert!(!reply("mx.test", &offer).contains("STARTTLS"));
     }

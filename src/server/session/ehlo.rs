@@ -20,8 +20,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.phase = Phase::Greeted(Helo { name: name.to_string(), esmtp });
         self.offered = if esmtp { self.offer() } else { Offer::default() };
         if esmtp {
-            let ehlo = ehlo::reply(&self.config.hostname, &self.offered);
-            self.reply(&ehlo);
+            let (config, offered) = (self.config.clone(), self.offered);
+            ehlo::write_reply(self.reply_buf(), &config.hostname, &offered);
         } else {
             let helo = format!("250 {}", self.config.hostname);
             self.reply(&helo);

@@ -26,6 +26,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Our own reply; it waits behind the backend's replies still owed, if any.
     pub(super) fn reply(&mut self, text: &str) {
+        let out = self.reply_buf();
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Where our own next reply goes (whole lines, CRLF included): the next write, or
+    /// behind the backend's replies still owed.
+    pub(super) fn reply_buf(&mut self) -> &mut Vec<u8> {
         let out = if self.pending.is_empty() {
             &mut self.out
         } else {
@@ -36,8 +44,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             out
         };
         reserve_batch(out);
-        out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out
     }
 
     /// Reads more client bytes into `inbuf`, unless `limit` passes first or the server
