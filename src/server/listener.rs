@@ -344,7 +344,6 @@ fn admit(
     };
     metrics::connection(&listener.name, "accepted", verdict.rule);
     tracing::debug!(%peer, listener = %listener.name, rule = verdict.rule, "connection accepted");
-    let _ = stream.set_nodelay(true);
     let session = Session::new(config, listener.clone(), stream, client)
         .with_live(ctx.live.clone())
         .with_backends(ctx.backends.clone())

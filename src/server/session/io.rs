@@ -56,8 +56,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 None => std::future::pending().await,
             }
         };
+        // The stop first: a client that always has bytes waiting still gets its 421.
         tokio::select! {
             biased;
+            () = stop => {
+                let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
+                self.reply(&text);
+                Err(Outcome::Shutdown)
+            }
             read = self.deadline.within(limit, self.stream.read_buf(&mut self.inbuf)) => Ok(match read {
                 Err(_) => Read::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
@@ -66,11 +72,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Read::Data
                 }
             }),
-            () = stop => {
-                let text = format!("421 4.3.2 {} Service shutting down, try again later", self.config.hostname);
-                self.reply(&text);
-                Err(Outcome::Shutdown)
-            }
         }
     }
 
