@@ -132,6 +132,8 @@ fn push_decimal(out: &mut String, n: u32) {
     out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
+/// For tests: the value as it goes on the line.
+#[cfg(test)]
 impl std::fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut text = String::new();

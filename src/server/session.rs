@@ -475,11 +475,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Box::pin(self.handshake()).await?;
             }
             self.before_greeting().await?;
-            let config = self.config.clone();
-            let out = self.reply_buf();
-            out.extend_from_slice(b"220 ");
-            out.extend_from_slice(config.hostname.as_bytes());
-            out.extend_from_slice(b" ESMTP\r\n");
+            let greeting = format!("220 {} ESMTP", self.config.hostname);
+            self.reply(&greeting);
             self.serve().await
         };
         let outcome = match served.await {
