@@ -71,8 +71,12 @@ impl DomainSet {
     }
 
     pub(crate) fn contains(&self, domain: &str) -> bool {
-        let domain = domain.to_ascii_lowercase();
-        self.exact.contains(&domain) || self.subdomains_of.iter().any(|suffix| domain.ends_with(suffix.as_str()))
+        // Most names come in lower case already: those are not copied.
+        let lower = match domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(domain.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(domain),
+        };
+        self.exact.contains(lower.as_ref()) || self.subdomains_of.iter().any(|suffix| lower.ends_with(suffix.as_str()))
     }
 }
 

@@ -235,6 +235,68 @@ impl DataScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The state machine alone, a byte at a time: what the fast paths must agree with.
+    fn reference(input: &[u8], policy: BareLf) -> (Option<usize>, Option<Violation>, u64, Vec<u8>) {
+        let mut s = DataScanner::new(1 << 20, policy);
+        let mut out = Vec::new();
+        let mut sink = (policy == BareLf::Normalize).then_some(&mut out);
+        let mut end = None;
+        for (i, &b) in input.iter().enumerate() {
+            if s.step(b, &mut sink) {
+                end = Some(i + 1);
+                break;
+            }
+        }
+        s.size = end.map_or(input.len() as u64, |n| n as u64 - 3);
+        (end, s.violation, s.size, out)
+    }
+
+    fn scanned(input: &[u8], cut: usize, policy: BareLf) -> (Option<usize>, Option<Violation>, u64, Vec<u8>) {
+        let mut s = DataScanner::new(1 << 20, policy);
+        let mut out = Vec::new();
+        let mut feed = |s: &mut DataScanner, part: &[u8]| match policy {
+            BareLf::Normalize => s.normalize(part, &mut out),
+            _ => s.feed(part),
+        };
+        let end = match feed(&mut s, &input[..cut]) {
+            Scan::End(n) => Some(n),
+            Scan::More => match feed(&mut s, &input[cut..]) {
+                Scan::End(n) => Some(cut + n),
+                Scan::More => None,
+            },
+        };
+        (end, s.violation, s.size, out)
+    }
+
+    proptest! {
+        /// Inputs of the bytes that matter between stretches of plain lines, in every
+        /// mode, cut anywhere: the fast paths end, count, refuse and rewrite exactly as
+        /// the state machine does byte by byte.
+        #[test]
+        fn fast_paths_agree_with_the_state_machine(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    // Plain text around a CRLF: the fast paths' ground.
+                    8 => Just(&b"abc\r\nxyz"[..]),
+                    2 => Just(&b"."[..]),
+                    2 => Just(&b"\r"[..]),
+                    2 => Just(&b"\n"[..]),
+                    1 => Just(&b"\0"[..]),
+                    1 => Just(&b"\r\n.\r\n"[..]),
+                    1 => Just(&b"\r\n."[..]),
+                ],
+                0..400,
+            ).prop_map(|pieces| pieces.concat()),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let cut = cut.index(input.len() + 1);
+            for policy in [BareLf::Reject, BareLf::Allow, BareLf::Normalize] {
+                prop_assert_eq!(scanned(&input, cut, policy), reference(&input, policy), "{:?} cut at {}", policy, cut);
+            }
+        }
+    }
 
     fn scan_all(input: &[u8], bare_lf: BareLf) -> (Option<usize>, Option<Violation>) {
         let mut s = DataScanner::new(1 << 20, bare_lf);

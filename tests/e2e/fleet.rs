@@ -48,12 +48,9 @@ impl Fleet {
         std::fs::write(&token_file, "fleet-token-0123456789\n").unwrap();
         let mut instances = Vec::new();
         for i in 1..=3 {
-            // A port free_port() found can be taken (by any connection's source port)
-            // before the instance binds it: then it exits, and starts again on others.
-            let instance = loop {
-                let (smtp, admin) = (free_port(), free_port());
-                let config = format!(
-                    r#"
+            let (smtp, admin) = (free_port(), free_port());
+            let config = format!(
+                r#"
 [server]
 hostname = "mx{i}.fleet.test"
 drain_timeout = "2s"
@@ -83,32 +80,29 @@ prefix = "fleet-{port}:"
 bind = "127.0.0.1:{admin}"
 token_file = "{token}"
 "#,
-                    backend = pf.plain,
-                    url = redis.url(),
-                    port = redis.port,
-                    token = token_file.display()
-                );
-                let file = dir.path().join(format!("mx{i}.toml"));
-                std::fs::write(&file, config).unwrap();
-                let log_path = dir.path().join(format!("mx{i}.log"));
-                let log = std::fs::File::create(&log_path).unwrap();
-                let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                    .args(["run", "--config"])
-                    .arg(&file)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap();
-                let mut instance = Instance {
-                    name: format!("mx{i}.fleet.test"),
-                    smtp: format!("127.0.0.1:{smtp}").parse().unwrap(),
-                    admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-                    child,
-                };
-                if ready_or_exited(&mut instance, &log_path) {
-                    break instance;
-                }
+                backend = pf.plain,
+                url = redis.url(),
+                port = redis.port,
+                token = token_file.display()
+            );
+            let file = dir.path().join(format!("mx{i}.toml"));
+            std::fs::write(&file, config).unwrap();
+            let log_path = dir.path().join(format!("mx{i}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["run", "--config"])
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut instance = Instance {
+                name: format!("mx{i}.fleet.test"),
+                smtp: format!("127.0.0.1:{smtp}").parse().unwrap(),
+                admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+                child,
             };
+            wait_ready(&mut instance, &log_path);
             instances.push(instance);
         }
         let lb_port = free_port();
@@ -158,20 +152,15 @@ token_file = "{token}"
     }
 }
 
-/// Waits until the instance is ready (true), or has exited because one of its ports was
-/// taken (false); any other exit, or no readiness in 10 s, fails the test with its log.
-fn ready_or_exited(instance: &mut Instance, log: &std::path::Path) -> bool {
+/// Waits until the instance is ready; an exit, or no readiness in 10 s, fails the test
+/// with its log.
+fn wait_ready(instance: &mut Instance, log: &std::path::Path) {
     let start = Instant::now();
-    loop {
-        if http_get_ok(instance.admin, "/readyz") {
-            return true;
-        }
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    while !http_get_ok(instance.admin, "/readyz") {
         if let Ok(Some(status)) = instance.child.try_wait() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            assert!(text.contains("Address already in use"), "instance exited ({status}): {text}");
-            return false;
+            panic!("instance exited ({status}): {}", text());
         }
-        let text = || std::fs::read_to_string(log).unwrap_or_default();
         assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for instance ready: {}", text());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -65,9 +65,23 @@ pub fn have(program: &str) -> bool {
     found
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server a test starts. It is taken below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up), so no outgoing
+/// connection can take it as its source port before the server binds it; each port is
+/// handed out once per test process (which starts at a place of its own in the range).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20000;
+    const PORTS: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() % PORTS, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..PORTS {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + PORTS)
 }
 
 // === Postfix ===
