@@ -25,6 +25,8 @@
 #   none-reuse        Portcullis, identity none, reuse = true
 #   xclient           Portcullis, identity xclient
 #   proxy-v2          Portcullis, identity proxy-v2;  proxy-v1: proxy-v1
+#   (with none and xclient both run, the report adds what XCLIENT's own exchange costs:
+#   xclient against none, round by round)
 #   NAME-before       any Portcullis variant run by the binary PORTCULLIS_BEFORE (say,
 #                     a build of the previous commit), to compare in the same run
 #
@@ -338,6 +340,10 @@ echo "== portcullis $PORTCULLIS, $(git rev-parse --short HEAD)$(git diff --quiet
 echo "== $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), postfix $(postconf -h mail_version)"
 echo "== throughput: $MESSAGES messages of $SIZE bytes per round, $SESSIONS parallel sessions ($SOURCE), one connection per message; median of $ROUNDS rounds; every variant in front of bench_sink (smtp-sink: Postfix's smtp-sink, no proxy)"
 col() { awk -v c="$2" '{print $c}' "$work/$1.rounds" | median; }
+# paired A B COLUMN: the median over rounds of A's figure over B's in the same round (the
+# variants of a round run minutes apart at most, so a machine that is slower for a while
+# weighs on both).
+paired() { paste "$work/$1.rounds" "$work/$2.rounds" | awk -v c="$3" '{print $c / $(c + 4)}' | median; }
 h_rate=$(col haproxy 1 2>/dev/null || echo 0); h_cpu=$(col haproxy 2 2>/dev/null || echo 0)
 echo
 echo "| variant | msg/s | vs HAProxy | proxy CPU µs/msg | vs HAProxy | sink CPU µs/msg | rounds msg/s |"
@@ -361,8 +367,16 @@ if has haproxy-proxy-v2; then
   echo
   for v in proxy-v2 proxy-v2-before; do
     has $v || continue
-    echo "$v against HAProxy send-proxy-v2 (the same PROXY-taking sink): msg/s $(printf %.2f "$(echo "$(col $v 1) / $hp_rate" | bc -l)")x, CPU per message $(printf %.2f "$(echo "$(col $v 2) / $hp_cpu" | bc -l)")x"
+    echo "$v against HAProxy send-proxy-v2 (the same PROXY-taking sink): msg/s $(printf %.2f "$(echo "$(col $v 1) / $hp_rate" | bc -l)")x, CPU per message $(printf %.2f "$(echo "$(col $v 2) / $hp_cpu" | bc -l)")x; round by round $(printf %.2f "$(paired $v haproxy-proxy-v2 1)")x and $(printf %.2f "$(paired $v haproxy-proxy-v2 2)")x"
   done
+fi
+if has haproxy && has xclient; then
+  echo
+  echo "xclient against HAProxy, round by round: msg/s $(printf %.2f "$(paired xclient haproxy 1)")x, CPU per message $(printf %.2f "$(paired xclient haproxy 2)")x"
+fi
+if has none && has xclient; then
+  echo
+  echo "XCLIENT's own exchange (the XCLIENT command and its 220), xclient against none (the same backend conversation without it), round by round: msg/s $(printf %.2f "$(paired xclient none 1)")x, proxy CPU per message $(printf %.2f "$(paired xclient none 2)")x, sink CPU per message $(printf %.2f "$(paired xclient none 3)")x"
 fi
 echo
 echo "== latency per message: one session per variant, $LATENCY messages one after another, variants taking turns; and $LATENCY connections with one message each (connect() .. 221), µs"
