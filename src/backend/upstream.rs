@@ -244,7 +244,10 @@ impl Upstream {
                 })?;
             super::transparent::connect(client, target).await
         };
-        let stream = timeout(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;
+        // The connection's one timer (see [`Deadline`]) times the connect too.
+        let mut deadline = Deadline::new();
+        let stream =
+            deadline.within(backend.connect_timeout, connecting).await.map_err(|_| UpstreamError::Timeout)??;
         // Identities that carry the client's HELO themselves greet with our name; with
         // the others the backend sees the client's own (checked) EHLO name, as it would
         // without a proxy, in its HELO checks, logs and Received: lines.
@@ -259,7 +262,7 @@ impl Upstream {
             Identity::ProxyV2 => Some(proxy::v2_header(facts.client.addr, facts.client.local)),
             _ => None,
         };
-        let mut up = Self::open(backend, stream, Some(slot), header).await?;
+        let mut up = Self::open(backend, stream, deadline, Some(slot), header).await?;
         // XCLIENT straight after the greeting when the backend is known to let us set
         // the client (Postfix takes it before any EHLO): one round trip, and the
         // backend's EHLO work, fewer. Not before STARTTLS: nothing goes out in clear
@@ -302,10 +305,12 @@ impl Upstream {
     }
 
     /// A fresh connection up to the backend's greeting: the PROXY header (`header`)
-    /// when the identity sends one, the greeting. (EHLO is the caller's.)
+    /// when the identity sends one, the greeting. (EHLO is the caller's.) `deadline` is
+    /// the timer its connect ran under.
     async fn open(
         backend: &Backend,
         stream: TcpStream,
+        deadline: Deadline,
         slot: Option<OwnedSemaphorePermit>,
         header: impl FnOnce(Identity) -> Option<Vec<u8>>,
     ) -> Result<Self, UpstreamError> {
@@ -320,7 +325,7 @@ impl Upstream {
             data_timeout: backend.data_timeout,
             idle_timeout: backend.idle_timeout,
             owed: VecDeque::from([Asked::Greeting]),
-            deadline: Deadline::new(),
+            deadline,
             queued: Vec::new(),
             _slot: slot,
             reply_timer: admin_metrics::backend_reply_timer(&backend.address),
@@ -354,10 +359,12 @@ impl Upstream {
     /// (offering XCLIENT or XFORWARD to us when that is the identity), QUIT. Takes none
     /// of the backend's `max_connections`.
     pub(crate) async fn probe(backend: &Backend, registry: &Registry, hostname: &str) -> Result<(), UpstreamError> {
-        let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
+        let mut deadline = Deadline::new();
+        let stream = deadline
+            .within(backend.connect_timeout, TcpStream::connect(backend.address.as_str()))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
-        let mut up = Self::open(backend, stream, None, |identity| match identity {
+        let mut up = Self::open(backend, stream, deadline, None, |identity| match identity {
             Identity::ProxyV1 => Some(proxy::v1_local()),
             Identity::ProxyV2 => Some(proxy::v2_local()),
             _ => None,
