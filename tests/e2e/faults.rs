@@ -73,6 +73,40 @@ fn hanging_backend_times_out_with_4xx() {
     assert!(pf.count(&mark) <= 1);
 }
 
+/// A backend whose connect never completes: its accept queue is full and nobody
+/// accepts, so the kernel drops further SYNs. The queue's connections are held by the
+/// returned values.
+fn unconnectable_backend() -> (std::net::SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![listener];
+    for _ in 0..3 {
+        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let _ = filler.connect(&addr.into());
+        held.push(filler);
+    }
+    (addr, held)
+}
+
+#[test]
+fn a_backend_that_never_completes_the_connect_times_out_with_4xx() {
+    init_logs();
+    let (addr, _held) = unconnectable_backend();
+    let proxy = Proxy::start(
+        &Conf::new().listener("mx", "127.0.0.1:0", "").backend(addr, "xclient", "connect_timeout = \"1s\"").text(),
+    );
+    let mut c = Smtp::hello("127.0.0.78", proxy.addr("mx"));
+    let started = std::time::Instant::now();
+    c.cmd("MAIL FROM:<s@example.org>", "451 4.4.1");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "connect_timeout is 1s: {took:?}");
+    c.cmd("QUIT", "221");
+}
+
 /// A backend that accepts connections and never says a word; holds them open.
 fn silent_backend() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
